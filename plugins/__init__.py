@@ -1,0 +1,1 @@
+"""Plugins that ship with PeerBot, as examples to copy."""
