@@ -6,7 +6,7 @@ import re
 import unicodedata
 from functools import lru_cache
 
-__all__ = ["STOPWORDS", "content_tokens", "fold", "tokens"]
+__all__ = ["STOPWORDS", "content_tokens", "deaccent", "fold", "tokens"]
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 
@@ -35,11 +35,15 @@ STOPWORDS: frozenset[str] = frozenset(
 )
 
 
+def deaccent(text: str) -> str:
+    """Lower-case and strip accents, keeping punctuation (for hashtags and commands)."""
+    decomposed = unicodedata.normalize("NFKD", text.lower().translate(_SPECIAL))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
 @lru_cache(maxsize=65536)
 def _fold_cached(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text.lower().translate(_SPECIAL))
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return _NON_WORD.sub(" ", stripped).strip()
+    return _NON_WORD.sub(" ", deaccent(text)).strip()
 
 
 def fold(text: str) -> str:

@@ -1,0 +1,692 @@
+"""bot.yaml -> frozen dataclasses. Every problem names the key path and the line."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "IntakeRoom",
+    "InvitesConfig",
+    "MatrixConfig",
+    "PluginEntry",
+    "RelatedConfig",
+    "RoutingConfig",
+    "Specialty",
+    "StorageConfig",
+    "Trigger",
+    "is_room_ref",
+    "load_config",
+    "parse_config",
+]
+
+LANGUAGES = ("fr", "en")
+_ROOM_ALIAS = re.compile(r"^#[^:\s]+:[A-Za-z0-9.\-]+(:\d{1,5})?$")
+_ROOM_ID = re.compile(r"^![^:\s]+(:[A-Za-z0-9.\-]+(:\d{1,5})?)?$")
+_USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:\d{1,5})?$")
+_SERVER = re.compile(r"^(\*|[A-Za-z0-9.\-]+(:\d{1,5})?)$")
+_HASHTAG = re.compile(r"^#\w[\w\-]*$")
+_PLUGIN_USE = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
+
+
+def is_room_ref(value: str) -> bool:
+    """True for a room alias (``#a:b``) or a room ID (``!x:b``, or ``!x`` in room v12)."""
+    return bool(_ROOM_ALIAS.match(value) or _ROOM_ID.match(value))
+
+
+class Trigger(StrEnum):
+    """What makes a message in an intake room a question."""
+
+    HASHTAG = "hashtag"
+    QUESTION = "question"
+    ALL = "all"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in bot.yaml."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        return f"{self.path}: {self.message}{where}" if self.path else f"{self.message}{where}"
+
+
+class ConfigError(Exception):
+    """bot.yaml cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[ConfigProblem], source: str = "bot.yaml") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    """How to reach and log in to the homeserver."""
+
+    homeserver: str
+    user_id: str
+    password: str | None = field(default=None, repr=False)
+    access_token: str | None = field(default=None, repr=False)
+    device_id: str | None = None
+    device_name: str = "PeerBot"
+
+    @property
+    def server_name(self) -> str:
+        """The bot's own server name, from its user ID."""
+        return self.user_id.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where the bot keeps its state."""
+
+    database: Path
+
+
+@dataclass(frozen=True)
+class InvitesConfig:
+    """Whose invites the bot accepts."""
+
+    allowed_servers: tuple[str, ...]
+
+    def allows(self, user_id: str) -> bool:
+        """True when an invite from this user may be accepted."""
+        if "*" in self.allowed_servers:
+            return True
+        server = user_id.split(":", 1)[1] if ":" in user_id else ""
+        return server.lower() in {s.lower() for s in self.allowed_servers}
+
+
+@dataclass(frozen=True)
+class IntakeRoom:
+    """A room where the bot looks for questions."""
+
+    room: str
+    trigger: Trigger = Trigger.HASHTAG
+    hashtags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Specialty:
+    """A specialty room and the keywords that send a question there."""
+
+    name: str
+    room: str
+    keywords: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Specialty rooms and the fallback (triage) room."""
+
+    fallback_room: str
+    specialties: tuple[Specialty, ...] = ()
+
+
+@dataclass(frozen=True)
+class RelatedConfig:
+    """How related past threads are listed."""
+
+    max_results: int = 3
+    min_score: float | None = None
+    """None: the engine's calibrated default."""
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """Who may use admin commands."""
+
+    power_level: int = 50
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """A plugin named in bot.yaml."""
+
+    use: str
+    rooms: tuple[str, ...] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    path: str = ""
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of bot.yaml, checked."""
+
+    matrix: MatrixConfig
+    storage: StorageConfig
+    invites: InvitesConfig
+    intake: tuple[IntakeRoom, ...]
+    routing: RoutingConfig
+    language: str = "fr"
+    related: RelatedConfig = RelatedConfig()
+    admin: AdminConfig = AdminConfig()
+    plugins: tuple[PluginEntry, ...] = ()
+    log_level: str = "INFO"
+
+    def configured_rooms(self) -> list[str]:
+        """Every room reference named in the config (intake, specialties, fallback)."""
+        rooms = [i.room for i in self.intake]
+        rooms += [s.room for s in self.routing.specialties]
+        rooms.append(self.routing.fallback_room)
+        return list(dict.fromkeys(rooms))
+
+
+# --- reading YAML with line numbers -------------------------------------------------------------
+
+_Path = tuple[str | int, ...]
+
+
+def _fmt(path: _Path) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+class _Reader:
+    """Walks a composed YAML tree, remembering the line of every key and item."""
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[_Path, int] = {}
+        self.problems: list[ConfigProblem] = []
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            what = getattr(exc, "problem", None) or str(exc)
+            self.problems.append(ConfigProblem("", f"not valid YAML: {what}", line))
+            self.data: Any = None
+            return
+        if node is None:
+            self.data = None
+            return
+        self._index(node, ())
+        loader = yaml.SafeLoader("")
+        try:
+            self.data = loader.construct_document(node)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            self.problems.append(ConfigProblem("", f"not valid YAML: {exc}", line))
+            self.data = None
+        finally:
+            loader.dispose()
+
+    def _index(self, node: yaml.Node, path: _Path) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                if key in seen:
+                    self.problems.append(
+                        ConfigProblem(
+                            _fmt((*path, key)), "duplicate key", key_node.start_mark.line + 1
+                        )
+                    )
+                seen.add(key)
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                self._index(value_node, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.lines[(*path, i)] = item.start_mark.line + 1
+                self._index(item, (*path, i))
+
+    def line(self, path: _Path) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+class _Checker:
+    """Turns the raw YAML data into dataclasses, collecting every problem."""
+
+    def __init__(self, reader: _Reader, base_dir: Path, env: Mapping[str, str]) -> None:
+        self.r = reader
+        self.base_dir = base_dir
+        self.env = env
+        self.problems = reader.problems
+
+    def bad(self, path: _Path, message: str) -> None:
+        self.problems.append(ConfigProblem(_fmt(path), message, self.r.line(path)))
+
+    def mapping(self, value: Any, path: _Path, known: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.bad(path, f"must be a mapping of keys, not {_kind(value)}")
+            return {}
+        for key in value:
+            if str(key) not in known:
+                hint = difflib.get_close_matches(str(key), known, n=1)
+                extra = (
+                    f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
+                )
+                self.bad((*path, str(key)), "unknown key" + extra)
+        return {str(k): v for k, v in value.items()}
+
+    def string(
+        self,
+        d: Mapping[str, Any],
+        key: str,
+        path: _Path,
+        *,
+        required: bool = True,
+        default: str | None = None,
+        check: Callable[[str], bool] | None = None,
+        what: str = "",
+    ) -> str | None:
+        p = (*path, key)
+        if key not in d or d[key] is None:
+            if required:
+                self.bad(p, "is required")
+            return default
+        value = d[key]
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.bad(p, f"must be a string, not {_kind(value)}")
+            return default
+        text = str(value).strip()
+        if not text:
+            self.bad(p, "must not be empty")
+            return default
+        if check is not None and not check(text):
+            self.bad(p, what or "is not valid")
+            return default
+        return text
+
+    def integer(
+        self, d: Mapping[str, Any], key: str, path: _Path, default: int, lo: int, hi: int
+    ) -> int:
+        p = (*path, key)
+        if key not in d or d[key] is None:
+            return default
+        value = d[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.bad(p, f"must be a whole number, not {_kind(value)}")
+            return default
+        if not lo <= value <= hi:
+            self.bad(p, f"must be between {lo} and {hi}")
+            return default
+        return value
+
+    def string_list(
+        self,
+        d: Mapping[str, Any],
+        key: str,
+        path: _Path,
+        *,
+        required: bool = False,
+        check: Callable[[str], bool] | None = None,
+        what: str = "",
+    ) -> tuple[str, ...] | None:
+        p = (*path, key)
+        if key not in d or d[key] is None:
+            if required:
+                self.bad(p, "is required")
+            return None
+        value = d[key]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            self.bad(p, f"must be a list of strings, not {_kind(value)}")
+            return None
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, str | int | float):
+                self.bad((*p, i), f"must be a string, not {_kind(item)}")
+                continue
+            text = str(item).strip()
+            if not text:
+                self.bad((*p, i), "must not be empty")
+            elif check is not None and not check(text):
+                self.bad((*p, i), what or "is not valid")
+            else:
+                out.append(text)
+        return tuple(out)
+
+    def room(self, d: Mapping[str, Any], key: str, path: _Path) -> str:
+        return (
+            self.string(
+                d,
+                key,
+                path,
+                check=is_room_ref,
+                what="not a room alias or ID (like #name:server or !id:server)",
+            )
+            or ""
+        )
+
+    # -- sections ---------------------------------------------------------------------------
+
+    def check(self) -> Config | None:
+        if self.r.data is None and not self.problems:
+            self.bad((), "the file is empty")
+        if self.problems:
+            return None
+        top = self.mapping(
+            self.r.data,
+            (),
+            (
+                "matrix",
+                "storage",
+                "language",
+                "invites",
+                "intake",
+                "routing",
+                "related",
+                "admin",
+                "plugins",
+                "log_level",
+            ),
+        )
+        if not isinstance(self.r.data, dict):
+            return None
+        matrix = self.matrix(top)
+        storage = self.storage(top)
+        language = self.string(top, "language", (), required=False, default="fr") or "fr"
+        if language not in LANGUAGES:
+            self.bad(("language",), f"must be one of {', '.join(LANGUAGES)}")
+        log_level = (
+            self.string(top, "log_level", (), required=False, default="INFO") or "INFO"
+        ).upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            self.bad(("log_level",), "must be one of DEBUG, INFO, WARNING, ERROR")
+        invites = self.invites(top)
+        intake = self.intake(top)
+        routing = self.routing(top)
+        related = self.related(top)
+        admin = self.admin(top)
+        plugins = self.plugins(top)
+        if self.problems or matrix is None or routing is None:
+            return None
+        return Config(
+            matrix=matrix,
+            storage=storage,
+            invites=invites,
+            intake=intake,
+            routing=routing,
+            language=language,
+            related=related,
+            admin=admin,
+            plugins=plugins,
+            log_level=log_level,
+        )
+
+    def section(self, top: Mapping[str, Any], key: str, known: tuple[str, ...]) -> dict[str, Any]:
+        if key not in top:
+            return {}
+        return self.mapping(top[key], (key,), known)
+
+    def matrix(self, top: Mapping[str, Any]) -> MatrixConfig | None:
+        if "matrix" not in top:
+            self.bad(("matrix",), "is required")
+            return None
+        p: _Path = ("matrix",)
+        m = self.section(
+            top,
+            "matrix",
+            ("homeserver", "user_id", "password", "access_token", "device_id", "device_name"),
+        )
+        homeserver = self.string(
+            m,
+            "homeserver",
+            p,
+            check=lambda s: s.startswith(("http://", "https://")),
+            what="must be an http:// or https:// URL",
+        )
+        user_id = self.string(
+            m,
+            "user_id",
+            p,
+            check=lambda s: bool(_USER_ID.match(s)),
+            what="not a Matrix user ID (like @peerbot:example.org)",
+        )
+        password = self.env.get("PEERBOT_PASSWORD") or self.string(m, "password", p, required=False)
+        token = self.env.get("PEERBOT_ACCESS_TOKEN") or self.string(
+            m, "access_token", p, required=False
+        )
+        device_id = self.string(m, "device_id", p, required=False)
+        device_name = self.string(m, "device_name", p, required=False, default="PeerBot")
+        if not password and not token:
+            self.bad(
+                p,
+                "needs a password or an access_token "
+                "(or PEERBOT_PASSWORD / PEERBOT_ACCESS_TOKEN in the environment)",
+            )
+        if token and not device_id and not password:
+            self.bad((*p, "device_id"), "is required with access_token")
+        if homeserver is None or user_id is None:
+            return None
+        return MatrixConfig(
+            homeserver=homeserver.rstrip("/"),
+            user_id=user_id,
+            password=password,
+            access_token=token,
+            device_id=device_id,
+            device_name=device_name or "PeerBot",
+        )
+
+    def storage(self, top: Mapping[str, Any]) -> StorageConfig:
+        s = self.section(top, "storage", ("database",))
+        raw = self.string(s, "database", ("storage",), required=False, default="./peerbot.db")
+        path = Path(os.path.expanduser(raw or "./peerbot.db"))
+        if not path.is_absolute():
+            path = self.base_dir / path
+        return StorageConfig(database=path)
+
+    def invites(self, top: Mapping[str, Any]) -> InvitesConfig:
+        d = self.section(top, "invites", ("allowed_servers",))
+        servers = self.string_list(
+            d,
+            "allowed_servers",
+            ("invites",),
+            check=lambda s: bool(_SERVER.match(s)),
+            what="not a server name (like example.org) or *",
+        )
+        if servers is None:
+            # Safe default: only the bot's own server.
+            user = (
+                top.get("matrix", {}).get("user_id")
+                if isinstance(top.get("matrix"), dict)
+                else None
+            )
+            own = str(user).split(":", 1)[1] if isinstance(user, str) and ":" in user else ""
+            servers = (own,) if own else ()
+        return InvitesConfig(allowed_servers=servers)
+
+    def intake(self, top: Mapping[str, Any]) -> tuple[IntakeRoom, ...]:
+        raw = top.get("intake")
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.bad(("intake",), f"must be a list of rooms, not {_kind(raw)}")
+            return ()
+        rooms: list[IntakeRoom] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(raw):
+            p: _Path = ("intake", i)
+            d = self.mapping(item, p, ("room", "trigger", "hashtags"))
+            if not isinstance(item, dict):
+                continue
+            room = self.room(d, "room", p)
+            trig_raw = self.string(d, "trigger", p, required=False, default="hashtag") or "hashtag"
+            try:
+                trigger = Trigger(trig_raw.lower())
+            except ValueError:
+                self.bad((*p, "trigger"), "must be one of hashtag, question, all")
+                trigger = Trigger.HASHTAG
+            hashtags = self.string_list(
+                d,
+                "hashtags",
+                p,
+                check=lambda s: bool(_HASHTAG.match(s)),
+                what="not a hashtag (like #DocTocToc)",
+            )
+            if trigger is Trigger.HASHTAG and not hashtags and "hashtags" not in d:
+                self.bad((*p, "hashtags"), "is required when trigger is hashtag")
+            if room and room in seen:
+                self.bad((*p, "room"), f"is already intake[{seen[room]}]")
+            seen.setdefault(room, i)
+            rooms.append(IntakeRoom(room=room, trigger=trigger, hashtags=hashtags or ()))
+        return tuple(rooms)
+
+    def routing(self, top: Mapping[str, Any]) -> RoutingConfig | None:
+        if "routing" not in top:
+            self.bad(("routing",), "is required (at least routing.fallback_room)")
+            return None
+        d = self.section(top, "routing", ("fallback_room", "specialties"))
+        fallback = self.room(d, "fallback_room", ("routing",))
+        raw = d.get("specialties") or []
+        specialties: list[Specialty] = []
+        if not isinstance(raw, list):
+            self.bad(("routing", "specialties"), f"must be a list, not {_kind(raw)}")
+            raw = []
+        names: dict[str, int] = {}
+        for i, item in enumerate(raw):
+            p: _Path = ("routing", "specialties", i)
+            s = self.mapping(item, p, ("name", "room", "keywords"))
+            if not isinstance(item, dict):
+                continue
+            name = self.string(s, "name", p) or ""
+            room = self.room(s, "room", p)
+            keywords = self.string_list(s, "keywords", p) or ()
+            key = name.casefold()
+            if name and key in names:
+                self.bad(
+                    (*p, "name"),
+                    f"duplicate specialty name, already routing.specialties[{names[key]}]",
+                )
+            names.setdefault(key, i)
+            specialties.append(Specialty(name=name, room=room, keywords=keywords))
+        return RoutingConfig(fallback_room=fallback, specialties=tuple(specialties))
+
+    def related(self, top: Mapping[str, Any]) -> RelatedConfig:
+        d = self.section(top, "related", ("max_results", "min_score"))
+        max_results = self.integer(d, "max_results", ("related",), 3, 0, 10)
+        min_score: float | None = None
+        if d.get("min_score") is not None:
+            value = d["min_score"]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                self.bad(("related", "min_score"), f"must be a number, not {_kind(value)}")
+            elif not 0.0 <= float(value) <= 1.0:
+                self.bad(("related", "min_score"), "must be between 0 and 1")
+            else:
+                min_score = float(value)
+        return RelatedConfig(max_results=max_results, min_score=min_score)
+
+    def admin(self, top: Mapping[str, Any]) -> AdminConfig:
+        d = self.section(top, "admin", ("power_level",))
+        return AdminConfig(power_level=self.integer(d, "power_level", ("admin",), 50, 0, 1_000_000))
+
+    def plugins(self, top: Mapping[str, Any]) -> tuple[PluginEntry, ...]:
+        raw = top.get("plugins")
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.bad(("plugins",), f"must be a list, not {_kind(raw)}")
+            return ()
+        out: list[PluginEntry] = []
+        for i, item in enumerate(raw):
+            p: _Path = ("plugins", i)
+            d = self.mapping(item, p, ("use", "rooms", "options"))
+            if not isinstance(item, dict):
+                continue
+            use = self.string(
+                d,
+                "use",
+                p,
+                check=lambda s: bool(_PLUGIN_USE.match(s)),
+                what="must be module.path:ClassName or an entry-point name",
+            )
+            rooms = self.string_list(
+                d, "rooms", p, check=is_room_ref, what="not a room alias or ID"
+            )
+            options = d.get("options") or {}
+            if not isinstance(options, dict):
+                self.bad((*p, "options"), f"must be a mapping, not {_kind(options)}")
+                options = {}
+            if use:
+                out.append(
+                    PluginEntry(
+                        use=use,
+                        rooms=rooms,
+                        options={str(k): v for k, v in options.items()},
+                        path=_fmt(p),
+                        line=self.r.line(p),
+                    )
+                )
+        return tuple(out)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+
+
+def parse_config(
+    text: str, *, base_dir: Path | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Check the text of a bot.yaml; raise ConfigError listing every problem."""
+    reader = _Reader(text)
+    checker = _Checker(reader, base_dir or Path.cwd(), os.environ if env is None else env)
+    config = checker.check()
+    if config is None:
+        problems = sorted(checker.problems, key=lambda p: (p.line or 0, p.path))
+        raise ConfigError(problems or [ConfigProblem("", "invalid configuration")])
+    return config
+
+
+def load_config(path: Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and check a bot.yaml file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem("", f"{path}: no such file")], str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            [ConfigProblem("", f"{path}: cannot be read: {exc}")], str(path)
+        ) from None
+    try:
+        return parse_config(text, base_dir=path.resolve().parent, env=env)
+    except ConfigError as exc:
+        exc.source = str(path)
+        raise
+
+
+def iter_problems(exc: ConfigError) -> Iterator[str]:
+    """The problems of a ConfigError as printable lines."""
+    for problem in exc.problems:
+        yield str(problem)

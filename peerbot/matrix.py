@@ -1,0 +1,365 @@
+"""The only module that talks to matrix-nio: login, sync batches, sends; errors -> exceptions.
+
+The rest of PeerBot sees plain event dicts (``event.source``) and the exceptions below, never nio's
+response objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NewType, NoReturn
+
+import nio
+from nio.api import MessageDirection
+
+from .config import MatrixConfig
+
+__all__ = [
+    "EventID",
+    "Forbidden",
+    "Invite",
+    "MatrixClient",
+    "MatrixError",
+    "NotFound",
+    "RoomID",
+    "SyncBatch",
+    "Transient",
+    "UserID",
+]
+
+log = logging.getLogger(__name__)
+
+RoomID = NewType("RoomID", str)
+"""A room ID such as ``!abc:example.org``."""
+EventID = NewType("EventID", str)
+"""An event ID such as ``$abc``."""
+UserID = NewType("UserID", str)
+"""A user ID such as ``@alice:example.org``."""
+
+SYNC_TIMEOUT_MS = 30_000
+TIMELINE_LIMIT = 50
+GAP_PAGE = 100
+GAP_MAX_EVENTS = 5_000
+
+
+class MatrixError(Exception):
+    """The homeserver refused or failed a request."""
+
+    def __init__(self, what: str, errcode: str | None, message: str, status: int | None) -> None:
+        super().__init__(f"{what}: {errcode or status or 'error'} {message}".strip())
+        self.what = what
+        self.errcode = errcode
+        self.status = status
+
+
+class Transient(MatrixError):
+    """Worth retrying later: a 5xx, a proxy's error page, a time-out."""
+
+
+class Forbidden(MatrixError):
+    """Not allowed (not in the room, no permission, bad credentials)."""
+
+
+class NotFound(MatrixError):
+    """No such room, alias or event."""
+
+
+def _raise(what: str, resp: Any) -> NoReturn:
+    transport = getattr(resp, "transport_response", None)
+    status = getattr(transport, "status", None)
+    code = resp.status_code if isinstance(resp.status_code, str) else None
+    message = resp.message or ""
+    if code in ("M_FORBIDDEN", "M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_USER_DEACTIVATED"):
+        raise Forbidden(what, code, message, status)
+    if code == "M_NOT_FOUND" or status == 404:
+        raise NotFound(what, code, message, status)
+    if status is None or status >= 500 or code is None or code == "M_LIMIT_EXCEEDED":
+        raise Transient(what, code, message, status)
+    raise MatrixError(what, code, message, status)
+
+
+@dataclass(frozen=True)
+class Invite:
+    """An invitation for the bot."""
+
+    room_id: RoomID
+    inviter: str | None
+    encrypted: bool
+    room_version: str | None = None
+
+
+@dataclass
+class SyncBatch:
+    """What one sync brought, in the order to handle it."""
+
+    next_batch: str
+    events: list[tuple[RoomID, dict[str, Any]]] = field(default_factory=list)
+    """Timeline events, gaps filled, oldest first within each room."""
+    invites: list[Invite] = field(default_factory=list)
+    left: list[RoomID] = field(default_factory=list)
+
+
+class MatrixClient:
+    """A logged-in connection to the homeserver."""
+
+    def __init__(self, config: MatrixConfig) -> None:
+        self.config = config
+        client_config = nio.AsyncClientConfig(
+            encryption_enabled=False,
+            store_sync_tokens=False,
+            max_timeouts=None,
+            backoff_factor=0.5,
+            max_timeout_retry_wait_time=30,
+            request_timeout=SYNC_TIMEOUT_MS / 1000 + 30,
+        )
+        self._client = nio.AsyncClient(config.homeserver, config.user_id, config=client_config)
+        self.user_id = UserID(config.user_id)
+
+    @property
+    def device_id(self) -> str | None:
+        """The device in use."""
+        device: str | None = self._client.device_id
+        return device
+
+    @property
+    def access_token(self) -> str:
+        """The access token in use (a secret: never log it)."""
+        token: str = self._client.access_token
+        return token
+
+    # -- session ----------------------------------------------------------------------------
+
+    async def login(self, saved_device_id: str | None, saved_token: str | None) -> None:
+        """Reuse a saved token and device when they still work, else log in with the password."""
+        cfg = self.config
+        token = cfg.access_token or saved_token
+        device = cfg.device_id or saved_device_id
+        if token and device:
+            self._client.restore_login(cfg.user_id, device, token)
+            who = await self._client.whoami()
+            if isinstance(who, nio.WhoamiResponse):
+                if who.user_id != cfg.user_id:
+                    raise Forbidden("login", None, f"the token belongs to {who.user_id}", None)
+                return
+            if not cfg.password or getattr(who, "status_code", None) not in (
+                "M_UNKNOWN_TOKEN",
+                "M_MISSING_TOKEN",
+            ):
+                _raise("login", who)
+            log.warning("The saved access token no longer works; logging in again")
+            self._client.access_token = ""
+        if not cfg.password:
+            raise Forbidden("login", None, "no password and no usable access token", None)
+        if device:
+            self._client.device_id = device
+        resp = await self._client.login(password=cfg.password, device_name=cfg.device_name)
+        if isinstance(resp, nio.LoginError):
+            _raise("login", resp)
+
+    async def close(self) -> None:
+        """Close the HTTP session (the device stays logged in for the next start)."""
+        await self._client.close()
+
+    # -- sync -------------------------------------------------------------------------------
+
+    async def sync(self, since: str | None, *, full_state: bool, first: bool = False) -> SyncBatch:
+        """One sync. ``first``: an initial sync that only fetches state and the latest token."""
+        limit = 1 if first else TIMELINE_LIMIT
+        resp = await self._client.sync(
+            timeout=0 if first else SYNC_TIMEOUT_MS,
+            since=since,
+            full_state=full_state,
+            sync_filter={"room": {"timeline": {"limit": limit}}},
+        )
+        if not isinstance(resp, nio.SyncResponse):
+            _raise("sync", resp)
+        batch = SyncBatch(next_batch=resp.next_batch)
+        for room_id, info in resp.rooms.invite.items():
+            batch.invites.append(self._invite(RoomID(room_id), info.invite_state))
+        batch.left = [RoomID(r) for r in resp.rooms.leave]
+        if first:
+            return batch
+        for room_id, joined in resp.rooms.join.items():
+            timeline = joined.timeline
+            events: list[dict[str, Any]] = []
+            if timeline.limited and since:
+                events = await self._fill_gap(room_id, timeline.prev_batch, since)
+            events += [_source(e) for e in timeline.events]
+            batch.events += [(RoomID(room_id), e) for e in events if e]
+        return batch
+
+    async def _fill_gap(self, room_id: str, start: str | None, end: str) -> list[dict[str, Any]]:
+        """Events between the previous sync and this timeline, oldest first."""
+        found: list[dict[str, Any]] = []
+        token = start
+        while token and len(found) < GAP_MAX_EVENTS:
+            resp = await self._client.room_messages(
+                room_id, start=token, end=end, direction=MessageDirection.back, limit=GAP_PAGE
+            )
+            if not isinstance(resp, nio.RoomMessagesResponse):
+                log.warning("Could not fill a gap in %s: %s", room_id, resp)
+                break
+            found += [_source(e) for e in resp.chunk]
+            if not resp.chunk or not resp.end or resp.end == token:
+                break
+            token = resp.end
+        log.info("Filled a gap of %d events in %s", len(found), room_id)
+        found.reverse()
+        return found
+
+    def _invite(self, room_id: RoomID, state: list[Any]) -> Invite:
+        inviter = None
+        encrypted = False
+        version = None
+        for ev in state:
+            src = _source(ev)
+            etype = src.get("type")
+            if (
+                etype == "m.room.member"
+                and src.get("state_key") == self.user_id
+                and (src.get("content") or {}).get("membership") == "invite"
+            ):
+                inviter = src.get("sender")
+            elif etype == "m.room.encryption":
+                encrypted = True
+            elif etype == "m.room.create":
+                content = src.get("content") or {}
+                version = str(content.get("room_version", "1"))
+        return Invite(room_id, inviter if isinstance(inviter, str) else None, encrypted, version)
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    def joined_rooms(self) -> set[RoomID]:
+        """Rooms the bot is in, as of the last sync."""
+        return {RoomID(r) for r in self._client.rooms}
+
+    def is_encrypted(self, room_id: str) -> bool:
+        """True when the room has encryption enabled."""
+        room = self._client.rooms.get(room_id)
+        return bool(room and room.encrypted)
+
+    def display_name(self, room_id: str, user_id: str) -> str | None:
+        """The user's display name in that room, if known."""
+        room = self._client.rooms.get(room_id)
+        if room is None:
+            return None
+        user = room.users.get(user_id)
+        return user.display_name if user and user.display_name else None
+
+    def room_label(self, room_id: str) -> str:
+        """A short human name for a room: its alias, its name, or its ID."""
+        room = self._client.rooms.get(room_id)
+        if room is None:
+            return room_id
+        return str(room.canonical_alias or room.name or room_id)
+
+    async def profile_name(self, user_id: str) -> str | None:
+        """The user's global display name."""
+        resp = await self._client.get_displayname(user_id)
+        if isinstance(resp, nio.ProfileGetDisplayNameResponse):
+            name: str | None = resp.displayname
+            return name
+        return None
+
+    async def resolve_alias(self, alias: str) -> tuple[RoomID, list[str]]:
+        """The room ID (and servers) behind an alias."""
+        resp = await self._client.room_resolve_alias(alias)
+        if not isinstance(resp, nio.RoomResolveAliasResponse):
+            _raise(f"resolve {alias}", resp)
+        return RoomID(resp.room_id), list(resp.servers)
+
+    async def join(self, room: str) -> RoomID:
+        """Join a room by ID or alias."""
+        resp = await self._client.join(room)
+        if not isinstance(resp, nio.JoinResponse):
+            _raise(f"join {room}", resp)
+        return RoomID(resp.room_id)
+
+    async def create_room(
+        self,
+        *,
+        alias_localpart: str | None = None,
+        name: str | None = None,
+        invite: list[str] | None = None,
+        public: bool = False,
+    ) -> RoomID:
+        """Create a room (tools and the demo use this; the bot itself never creates rooms)."""
+        resp = await self._client.room_create(
+            visibility=nio.RoomVisibility.public if public else nio.RoomVisibility.private,
+            alias=alias_localpart,
+            name=name,
+            invite=invite or [],
+            preset=nio.RoomPreset.public_chat if public else nio.RoomPreset.private_chat,
+        )
+        if not isinstance(resp, nio.RoomCreateResponse):
+            _raise(f"create {alias_localpart or name}", resp)
+        return RoomID(resp.room_id)
+
+    async def set_display_name(self, name: str) -> None:
+        """Set this account's display name."""
+        resp = await self._client.set_displayname(name)
+        if isinstance(resp, nio.ErrorResponse):
+            _raise("set display name", resp)
+
+    async def decline(self, room_id: str, reason: str) -> None:
+        """Decline an invitation, telling the inviter why."""
+        path = f"/_matrix/client/v3/rooms/{_q(room_id)}/leave"
+        await self._raw("POST", path, {"reason": reason}, f"decline {room_id}")
+
+    async def get_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        """One event of a room, as a dict."""
+        resp = await self._client.room_get_event(room_id, event_id)
+        if not isinstance(resp, nio.RoomGetEventResponse):
+            _raise(f"get {event_id}", resp)
+        return _source(resp.event)
+
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str,
+        event_type: str = "m.room.message",
+    ) -> EventID:
+        """Send an event with a deterministic transaction ID; the server dedupes re-sends."""
+        resp = await self._client.room_send(
+            room_id, event_type, content, tx_id=tx_id, ignore_unverified_devices=True
+        )
+        if not isinstance(resp, nio.RoomSendResponse):
+            _raise(f"send to {room_id}", resp)
+        return EventID(resp.event_id)
+
+    async def _raw(
+        self, method: str, path: str, body: Mapping[str, Any] | None, what: str
+    ) -> dict[str, Any]:
+        import json
+
+        headers = {"Authorization": f"Bearer {self._client.access_token}"}
+        data = json.dumps(body) if body is not None else None
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        resp = await self._client.send(method, path, data, headers)
+        try:
+            payload = await resp.json(content_type=None)
+        except Exception:  # an HTML error page from a proxy
+            payload = {}
+        if resp.status >= 400:
+            err = nio.ErrorResponse(
+                str(payload.get("error", "")) if isinstance(payload, dict) else "",
+                payload.get("errcode") if isinstance(payload, dict) else None,
+            )
+            err.transport_response = resp
+            _raise(what, err)
+        return payload if isinstance(payload, dict) else {}
+
+
+def _q(part: str) -> str:
+    from urllib.parse import quote
+
+    return quote(part, safe="")
+
+
+def _source(event: Any) -> dict[str, Any]:
+    src = getattr(event, "source", None)
+    return src if isinstance(src, dict) else {}

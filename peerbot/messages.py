@@ -1,0 +1,268 @@
+"""Every sentence the bot says, in French and English; HTML escaping; permalinks (pure)."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+__all__ = [
+    "MAX_QUOTE_CHARS",
+    "Rendered",
+    "Texts",
+    "defang",
+    "permalink",
+    "shorten",
+    "texts_for",
+]
+
+MAX_QUOTE_CHARS = 4000
+"""Longer questions are forwarded shortened, with a marker saying so."""
+
+WORD_JOINER = "\u2060"
+_MENTION = re.compile(r"@(?=[\w.=\-/+]+:[\w.\-]+|room\b)", re.IGNORECASE)
+
+
+def defang(text: str) -> str:
+    """Make ``@room`` and user IDs inert: a word joiner after the ``@`` stops pills and pings."""
+    return _MENTION.sub("@" + WORD_JOINER, text)
+
+
+def permalink(room_id: str, event_id: str | None, via: Iterable[str] = ()) -> str:
+    """A matrix.to link to a room or an event, with ``via`` servers."""
+    url = "https://matrix.to/#/" + quote(room_id, safe="")
+    if event_id:
+        url += "/" + quote(event_id, safe="")
+    servers = list(dict.fromkeys(s for s in via if s))[:3]
+    if servers:
+        url += "?" + "&".join("via=" + quote(s, safe="") for s in servers)
+    return url
+
+
+def shorten(text: str, limit: int = MAX_QUOTE_CHARS) -> tuple[str, bool]:
+    """The text cut at a word boundary under ``limit`` characters, and whether it was cut."""
+    if len(text) <= limit:
+        return text, False
+    cut = text[:limit]
+    space = cut.rfind(" ", limit - 200)
+    if space > 0:
+        cut = cut[:space]
+    return cut.rstrip(), True
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _quote_html(text: str) -> str:
+    return "<br>".join(_e(line) for line in text.split("\n"))
+
+
+def _link(url: str, label: str) -> str:
+    return f'<a href="{_e(url)}">{_e(label)}</a>'
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A message as plain text and as HTML."""
+
+    body: str
+    html: str
+
+    def content(self, msgtype: str = "m.notice") -> dict[str, Any]:
+        """The event content, pinging nobody."""
+        return {
+            "msgtype": msgtype,
+            "body": self.body,
+            "format": "org.matrix.custom.html",
+            "formatted_body": self.html,
+            "m.mentions": {},
+        }
+
+
+@dataclass(frozen=True)
+class RelatedLine:
+    """One related past thread, as the bot lists it."""
+
+    url: str
+    first_line: str
+    age_days: float
+    replies: int
+    solved: bool
+
+
+_FR: Mapping[str, str] = {
+    "forward_title": "Question transmise par PeerBot",
+    "forward_from": "de {name} ({user}) dans {room}",
+    "forward_reply": "Répondre dans le fil d'origine",
+    "shortened": "[… message raccourci : {total} caractères au total, lire l'original]",
+    "ack_specialty": "Votre question a été transmise au salon {room} ({specialty}).",
+    "ack_fallback": (
+        "Aucune spécialité ne correspond : votre question a été transmise au salon de tri {room}."
+    ),
+    "ack_link": "Voir le message transmis",
+    "ack_words": "Mots décisifs : {words}.",
+    "ack_fuzzy": "{keyword} (lu « {found} »)",
+    "ack_reasons": "Suggestion d'un module : {reasons}.",
+    "ack_answers": "Les réponses arriveront dans ce fil-là ; ce fil reste le vôtre.",
+    "related_title": "Fils similaires déjà posés :",
+    "related_age_today": "aujourd'hui",
+    "related_age_days": "il y a {n} j",
+    "related_age_months": "il y a {n} mois",
+    "related_replies": "{n} réponse(s)",
+    "invite_declined": (
+        "PeerBot n'accepte les invitations que des serveurs autorisés par son opérateur."
+    ),
+    "encrypted_room": (
+        "Ce salon est chiffré de bout en bout et cette installation de PeerBot ne lit pas encore "
+        "les salons chiffrés : elle ne le rejoint pas. Demandez à l'opérateur d'activer le "
+        "chiffrement ou invitez-la dans un salon non chiffré."
+    ),
+    "apology": "Désolé, un problème est survenu avec cette question ; l'équipe a été prévenue.",
+    "colon": " :",
+}
+
+_EN: Mapping[str, str] = {
+    "forward_title": "Question forwarded by PeerBot",
+    "forward_from": "from {name} ({user}) in {room}",
+    "forward_reply": "Reply in the original thread",
+    "shortened": "[… message shortened: {total} characters in all, read the original]",
+    "ack_specialty": "Your question was forwarded to {room} ({specialty}).",
+    "ack_fallback": "No specialty matched: your question was forwarded to the triage room {room}.",
+    "ack_link": "See the forwarded message",
+    "ack_words": "Deciding words: {words}.",
+    "ack_fuzzy": "{keyword} (read as “{found}”)",
+    "ack_reasons": "Suggested by a plugin: {reasons}.",
+    "ack_answers": "Answers will come in that thread; this thread stays yours.",
+    "related_title": "Similar threads asked before:",
+    "related_age_today": "today",
+    "related_age_days": "{n} d ago",
+    "related_age_months": "{n} mo ago",
+    "related_replies": "{n} repl(ies)",
+    "invite_declined": "PeerBot only accepts invitations from servers its operator allows.",
+    "encrypted_room": (
+        "This room is end-to-end encrypted and this PeerBot installation cannot read encrypted "
+        "rooms yet, so it does not join. Ask the operator to enable encryption, or invite it to "
+        "an unencrypted room."
+    ),
+    "apology": "Sorry, something went wrong with this question; the team has been told.",
+    "colon": ":",
+}
+
+_CATALOGUES: Mapping[str, Mapping[str, str]] = {"fr": _FR, "en": _EN}
+
+
+@dataclass(frozen=True)
+class Texts:
+    """The bot's sentences in one language."""
+
+    language: str
+
+    def s(self, key: str, **values: object) -> str:
+        """One sentence, filled in."""
+        return _CATALOGUES[self.language][key].format(**values)
+
+    def forward(
+        self,
+        *,
+        question: str,
+        sender_name: str,
+        sender_id: str,
+        source_room: str,
+        source_url: str,
+        specialty: str | None,
+    ) -> Rendered:
+        """The notice posted in the specialty (or triage) room."""
+        text, cut = shorten(question)
+        text = defang(text)
+        name, user, room = defang(sender_name), defang(sender_id), defang(source_room)
+        title = self.s("forward_title") + (f" — {specialty}" if specialty else "")
+        frm = self.s("forward_from", name=name, user=user, room=room)
+        marker = self.s("shortened", total=len(question)) if cut else ""
+        reply = self.s("forward_reply")
+        quoted = "\n".join("> " + line for line in text.split("\n"))
+        colon = self.s("colon")
+        body = f"{title} {frm}{colon}\n{quoted}\n" + (f"{marker}\n" if marker else "")
+        body += f"{reply}{colon} {source_url}"
+        html_frm = self.s("forward_from", name=_e(name), user=_e(user), room=_e(room))
+        html_out = (
+            f"<p><strong>{_e(title)}</strong> {html_frm}</p>"
+            f"<blockquote>{_quote_html(text)}</blockquote>"
+            + (f"<p><em>{_e(marker)}</em></p>" if marker else "")
+            + f"<p>{_link(source_url, reply)}</p>"
+        )
+        return Rendered(body, html_out)
+
+    def acknowledgement(
+        self,
+        *,
+        target_room: str,
+        specialty: str | None,
+        forward_url: str,
+        words: Sequence[tuple[str, str, bool]] = (),
+        reasons: Sequence[str] = (),
+        related: Sequence[RelatedLine] = (),
+    ) -> Rendered:
+        """The notice in the asker's thread: where it went, why, and related threads."""
+        room = defang(target_room)
+        if specialty is None:
+            first = self.s("ack_fallback", room=room)
+        else:
+            first = self.s("ack_specialty", room=room, specialty=defang(specialty))
+        link_label = self.s("ack_link")
+        parts_txt = [first, f"{link_label}{self.s('colon')} {forward_url}"]
+        parts_html = [f"<p>{_e(first)} {_link(forward_url, link_label)}</p>"]
+        if words:
+            shown = [
+                kw if exact else self.s("ack_fuzzy", keyword=kw, found=found)
+                for kw, found, exact in words
+            ]
+            line = self.s("ack_words", words=", ".join(defang(w) for w in shown))
+            parts_txt.append(line)
+            parts_html.append(f"<p>{_e(line)}</p>")
+        if reasons:
+            line = self.s("ack_reasons", reasons="; ".join(defang(r) for r in reasons))
+            parts_txt.append(line)
+            parts_html.append(f"<p>{_e(line)}</p>")
+        if related:
+            txt, htm = self.related_list(related)
+            parts_txt.append(txt)
+            parts_html.append(htm)
+        return Rendered("\n".join(parts_txt), "".join(parts_html))
+
+    def age(self, days: float) -> str:
+        """How old a thread is, shortly."""
+        if days < 1:
+            return self.s("related_age_today")
+        if days < 60:
+            return self.s("related_age_days", n=int(days))
+        return self.s("related_age_months", n=int(days // 30))
+
+    def related_list(self, items: Sequence[RelatedLine]) -> tuple[str, str]:
+        """The related-threads list as text and HTML."""
+        title = self.s("related_title")
+        lines_txt = [title]
+        lines_html = []
+        for item in items:
+            first, _ = shorten(item.first_line.split("\n", 1)[0].strip(), 120)
+            first = defang(first)
+            meta = f"{self.age(item.age_days)}, {self.s('related_replies', n=item.replies)}"
+            mark = " ✅" if item.solved else ""
+            lines_txt.append(f"- {first} ({meta}){mark} {item.url}")
+            lines_html.append(f"<li>{_link(item.url, first)} ({_e(meta)}){mark}</li>")
+        return "\n".join(lines_txt), f"<p>{_e(title)}</p><ul>{''.join(lines_html)}</ul>"
+
+    def plain(self, key: str, **values: object) -> Rendered:
+        """A one-sentence notice."""
+        text = self.s(key, **values)
+        return Rendered(text, _e(text))
+
+
+def texts_for(language: str) -> Texts:
+    """The sentences for a configured language."""
+    if language not in _CATALOGUES:
+        raise ValueError(f"unknown language {language!r}")
+    return Texts(language)

@@ -1,0 +1,470 @@
+"""The only module that talks to the database (aiosqlite, WAL, versioned migrations)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Self
+
+import aiosqlite
+
+__all__ = ["Effect", "QuestionRow", "Store", "StoreError"]
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message says why and what to do."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("peerbot") / "migrations"
+    found: list[tuple[int, str]] = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class QuestionRow:
+    """A question as stored."""
+
+    seq: int
+    event_id: str
+    room_id: str
+    sender: str | None
+    sender_name: str | None
+    body: str | None
+    created_ts: int
+    trigger_event_id: str
+    state: str
+    specialty: str | None
+    target_room: str | None
+    decision: dict[str, Any] | None
+    forward_event_id: str | None
+    ack_event_id: str | None
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A message the bot must send (pending) or has sent (done)."""
+
+    seq: int
+    tx_id: str
+    question_id: str | None
+    kind: str
+    room_id: str
+    content: dict[str, Any]
+    state: str
+    event_id: str | None
+    attempts: int
+
+
+_Q_COLS = (
+    "seq, event_id, room_id, sender, sender_name, body, created_ts, trigger_event_id, state, "
+    "specialty, target_room, decision, forward_event_id, ack_event_id"
+)
+_E_COLS = "seq, tx_id, question_id, kind, room_id, content, state, event_id, attempts"
+
+
+def _question(row: sqlite3.Row | tuple[Any, ...]) -> QuestionRow:
+    r = tuple(row)
+    return QuestionRow(
+        seq=r[0],
+        event_id=r[1],
+        room_id=r[2],
+        sender=r[3],
+        sender_name=r[4],
+        body=r[5],
+        created_ts=r[6],
+        trigger_event_id=r[7],
+        state=r[8],
+        specialty=r[9],
+        target_room=r[10],
+        decision=json.loads(r[11]) if r[11] else None,
+        forward_event_id=r[12],
+        ack_event_id=r[13],
+    )
+
+
+def _effect(row: sqlite3.Row | tuple[Any, ...]) -> Effect:
+    r = tuple(row)
+    return Effect(
+        seq=r[0],
+        tx_id=r[1],
+        question_id=r[2],
+        kind=r[3],
+        room_id=r[4],
+        content=json.loads(r[5]),
+        state=r[6],
+        event_id=r[7],
+        attempts=r[8],
+    )
+
+
+class Store:
+    """PeerBot's SQLite database: open with ``async with Store.open(path) as store``."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, lock_fd: int) -> None:
+        self._db = db
+        self.path = path
+        self._lock_fd = lock_fd
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> Self:
+        """Open (creating if needed) and migrate the database; refuse a second instance."""
+        lock_fd = cls._prepare(path)
+        try:
+            try:
+                db = await aiosqlite.connect(path, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise StoreError(f"storage.database: cannot open {path}: {exc}") from exc
+            store = cls(db, path, lock_fd)
+            try:
+                await store._setup()
+            except sqlite3.DatabaseError as exc:
+                await db.close()
+                raise StoreError(f"storage.database: cannot use {path}: {_hint(exc)}") from exc
+            cls._restrict(path)
+            return store
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @staticmethod
+    def _prepare(path: Path) -> int:
+        """Check the folder, take the instance lock, create the file owner-only."""
+        if not path.parent.is_dir():
+            raise StoreError(
+                f"storage.database: the folder {path.parent} does not exist; create it first"
+            )
+        lock_path = Path(str(path) + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise StoreError(
+                f"storage.database: cannot create the lock file {lock_path}: {exc}"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"storage.database: {path} is in use by another PeerBot instance; "
+                "only one may run on a database"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        try:
+            # Created owner-only before SQLite touches it: it holds health information.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"storage.database: cannot create {path}: {exc.strerror}") from exc
+        return fd
+
+    @staticmethod
+    def _restrict(path: Path) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(str(path) + suffix, 0o600)
+
+    async def _setup(self) -> None:
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        async with self._db.execute("PRAGMA quick_check") as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {row}")
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        migrations = _migrations()
+        latest = migrations[-1][0] if migrations else 0
+        if current > latest:
+            raise StoreError(
+                f"storage.database: schema version {current} is newer than this PeerBot "
+                f"knows ({latest}); upgrade PeerBot"
+            )
+        for version, sql in migrations:
+            if version <= current:
+                continue
+            log.info("Applying database migration %04d", version)
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_sql(sql):
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version={version}")
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        """Close the connection and release the instance lock."""
+        try:
+            await self._db.close()
+        finally:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def schema_version(self) -> int:
+        """The applied schema version."""
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- key/value ---------------------------------------------------------------------------
+
+    async def get(self, key: str) -> str | None:
+        """A stored value (sync token, device ID...)."""
+        async with self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def put(self, key: str, value: str) -> None:
+        """Store a value."""
+        await self._db.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    async def delete(self, key: str) -> None:
+        """Forget a value."""
+        await self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    # -- handled events ----------------------------------------------------------------------
+
+    async def is_handled(self, event_id: str) -> bool:
+        """True when this event was already acted on."""
+        async with self._db.execute(
+            "SELECT 1 FROM handled_events WHERE event_id = ?", (event_id,)
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def mark_handled(self, event_id: str, room_id: str) -> None:
+        """Remember that this event was acted on."""
+        await self._db.execute(
+            "INSERT OR IGNORE INTO handled_events (event_id, room_id, handled_at) VALUES (?, ?, ?)",
+            (event_id, room_id, _now_ms()),
+        )
+
+    # -- questions ---------------------------------------------------------------------------
+
+    async def add_question(
+        self,
+        *,
+        event_id: str,
+        room_id: str,
+        trigger_event_id: str,
+        sender: str | None,
+        body: str | None,
+        created_ts: int,
+    ) -> bool:
+        """Record a new question and mark its trigger handled; False if it was known."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = await self._db.execute(
+                "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
+                "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'new', ?)",
+                (event_id, room_id, sender, body, created_ts, trigger_event_id, _now_ms()),
+            )
+            added = cur.rowcount == 1
+            await self._db.execute(
+                "INSERT OR IGNORE INTO handled_events (event_id, room_id, handled_at) "
+                "VALUES (?, ?, ?)",
+                (trigger_event_id, room_id, _now_ms()),
+            )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        return added
+
+    async def question(self, event_id: str) -> QuestionRow | None:
+        """A question by its event ID."""
+        async with self._db.execute(
+            f"SELECT {_Q_COLS} FROM questions WHERE event_id = ?", (event_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _question(row) if row else None
+
+    async def questions_in_state(self, *states: str, limit: int = 100) -> list[QuestionRow]:
+        """Questions waiting for work, oldest first."""
+        marks = ",".join("?" * len(states))
+        async with self._db.execute(
+            f"SELECT {_Q_COLS} FROM questions WHERE state IN ({marks}) ORDER BY seq LIMIT ?",
+            (*states, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_question(r) for r in rows]
+
+    async def update_question(self, event_id: str, **fields: Any) -> None:
+        """Set some columns of a question."""
+        allowed = {
+            "sender",
+            "sender_name",
+            "body",
+            "created_ts",
+            "state",
+            "specialty",
+            "target_room",
+            "decision",
+            "forward_event_id",
+            "ack_event_id",
+            "error",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown question columns: {sorted(unknown)}")
+        if "decision" in fields and fields["decision"] is not None:
+            fields["decision"] = json.dumps(fields["decision"], ensure_ascii=False)
+        fields["updated_at"] = _now_ms()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        await self._db.execute(
+            f"UPDATE questions SET {sets} WHERE event_id = ?", (*fields.values(), event_id)
+        )
+
+    async def count_questions(self) -> int:
+        """How many questions are stored."""
+        async with self._db.execute("SELECT COUNT(*) FROM questions") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- the outbox --------------------------------------------------------------------------
+
+    async def add_effect(
+        self,
+        *,
+        tx_id: str,
+        kind: str,
+        room_id: str,
+        content: dict[str, Any],
+        question_id: str | None = None,
+        question_state: str | None = None,
+    ) -> Effect:
+        """Record a message to send (idempotent on tx_id) and optionally move its question on."""
+        now = _now_ms()
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
+                "state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (
+                    tx_id,
+                    question_id,
+                    kind,
+                    room_id,
+                    json.dumps(content, ensure_ascii=False),
+                    now,
+                    now,
+                ),
+            )
+            if question_id is not None and question_state is not None:
+                await self._db.execute(
+                    "UPDATE questions SET state = ?, updated_at = ? WHERE event_id = ?",
+                    (question_state, now, question_id),
+                )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        effect = await self.effect(tx_id)
+        assert effect is not None
+        return effect
+
+    async def effect(self, tx_id: str) -> Effect | None:
+        """An effect by its transaction ID."""
+        async with self._db.execute(
+            f"SELECT {_E_COLS} FROM effects WHERE tx_id = ?", (tx_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _effect(row) if row else None
+
+    async def pending_effects(self, limit: int = 100) -> list[Effect]:
+        """Effects not yet sent, oldest first."""
+        async with self._db.execute(
+            f"SELECT {_E_COLS} FROM effects WHERE state = 'pending' ORDER BY seq LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_effect(r) for r in rows]
+
+    async def effect_attempt(self, tx_id: str, error: str | None) -> None:
+        """Count a send attempt (and its error)."""
+        await self._db.execute(
+            "UPDATE effects SET attempts = attempts + 1, error = ?, updated_at = ? WHERE tx_id = ?",
+            (error, _now_ms(), tx_id),
+        )
+
+    async def effect_done(self, tx_id: str, event_id: str) -> None:
+        """Mark an effect sent, with the event it created."""
+        await self._db.execute(
+            "UPDATE effects SET state = 'done', event_id = ?, error = NULL, updated_at = ? "
+            "WHERE tx_id = ?",
+            (event_id, _now_ms(), tx_id),
+        )
+
+    async def effect_failed(self, tx_id: str, error: str) -> None:
+        """Give up on an effect that can never be sent (the room is gone, forbidden...)."""
+        await self._db.execute(
+            "UPDATE effects SET state = 'failed', error = ?, updated_at = ? WHERE tx_id = ?",
+            (error, _now_ms(), tx_id),
+        )
+
+    async def effects_for(self, question_id: str) -> list[Effect]:
+        """Every effect of a question."""
+        async with self._db.execute(
+            f"SELECT {_E_COLS} FROM effects WHERE question_id = ? ORDER BY seq", (question_id,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_effect(r) for r in rows]
+
+    async def execute_script(self, statements: Sequence[str]) -> None:
+        """Run maintenance statements (tests and tools only)."""
+        for statement in statements:
+            await self._db.execute(statement)
+
+
+def _hint(exc: sqlite3.DatabaseError) -> str:
+    msg = str(exc)
+    if "readonly" in msg or "read-only" in msg:
+        return f"the file or its folder is read-only for this user ({msg})"
+    if "not a database" in msg or "malformed" in msg:
+        return f"the file is not a PeerBot database or is corrupt; restore a backup ({msg})"
+    if "locked" in msg:
+        return f"another program holds a lock on it ({msg})"
+    return msg
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Statements of a migration file (no semicolons inside literals in our files)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
