@@ -91,7 +91,8 @@ def test_bad_yaml_gives_line() -> None:
 def test_duplicate_specialty_and_key() -> None:
     text = GOOD.replace("name: Pédiatrie", "name: cardiologie")
     assert any(
-        m.startswith("routing.specialties[1].name: duplicate specialty name") for m in problems(text)
+        m.startswith("routing.specialties[1].name: duplicate specialty name")
+        for m in problems(text)
     )
     text = GOOD.replace("language: fr", "language: fr\nlanguage: en")
     assert "language: duplicate key (line 8)" in problems(text)

@@ -10,7 +10,9 @@ from peerbot.routing import PluginProposal, Rule, RuleSet, decide
 from peerbot.textnorm import fold
 
 
-def ev(body: Any, *, eid: str = "$q", rel: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def ev(
+    body: Any, *, eid: str = "$q", rel: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     content: dict[str, Any] = {"msgtype": extra.pop("msgtype", "m.text"), "body": body}
     if rel is not None:
         content["m.relates_to"] = rel
@@ -52,8 +54,12 @@ def test_hashtag_top_level_is_its_own_question() -> None:
 
 
 def test_hashtag_in_thread_reply_points_to_root() -> None:
-    rel = {"rel_type": "m.thread", "event_id": "$root", "is_falling_back": True,
-           "m.in_reply_to": {"event_id": "$other"}}
+    rel = {
+        "rel_type": "m.thread",
+        "event_id": "$root",
+        "is_falling_back": True,
+        "m.in_reply_to": {"event_id": "$other"},
+    }
     assert q(ev("#DocTocToc", eid="$r", rel=rel)) == "$root"
     reply = {"m.in_reply_to": {"event_id": "$parent"}}
     assert q(ev("> quoted\n\n#doctoctoc", eid="$r", rel=reply)) == "$parent"
@@ -61,7 +67,16 @@ def test_hashtag_in_thread_reply_points_to_root() -> None:
 
 def test_edits_notices_commands_ignored() -> None:
     edit = {"rel_type": "m.replace", "event_id": "$q"}
-    assert q(ev("* #DocTocToc ?", rel=edit, **{"m.new_content": {"msgtype": "m.text", "body": "#DocTocToc ?"}})) is None
+    assert (
+        q(
+            ev(
+                "* #DocTocToc ?",
+                rel=edit,
+                **{"m.new_content": {"msgtype": "m.text", "body": "#DocTocToc ?"}},
+            )
+        )
+        is None
+    )
     assert q(ev("#DocTocToc ?", msgtype="m.notice")) is None
     assert q(ev("!route test #DocTocToc")) is None
 
@@ -90,14 +105,18 @@ def test_malformed_events_are_none() -> None:
 
 RULES = RuleSet(
     [
-        Rule("Cardiologie", "!cardio", ("ecg", "arythmie", "fibrillation auriculaire", "infarctus")),
+        Rule(
+            "Cardiologie", "!cardio", ("ecg", "arythmie", "fibrillation auriculaire", "infarctus")
+        ),
         Rule("Pédiatrie", "!pedia", ("nourrisson", "enfant", "ECG pédiatrique")),
     ]
 )
 
 
 def test_keywords_decide_with_reasons() -> None:
-    d = decide("#DocTocToc Patiente de 82 ans, ECG avec arythmie, faut-il anticoaguler ?", RULES, "!triage")
+    d = decide(
+        "#DocTocToc Patiente de 82 ans, ECG avec arythmie, faut-il anticoaguler ?", RULES, "!triage"
+    )
     assert d.room == "!cardio" and d.specialty == "Cardiologie"
     assert sorted(h.keyword for h in d.hits) == ["arythmie", "ecg"]
     assert d.score > 0.8

@@ -9,7 +9,9 @@ from peerbot.messages import WORD_JOINER, defang, permalink, shorten, texts_for
 
 def test_permalink_quotes_and_via() -> None:
     url = permalink("!abc:example.org", "$ev/+x", ["example.org", "other.org", "example.org"])
-    assert url == "https://matrix.to/#/%21abc%3Aexample.org/%24ev%2F%2Bx?via=example.org&via=other.org"
+    assert (
+        url == "https://matrix.to/#/%21abc%3Aexample.org/%24ev%2F%2Bx?via=example.org&via=other.org"
+    )
 
 
 def test_defang_mentions() -> None:
@@ -41,8 +43,12 @@ def test_long_question_is_shortened_with_marker() -> None:
     cut, was_cut = shorten(text)
     assert was_cut and len(cut) <= 4000
     r = texts_for("fr").forward(
-        question=text, sender_name="A", sender_id="@a:b", source_room="#r:b",
-        source_url="https://matrix.to/#/x", specialty=None,
+        question=text,
+        sender_name="A",
+        sender_id="@a:b",
+        source_room="#r:b",
+        source_url="https://matrix.to/#/x",
+        specialty=None,
     )
     assert "message raccourci : 120000 caractères" in r.body
     assert len(r.body) < 5000

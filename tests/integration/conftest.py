@@ -1,0 +1,159 @@
+"""A PeerBot running in-process against the session's Synapse, and a world of rooms for it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+from helpers import MakeUser, TestUser, unique_name
+
+from peerbot.app import PeerBot
+from peerbot.config import Config, parse_config
+from peerbot.devserver import RegisteredUser, SynapseServer
+from peerbot.matrix import MatrixClient
+from peerbot.store import Store
+
+
+class BotRunner:
+    """Starts and stops one PeerBot on a config, in this event loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bot: PeerBot | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._store: Store | None = None
+        self._client: MatrixClient | None = None
+
+    async def start(self) -> PeerBot:
+        """Open the store, log in, resolve rooms and start syncing."""
+        self._store = await Store.open(self.config.storage.database)
+        self._client = MatrixClient(self.config.matrix)
+        self.bot = PeerBot(self.config, self._store, self._client)
+        try:
+            await self.bot.start()
+        except BaseException:
+            await self._close()
+            raise
+        self._task = asyncio.create_task(self.bot.run(), name="test-peerbot")
+        return self.bot
+
+    async def stop(self) -> None:
+        """Stop as SIGTERM would, and close everything."""
+        if self.bot is not None and self._task is not None:
+            self.bot.stop()
+            try:
+                await asyncio.wait_for(self._task, timeout=10)
+            finally:
+                self._task = None
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    def check_alive(self) -> None:
+        """Raise the bot's own exception if its loop died."""
+        if self._task is not None and self._task.done():
+            self._task.result()
+
+
+@dataclass
+class World:
+    """Users, rooms and a bot configuration for one test."""
+
+    synapse: SynapseServer
+    admin: TestUser
+    alice: TestUser
+    bob: TestUser
+    bot_user: RegisteredUser
+    rooms: dict[str, str]
+    aliases: dict[str, str]
+    db: Path
+    runners: list[BotRunner] = field(default_factory=list)
+
+    def config(self, **overrides: Any) -> Config:
+        """A bot.yaml for this world, with top-level keys overridden."""
+        data: dict[str, Any] = {
+            "matrix": {
+                "homeserver": self.synapse.base_url,
+                "user_id": self.bot_user.user_id,
+                "password": self.bot_user.password,
+            },
+            "storage": {"database": str(self.db)},
+            "language": "fr",
+            "invites": {"allowed_servers": [self.synapse.server_name]},
+            "intake": [
+                {"room": self.aliases["entraide"], "trigger": "hashtag", "hashtags": ["#DocTocToc"]}
+            ],
+            "routing": {
+                "fallback_room": self.aliases["triage"],
+                "specialties": [
+                    {
+                        "name": "Cardiologie",
+                        "room": self.aliases["cardio"],
+                        "keywords": ["ecg", "arythmie", "fibrillation auriculaire", "infarctus"],
+                    },
+                    {
+                        "name": "Pédiatrie",
+                        "room": self.rooms["pedia"],
+                        "keywords": ["nourrisson", "enfant", "bronchiolite"],
+                    },
+                ],
+            },
+        }
+        data.update(overrides)
+        return parse_config(json.dumps(data), env={})
+
+    async def start_bot(self, config: Config | None = None) -> PeerBot:
+        """Start a bot (stopped at the end of the test)."""
+        runner = BotRunner(config or self.config())
+        self.runners.append(runner)
+        return await runner.start()
+
+    async def stop_bots(self) -> None:
+        """Stop every bot started in this world."""
+        for runner in self.runners:
+            with contextlib.suppress(Exception):
+                await runner.stop()
+        self.runners.clear()
+
+
+WorldFactory = Callable[[], Awaitable[World]]
+
+
+@pytest_asyncio.fixture
+async def world(
+    synapse: SynapseServer, make_user: MakeUser, tmp_path: Path
+) -> AsyncIterator[World]:
+    """Rooms #entraide (intake), #cardio, #pedia, #triage; Alice and Bob; the bot invited."""
+    admin, alice, bob = await asyncio.gather(
+        make_user("admin"), make_user("alice"), make_user("bob")
+    )
+    await alice.client.set_displayname("Alice Martin")
+    bot_user = await synapse.register(unique_name("peerbot"))
+    rooms: dict[str, str] = {}
+    aliases: dict[str, str] = {}
+    for key in ("entraide", "cardio", "pedia", "triage"):
+        local = unique_name(key)
+        rooms[key] = await admin.create_room(
+            alias_localpart=local, public=True, invite=[bot_user.user_id], name=key
+        )
+        aliases[key] = f"#{local}:{synapse.server_name}"
+    await asyncio.gather(
+        alice.join(rooms["entraide"]), bob.join(rooms["entraide"]), bob.join(rooms["cardio"])
+    )
+    w = World(synapse, admin, alice, bob, bot_user, rooms, aliases, tmp_path / "peerbot.db")
+    try:
+        yield w
+    finally:
+        await w.stop_bots()
