@@ -9,11 +9,12 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import intake, routing
-from .config import Config, IntakeRoom, is_room_ref
+from .commands import parse_command
+from .config import Config, IntakeRoom, Trigger, is_room_ref
 from .matrix import (
     Forbidden,
     Invite,
@@ -24,7 +25,11 @@ from .matrix import (
     SyncBatch,
     Transient,
 )
-from .messages import Texts, permalink, texts_for
+from .messages import RelatedLine, Texts, permalink, texts_for
+from .permissions import power_level
+from .plugin_api import GuardAction, Question, SpecialtyInfo
+from .plugins import PluginSet
+from .related import DEFAULT_MIN_SCORE, RelatedIndex
 from .store import Effect, QuestionRow, Store
 
 __all__ = ["PeerBot", "StartupError", "tx_id"]
@@ -32,6 +37,7 @@ __all__ = ["PeerBot", "StartupError", "tx_id"]
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
+SOLVED_KEYS = frozenset({"✅", "✔️", "✔", "☑️", "☑"})
 
 
 class StartupError(RuntimeError):
@@ -44,18 +50,33 @@ def tx_id(kind: str, event_id: str) -> str:
     return f"peerbot.{kind}.{digest}"
 
 
-def _server_of(mxid: str) -> str:
+def server_of(mxid: str) -> str:
+    """The server part of a user, room or alias ID ("" when there is none)."""
     return mxid.split(":", 1)[1] if ":" in mxid else ""
+
+
+def thread_content(root: str, reply_to: str) -> dict[str, Any]:
+    """The relation that puts a message in a thread, with the reply fallback."""
+    return {
+        "rel_type": "m.thread",
+        "event_id": root,
+        "is_falling_back": True,
+        "m.in_reply_to": {"event_id": reply_to},
+    }
 
 
 @dataclass
 class Rooms:
-    """Configured rooms, resolved to room IDs at start-up."""
+    """Configured rooms, resolved to room IDs at start-up, with chat overrides applied."""
 
     intake: dict[RoomID, IntakeRoom] = field(default_factory=dict)
     fallback: RoomID = field(default_factory=lambda: RoomID(""))
     labels: dict[RoomID, str] = field(default_factory=dict)
     via: dict[RoomID, list[str]] = field(default_factory=dict)
+    configured: set[RoomID] = field(default_factory=set)
+    """Every room of bot.yaml (intake, specialties, triage): related threads come from these."""
+    yaml_intake: dict[RoomID, IntakeRoom] = field(default_factory=dict)
+    resolved: dict[str, RoomID] = field(default_factory=dict)
 
 
 class Backoff:
@@ -80,47 +101,67 @@ class Backoff:
 class PeerBot:
     """The running bot. ``await bot.start()``, then ``await bot.run()`` until cancelled."""
 
-    def __init__(self, config: Config, store: Store, client: MatrixClient) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        client: MatrixClient,
+        plugins: PluginSet | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.mx = client
+        self.plugins = plugins or PluginSet()
         self.texts: Texts = texts_for(config.language)
         self.rooms = Rooms()
         self.rules = routing.RuleSet(())
+        self.index = RelatedIndex()
+        self.min_score = (
+            config.related.min_score if config.related.min_score is not None else DEFAULT_MIN_SCORE
+        )
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._since: str | None = None
         self.handler_errors = 0
         self.idle = asyncio.Event()
         """Set whenever the worker has nothing left to do (tests and tools wait on it)."""
+        from .admin import ChatCommands
+
+        self.commands = ChatCommands(self)
 
     # -- start-up ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Log in, reuse the device, resolve configured rooms; skip history on a first start."""
+    async def login(self) -> None:
+        """Log in, reusing the saved device and token."""
         device = await self.store.get("device_id")
         token = await self.store.get("access_token")
         await self.mx.login(device, token)
         await self.store.put("device_id", self.mx.device_id or "")
         await self.store.put("access_token", self.mx.access_token)
         log.info("Logged in as %s, device %s", self.mx.user_id, self.mx.device_id)
+
+    async def start(self) -> None:
+        """Log in, reuse the device, resolve configured rooms; skip history on a first start."""
+        await self.login()
         self._since = await self.store.get("sync_token")
         if self._since is None:
             # First ever start: take the current position, do not replay history.
             batch = await self.mx.sync(None, full_state=True, first=True)
-            for invite in batch.invites:
-                await self._guard(self.handle_invite(invite), "invite")
             self._since = batch.next_batch
             await self.store.put("sync_token", batch.next_batch)
             log.info("First start: history skipped")
         else:
             # Resume: full_state so that room state (members, encryption) is known again.
             batch = await self.mx.sync(self._since, full_state=True, first=True)
-            for invite in batch.invites:
-                await self._guard(self.handle_invite(invite), "invite")
-        await self._resolve_rooms()
+        for invite in batch.invites:
+            await self._guard(self.handle_invite(invite), "invite")
+        await self.resolve_rooms()
+        await self.reload_overrides()
+        await self._load_index()
+        await self._teach_routers()
 
-    async def _resolve_rooms(self) -> None:
+    async def resolve_rooms(self) -> None:
+        """Resolve every configured room; join those the bot is not in yet."""
         cfg = self.config
         resolved: dict[str, RoomID] = {}
         problems: list[str] = []
@@ -152,13 +193,19 @@ class PeerBot:
                     )
         if problems:
             raise StartupError("\n".join(problems))
-        self.rooms.intake = {resolved[i.room]: i for i in cfg.intake}
+        self.rooms.resolved = resolved
+        self.rooms.yaml_intake = {resolved[i.room]: i for i in cfg.intake}
         self.rooms.fallback = resolved[cfg.routing.fallback_room]
-        self.rules = routing.RuleSet(
-            [routing.Rule(s.name, resolved[s.room], s.keywords) for s in cfg.routing.specialties]
-        )
-        for room_id in self.rooms.intake:
-            if self.mx.is_encrypted(room_id):
+        self.rooms.configured = set(resolved.values())
+        for plugin in self.plugins.plugins:
+            if plugin.entry.rooms is not None:
+                plugin.rooms = frozenset(resolved.get(r, RoomID(r)) for r in plugin.entry.rooms)
+            else:
+                plugin.rooms = None
+        for room_id in self.rooms.configured:
+            state = "encrypted" if self.mx.is_encrypted(room_id) else "not encrypted"
+            log.info("Room %s (%s): %s", self.room_label(room_id), room_id, state)
+            if room_id in self.rooms.yaml_intake and self.mx.is_encrypted(room_id):
                 log.warning("Intake room %s is encrypted: this PeerBot cannot read it", room_id)
 
     def _room_refs(self) -> list[tuple[str, str]]:
@@ -169,7 +216,53 @@ class PeerBot:
             for i, s in enumerate(cfg.routing.specialties)
         ]
         refs.append(("routing.fallback_room", cfg.routing.fallback_room))
+        refs += [
+            (f"{p.path}.rooms[{j}]", r) for p in cfg.plugins for j, r in enumerate(p.rooms or ())
+        ]
         return [(p, r) for p, r in refs if is_room_ref(r)]
+
+    async def reload_overrides(self) -> None:
+        """Apply in-chat changes (routes, intake) on top of bot.yaml."""
+        specialties: dict[str, routing.Rule] = {}
+        for s in self.config.routing.specialties:
+            specialties[s.name.casefold()] = routing.Rule(
+                s.name, self.rooms.resolved.get(s.room, RoomID(s.room)), s.keywords
+            )
+        for o in await self.store.route_overrides():
+            key = o.name.casefold()
+            if o.removed:
+                specialties.pop(key, None)
+            else:
+                specialties[key] = routing.Rule(o.name, o.room, o.keywords)
+        self.rules = routing.RuleSet(list(specialties.values()))
+        intake_rooms = dict(self.rooms.yaml_intake)
+        for io in await self.store.intake_overrides():
+            room = RoomID(io.room_id)
+            if io.enabled:
+                intake_rooms[room] = IntakeRoom(io.room_id, Trigger(io.trigger), io.hashtags)
+            else:
+                intake_rooms.pop(room, None)
+        self.rooms.intake = intake_rooms
+
+    async def _load_index(self) -> None:
+        started = time.monotonic()
+        for event_id, room_id, body, solved in await self.store.indexable():
+            self.index.add(event_id, body, room_id=room_id, solved=solved)
+        log.info(
+            "Related-threads index: %d questions loaded in %.2f s",
+            len(self.index),
+            time.monotonic() - started,
+        )
+
+    async def _teach_routers(self) -> None:
+        if not self.plugins.routers:
+            return
+        for text, specialty in await self.store.routed_examples():
+            self.plugins.learn(text, specialty)
+
+    def room_label(self, room_id: str) -> str:
+        """An alias or name for a room, for people."""
+        return self.rooms.labels.get(RoomID(room_id)) or self.mx.room_label(room_id)
 
     # -- the loops --------------------------------------------------------------------------
 
@@ -277,25 +370,46 @@ class PeerBot:
             log.warning("Could not decline the invite to %s: %s", room_id, exc)
 
     async def handle_event(self, room_id: RoomID, event: Mapping[str, Any]) -> None:
-        """One timeline event: record a question if it is one. Fast: the worker sends."""
+        """One timeline event. Fast: questions are recorded here and sent by the worker."""
         if not isinstance(event, Mapping):
             return
         etype = event.get("type")
+        sender = event.get("sender")
+        if not isinstance(sender, str) or sender == self.mx.user_id:
+            return
         if etype == "m.room.encryption" and room_id in self.rooms.intake:
             log.warning("Intake room %s turned on encryption: PeerBot cannot read it", room_id)
             return
-        if event.get("sender") == self.mx.user_id:
+        if etype == "m.room.redaction":
+            await self._on_redaction(room_id, event)
+            return
+        if etype == "m.reaction":
+            await self._on_reaction(room_id, event)
             return
         msg = intake.parse_message(event)
         if msg is None or msg.msgtype == "m.notice":
             return
+        if msg.replaces is not None:
+            await self._on_edit(room_id, msg)
+            return
+        command = parse_command(msg.body) if msg.msgtype == "m.text" else None
+        if command is not None:
+            if not await self.store.is_handled(msg.event_id):
+                await self.store.mark_handled(msg.event_id, room_id)
+                await self.commands.handle(room_id, msg, command)
+                self._wake.set()
+            return
+        if msg.thread_root is not None:
+            root = await self.store.question(msg.thread_root)
+            if root is not None and root.room_id == room_id:
+                await self.store.add_reply(root.event_id, msg.event_id, room_id)
         rule = self.rooms.intake.get(room_id)
         if rule is None:
             return
         question_id = intake.detect_question(msg, rule.trigger, rule.hashtags)
         if question_id is None:
             return
-        if await self.store.is_handled(msg.event_id):
+        if await self.store.is_handled(msg.event_id) and question_id == msg.event_id:
             return
         own = question_id == msg.event_id
         added = await self.store.add_question(
@@ -309,6 +423,93 @@ class PeerBot:
         if added:
             log.info("Question %s noticed in %s", question_id, room_id)
             self._wake.set()
+
+    async def _on_edit(self, room_id: RoomID, msg: intake.Message) -> None:
+        assert msg.replaces is not None
+        q = await self.store.question(msg.replaces)
+        if q is None or q.room_id != room_id or q.sender != msg.sender:
+            return
+        if await self.store.is_handled(msg.event_id):
+            return
+        await self.store.mark_handled(msg.event_id, room_id)
+        changes: dict[str, Any] = {"body": msg.body, "revision": msg.event_id}
+        if q.state == "held":
+            # Checked again with the new text; forwarded if it is clean now.
+            changes["state"] = "new"
+        await self.store.update_question(q.event_id, **changes)
+        if q.event_id in self.index:
+            self.index.update_text(q.event_id, msg.body)
+        log.info("Question %s edited", q.event_id)
+        self._wake.set()
+
+    async def _on_redaction(self, room_id: RoomID, event: Mapping[str, Any]) -> None:
+        content = event.get("content")
+        redacts = event.get("redacts")
+        if not isinstance(redacts, str) and isinstance(content, Mapping):
+            redacts = content.get("redacts")
+        if not isinstance(redacts, str):
+            return
+        q = await self.store.question(redacts)
+        if q is not None and q.room_id == room_id:
+            self.index.remove(redacts)
+            erased = await self.store.erase_question(redacts)
+            log.info("Question %s redacted: removed from the index and the database", redacts)
+            if erased is not None and erased.forward_event_id and erased.target_room:
+                # The forward quotes the deleted text: take it down as well.
+                await self.store.add_effect(
+                    tx_id=tx_id("redact", redacts),
+                    kind="redact",
+                    room_id=erased.target_room,
+                    content={"redacts": erased.forward_event_id},
+                    event_type="m.room.redaction",
+                )
+                self._wake.set()
+            return
+        solved = await self.store.question_solved_by(redacts)
+        if solved is not None:
+            await self.store.update_question(solved.event_id, solved=False, solved_by=None)
+            self.index.set_solved(solved.event_id, False)
+
+    async def _on_reaction(self, room_id: RoomID, event: Mapping[str, Any]) -> None:
+        content = event.get("content")
+        rel = content.get("m.relates_to") if isinstance(content, Mapping) else None
+        if not isinstance(rel, Mapping) or rel.get("rel_type") != "m.annotation":
+            return
+        key, target = rel.get("key"), rel.get("event_id")
+        if key not in SOLVED_KEYS or not isinstance(target, str):
+            return
+        q = await self.store.question(target)
+        if q is None or q.room_id != room_id or q.solved:
+            return
+        sender = str(event.get("sender"))
+        if not await self.may_moderate(room_id, sender, q):
+            return
+        await self.store.update_question(
+            q.event_id, solved=True, solved_by=str(event.get("event_id"))
+        )
+        self.index.set_solved(q.event_id, True)
+        log.info("Question %s marked solved", q.event_id)
+
+    async def power_of(self, room_id: str, user_id: str) -> float:
+        """The user's power level in a room, creators of room v12+ above everyone."""
+        try:
+            create = await self.mx.state_event(room_id, "m.room.create")
+        except MatrixError:
+            create = None
+        try:
+            levels = await self.mx.state_event(room_id, "m.room.power_levels")
+        except NotFound:
+            levels = None
+        content = (levels or {}).get("content")
+        return power_level(user_id, create, content if isinstance(content, Mapping) else None)
+
+    async def is_admin(self, room_id: str, user_id: str) -> bool:
+        """True when the user may use admin commands in this room."""
+        return await self.power_of(room_id, user_id) >= self.config.admin.power_level
+
+    async def may_moderate(self, room_id: str, user_id: str, q: QuestionRow) -> bool:
+        """The asker, or a room moderator, may mark a question solved."""
+        return user_id == q.sender or await self.is_admin(room_id, user_id)
 
     # -- the worker -------------------------------------------------------------------------
 
@@ -334,21 +535,21 @@ class PeerBot:
     async def _work_once(self) -> bool:
         """Send what is pending, then handle new questions. True if anything was done."""
         did = False
+        for effect in await self.store.pending_effects(limit=50):
+            if self._stopping.is_set():
+                return did
+            if effect.question_id is None:
+                await self.deliver(effect)
+                did = True
         for q in await self.store.questions_in_state("new", "forwarding", limit=50):
             if self._stopping.is_set():
                 return did
             await self._process(q)
             did = True
-        for effect in await self.store.pending_effects(limit=50):
-            if self._stopping.is_set():
-                return did
-            if effect.question_id is None:
-                await self._deliver(effect)
-                did = True
         return did
 
     async def _process(self, q: QuestionRow) -> None:
-        """Route one question and send its forward, then its acknowledgement. Re-entrant."""
+        """Check, route and forward one question, then acknowledge it. Re-entrant."""
         try:
             if q.body is None or q.sender is None:
                 q = await self._fetch_root(q)
@@ -356,21 +557,25 @@ class PeerBot:
                     return
             assert q.body is not None and q.sender is not None
             if q.target_room is None:
+                if not q.guard_override and not await self._run_guards(q):
+                    return
                 q = await self._decide(q)
             assert q.target_room is not None
             forward = await self._forward_effect(q)
-            fwd_event = await self._deliver(forward)
+            fwd_event = await self.deliver(forward)
             if fwd_event is None:
                 await self.store.update_question(q.event_id, state="failed", error="forward failed")
                 return
             await self.store.update_question(q.event_id, forward_event_id=fwd_event)
             ack = await self._ack_effect(q, fwd_event)
-            ack_event = await self._deliver(ack)
+            ack_event = await self.deliver(ack)
             await self.store.update_question(
                 q.event_id,
                 ack_event_id=ack_event,
                 state="done" if ack_event else "failed",
             )
+            if q.specialty and ack_event and q.body:
+                self.plugins.learn(q.body, q.specialty)
         except _Stopping:
             return
         except MatrixError as exc:
@@ -383,22 +588,84 @@ class PeerBot:
         except (NotFound, Forbidden) as exc:
             log.warning("The thread root %s cannot be read: %s", q.event_id, exc)
             await self.store.update_question(q.event_id, state="failed", error=str(exc))
-            return _replace(q, state="failed")
+            return replace(q, state="failed")
         msg = intake.parse_message(event)
         if msg is None or msg.sender == self.mx.user_id or msg.msgtype != "m.text":
             await self.store.update_question(
                 q.event_id, state="failed", error="the thread root is not a text message"
             )
-            return _replace(q, state="failed")
+            return replace(q, state="failed")
         await self.store.update_question(
             q.event_id, sender=msg.sender, body=msg.body, created_ts=msg.ts
         )
         await self.store.mark_handled(q.event_id, q.room_id)
-        return _replace(q, sender=msg.sender, body=msg.body, created_ts=msg.ts)
+        return replace(q, sender=msg.sender, body=msg.body, created_ts=msg.ts)
+
+    def as_question(self, q: QuestionRow) -> Question:
+        """A stored question as plugins see it."""
+        return Question(
+            text=q.body or "", room_id=q.room_id, sender=q.sender or "", event_id=q.event_id
+        )
+
+    def specialty_infos(self) -> list[SpecialtyInfo]:
+        """The current specialties as plugins see them."""
+        return [SpecialtyInfo(r.name, r.room, r.keywords) for r in self.rules.rules]
+
+    async def _run_guards(self, q: QuestionRow) -> bool:
+        """Run the guards; post their notices; False when the question is held."""
+        if not self.plugins.guards:
+            return True
+        verdicts = await self.plugins.check(self.as_question(q))
+        revision = q.revision or q.event_id
+        for plugin, verdict in verdicts:
+            if verdict.notice:
+                effect = await self.store.add_effect(
+                    tx_id=tx_id(f"notice-{plugin.name}", q.event_id),
+                    kind="notice",
+                    room_id=q.room_id,
+                    content={
+                        "msgtype": "m.notice",
+                        "body": verdict.notice,
+                        "m.mentions": {},
+                        "m.relates_to": thread_content(q.event_id, q.trigger_event_id),
+                    },
+                    question_id=q.event_id,
+                )
+                await self.deliver(effect)
+        blocking = [(p, v) for p, v in verdicts if v.action is not GuardAction.PASS]
+        if not blocking:
+            return True
+        findings = [f for _, v in blocking for f in v.findings]
+        confirmable = all(v.action is GuardAction.HOLD for _, v in blocking)
+        rendered = self.texts.guard_held(findings, confirmable)
+        content = rendered.content()
+        content["m.relates_to"] = thread_content(q.event_id, q.revision or q.trigger_event_id)
+        await self.store.update_question(
+            q.event_id,
+            state="held",
+            decision={"held": [f.kind for f in findings], "confirmable": confirmable},
+        )
+        effect = await self.store.add_effect(
+            tx_id=tx_id("guard", revision),
+            kind="guard",
+            room_id=q.room_id,
+            content=content,
+            question_id=q.event_id,
+        )
+        await self.deliver(effect)
+        log.info("Question %s held by %s", q.event_id, ", ".join(p.name for p, _ in blocking))
+        return False
+
+    async def route(self, text: str, question: Question | None = None) -> routing.Decision:
+        """The routing decision for a text: keywords and router plugins."""
+        proposals = []
+        if question is not None and self.plugins.routers:
+            proposals = await self.plugins.propose(question, self.specialty_infos())
+        return routing.decide(text, self.rules, self.rooms.fallback, proposals)
 
     async def _decide(self, q: QuestionRow) -> QuestionRow:
         assert q.body is not None and q.sender is not None
-        decision = routing.decide(q.body, self.rules, self.rooms.fallback)
+        decision = await self.route(q.body, self.as_question(q))
         name = self.mx.display_name(q.room_id, q.sender) or await self._profile(q.sender)
         record = {
             "score": round(decision.score, 4),
@@ -415,7 +682,7 @@ class PeerBot:
         log.info(
             "Question %s -> %s (%s)", q.event_id, decision.room, decision.specialty or "fallback"
         )
-        return _replace(
+        return replace(
             q,
             specialty=decision.specialty,
             target_room=decision.room,
@@ -429,62 +696,112 @@ class PeerBot:
         except Exception:
             return user_id
 
-    def _via(self, room_id: str, *users: str) -> list[str]:
-        servers = [_server_of(u) for u in users]
+    def via(self, room_id: str, *users: str) -> list[str]:
+        """Servers to name in a permalink to this room."""
+        servers = [server_of(u) for u in users]
         servers += self.rooms.via.get(RoomID(room_id), [])
-        servers.append(_server_of(self.mx.user_id))
+        servers.append(server_of(self.mx.user_id))
         if ":" in room_id:
-            servers.append(_server_of(room_id))
+            servers.append(server_of(room_id))
         return list(dict.fromkeys(s for s in servers if s))
 
-    async def _forward_effect(self, q: QuestionRow) -> Effect:
-        assert q.body is not None and q.sender is not None and q.target_room is not None
-        source_url = permalink(q.room_id, q.event_id, self._via(q.room_id, q.sender))
+    def forward_content(self, q: QuestionRow, specialty: str | None) -> dict[str, Any]:
+        """The forwarded message for a question."""
+        assert q.body is not None and q.sender is not None
+        source_url = permalink(q.room_id, q.event_id, self.via(q.room_id, q.sender))
         rendered = self.texts.forward(
             question=q.body,
             sender_name=q.sender_name or q.sender,
             sender_id=q.sender,
-            source_room=self.rooms.labels.get(RoomID(q.room_id)) or self.mx.room_label(q.room_id),
+            source_room=self.room_label(q.room_id),
             source_url=source_url,
-            specialty=q.specialty,
+            specialty=specialty,
         )
+        return rendered.content()
+
+    async def _forward_effect(self, q: QuestionRow) -> Effect:
+        assert q.target_room is not None
         return await self.store.add_effect(
             tx_id=tx_id("fwd", q.event_id),
             kind="forward",
             room_id=q.target_room,
-            content=rendered.content(),
+            content=self.forward_content(q, q.specialty),
             question_id=q.event_id,
             question_state="forwarding",
         )
 
+    async def related_lines(
+        self, text: str, rooms: set[RoomID], exclude: tuple[str, ...] = ()
+    ) -> list[RelatedLine]:
+        """Related past threads for a text, among these rooms."""
+        limit = self.config.related.max_results
+        if limit <= 0 or not rooms:
+            return []
+        hits = self.index.search(
+            text, limit=limit, min_score=self.min_score, rooms=rooms, exclude=exclude
+        )
+        now = time.time() * 1000
+        lines: list[RelatedLine] = []
+        for hit in hits:
+            row = await self.store.question(hit.thread_id)
+            if row is None or row.body is None:
+                continue
+            lines.append(
+                RelatedLine(
+                    url=permalink(row.room_id, row.event_id, self.via(row.room_id)),
+                    first_line=row.body,
+                    age_days=max(0.0, (now - row.created_ts) / 86_400_000) if row.created_ts else 0,
+                    replies=row.replies,
+                    solved=row.solved,
+                )
+            )
+        return lines
+
     async def _ack_effect(self, q: QuestionRow, forward_event: str) -> Effect:
-        assert q.target_room is not None
+        assert q.target_room is not None and q.body is not None
+        existing = await self.store.effect(tx_id("ack", q.event_id))
+        if existing is not None:
+            return existing
         decision = q.decision or {}
         words = [(str(w[0]), str(w[1]), bool(w[2])) for w in decision.get("words", [])]
         target = RoomID(q.target_room)
+        # Related threads: from this room and the configured rooms only (everyone here sees it).
+        rooms = self.rooms.configured | {RoomID(q.room_id)}
+        related = await self.related_lines(q.body, rooms, exclude=(q.event_id,))
         rendered = self.texts.acknowledgement(
-            target_room=self.rooms.labels.get(target) or self.mx.room_label(target),
+            target_room=self.room_label(target),
             specialty=q.specialty,
-            forward_url=permalink(target, forward_event, self._via(target)),
+            forward_url=permalink(target, forward_event, self.via(target)),
             words=words,
             reasons=[str(r) for r in decision.get("reasons", [])],
+            related=related,
         )
         content = rendered.content()
-        content["m.relates_to"] = {
-            "rel_type": "m.thread",
-            "event_id": q.event_id,
-            "is_falling_back": True,
-            "m.in_reply_to": {"event_id": q.trigger_event_id},
-        }
-        return await self.store.add_effect(
+        content["m.relates_to"] = thread_content(q.event_id, q.trigger_event_id)
+        effect = await self.store.add_effect(
             tx_id=tx_id("ack", q.event_id),
             kind="ack",
             room_id=q.room_id,
             content=content,
             question_id=q.event_id,
         )
+        # Indexed once acknowledged: the question itself is never its own related thread.
+        self.index.add(q.event_id, q.body, room_id=q.room_id, solved=q.solved)
+        return effect
 
-    async def _deliver(self, effect: Effect) -> str | None:
+    async def reply(
+        self, room_id: str, to: intake.Message, rendered: Any, kind: str = "reply"
+    ) -> None:
+        """Queue a notice in the thread of the message ``to`` (a command's answer)."""
+        content = rendered.content()
+        root = to.thread_root or to.event_id
+        content["m.relates_to"] = thread_content(root, to.event_id)
+        await self.store.add_effect(
+            tx_id=tx_id(kind, to.event_id), kind=kind, room_id=room_id, content=content
+        )
+        self._wake.set()
+
+    async def deliver(self, effect: Effect) -> str | None:
         """Send an effect until it is sent or cannot ever be; None when it failed for good."""
         if effect.state == "done":
             return effect.event_id
@@ -493,7 +810,17 @@ class PeerBot:
         backoff = Backoff()
         while True:
             try:
-                event_id = await self.mx.send(effect.room_id, effect.content, effect.tx_id)
+                if effect.kind == "redact":
+                    event_id = await self.mx.redact(
+                        effect.room_id,
+                        str(effect.content.get("redacts")),
+                        "redacted by its author",
+                        effect.tx_id,
+                    )
+                else:
+                    event_id = await self.mx.send(
+                        effect.room_id, effect.content, effect.tx_id, effect.event_type
+                    )
             except Transient as exc:
                 await self.store.effect_attempt(effect.tx_id, str(exc))
                 if self._stopping.is_set():
@@ -521,12 +848,10 @@ class PeerBot:
             await asyncio.sleep(0.02)
         raise TimeoutError("the worker is still busy")
 
+    def wake(self) -> None:
+        """Ask the worker to look for work now."""
+        self._wake.set()
+
 
 class _Stopping(Exception):
     """The bot is stopping in the middle of a retry."""
-
-
-def _replace(q: QuestionRow, **changes: Any) -> QuestionRow:
-    from dataclasses import replace
-
-    return replace(q, **changes)

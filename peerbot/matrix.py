@@ -303,6 +303,41 @@ class MatrixClient:
         if isinstance(resp, nio.ErrorResponse):
             _raise("set display name", resp)
 
+    def is_member(self, room_id: str, user_id: str) -> bool:
+        """True when the user is joined to the room, as of the last sync."""
+        room = self._client.rooms.get(room_id)
+        return bool(room and user_id in room.users)
+
+    async def state_event(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any]:
+        """A state event of a room, as a dict with ``sender`` and ``content``."""
+        path = (
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/state/{_q(event_type)}/{_q(state_key)}"
+            "?format=event"
+        )
+        return await self._raw("GET", path, None, f"state {event_type} of {room_id}")
+
+    async def redact(self, room_id: str, event_id: str, reason: str, tx_id: str) -> EventID:
+        """Redact an event (the bot's own copies of something its author deleted)."""
+        resp = await self._client.room_redact(room_id, event_id, reason=reason, tx_id=tx_id)
+        if not isinstance(resp, nio.RoomRedactResponse):
+            _raise(f"redact {event_id}", resp)
+        return EventID(resp.event_id)
+
+    async def messages(
+        self, room_id: str, start: str | None, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of room history, newest first, and the token of the next (older) page."""
+        resp = await self._client.room_messages(
+            room_id, start=start, direction=MessageDirection.back, limit=limit
+        )
+        if not isinstance(resp, nio.RoomMessagesResponse):
+            _raise(f"history of {room_id}", resp)
+        events = [_source(e) for e in resp.chunk]
+        more = resp.end if resp.chunk and resp.end and resp.end != start else None
+        return [e for e in events if e], more
+
     async def decline(self, room_id: str, reason: str) -> None:
         """Decline an invitation, telling the inviter why."""
         path = f"/_matrix/client/v3/rooms/{_q(room_id)}/leave"

@@ -123,6 +123,73 @@ _FR: Mapping[str, str] = {
     ),
     "apology": "Désolé, un problème est survenu avec cette question ; l'équipe a été prévenue.",
     "colon": " :",
+    "related_none": "Aucun fil similaire trouvé dans les salons que vous suivez.",
+    "related_usage": "Écrivez le sujet après la commande, par exemple : !related arythmie sous AOD",
+    "solved_done": "Fil marqué comme résolu ✅.",
+    "unsolved_done": "Fil marqué comme non résolu.",
+    "not_in_question_thread": "Cette commande s'utilise dans le fil d'une question.",
+    "solved_denied": "Seule la personne qui a posé la question ou un modérateur du salon peut faire cela.",
+    "not_admin": (
+        "Désolé, cette commande est réservée aux administrateurs de ce salon "
+        "(niveau de pouvoir {level} ou plus)."
+    ),
+    "unknown_command": "Commande inconnue. Tapez !peerbot help pour la liste des commandes.",
+    "help_intro": (
+        "PeerBot transmet les questions de ce salon aux salons de spécialité et répond dans le fil "
+        "de chaque question avec des fils similaires déjà posés."
+    ),
+    "help_intake": "Ce salon est un salon d'accueil : déclencheur « {trigger} »{tags}.",
+    "help_not_intake": "Ce salon n'est pas un salon d'accueil.",
+    "help_everyone": (
+        "Pour tous : !related <texte> (ou !search) cherche des fils similaires ; dans le fil de "
+        "votre question, !solved / !unsolved la marque résolue ou non (ou réagissez avec ✅) ; "
+        "!confirm transmet une question retenue par un contrôle."
+    ),
+    "help_admin": (
+        "Administrateurs : !route list | add <nom> <salon> <mot, mot...> | remove <nom> | "
+        "keywords <nom> add|remove <mot...> | test <texte> | move <spécialité> (dans le fil "
+        "d'une question) ; !intake on|off [hashtag|question|all] ; !plugins."
+    ),
+    "help_encryption": "Chiffrement des salons configurés : {rooms}.",
+    "route_list_title": "Spécialités (les changements faits ici l'emportent sur bot.yaml) :",
+    "route_list_item": "{name} → {room} : {keywords}",
+    "route_list_empty": "Aucune spécialité ; tout va au salon de tri {room}.",
+    "route_fallback": "Salon de tri : {room}.",
+    "route_added": "Spécialité {name} ajoutée : {room}, mots-clés {keywords}.",
+    "route_updated": "Spécialité {name} mise à jour : {room}, mots-clés {keywords}.",
+    "route_removed": "Spécialité {name} retirée.",
+    "route_unknown": "Aucune spécialité ne s'appelle « {name} ». Voir !route list.",
+    "route_bad_room": "« {room} » n'est pas un salon connu (alias #nom:serveur ou ID !id:serveur).",
+    "route_usage": (
+        "Usage : !route list | add <nom> <salon> <mot, mot...> | remove <nom> | "
+        "keywords <nom> add|remove <mot...> | test <texte> | move <spécialité>"
+    ),
+    "route_test_result": "Ce texte irait vers {room} ({specialty}), score {score}.",
+    "route_test_fallback": "Ce texte irait au salon de tri {room} : aucune spécialité ne correspond.",
+    "route_test_words": "Mots-clés : {words}.",
+    "route_test_candidates": "Autres candidats : {candidates}.",
+    "route_test_plugins": "Modules : {proposals}.",
+    "route_test_guards": "Contrôles : {findings}.",
+    "route_test_nothing_sent": "(Test : rien n'a été envoyé.)",
+    "route_moved": "Question déplacée vers {room} ({specialty}) par un administrateur.",
+    "route_move_same": "Cette question est déjà dans {specialty}.",
+    "intake_on": "Ce salon est maintenant un salon d'accueil (déclencheur « {trigger} »).",
+    "intake_off": "Ce salon n'est plus un salon d'accueil.",
+    "intake_usage": "Usage : !intake on|off [hashtag|question|all]",
+    "plugins_none": "Aucun module chargé.",
+    "plugins_item": "{name} ({kind}) — salons : {rooms} — appels : {calls}, erreurs : {errors}, délais dépassés : {timeouts}",
+    "plugins_all_intake": "tous les salons d'accueil",
+    "guard_held": (
+        "Votre question n'a pas encore été transmise : elle semble contenir {findings}. "
+        "Ces informations permettent d'identifier un patient hors de ce salon. "
+        "Modifiez votre message pour les retirer : il sera transmis dès qu'il sera propre."
+    ),
+    "guard_held_confirm": "Si vous êtes sûr(e), répondez !confirm dans ce fil pour le transmettre tel quel.",
+    "guard_why": "{label} : {why}",
+    "guard_confirm_denied": "Seule la personne qui a posé la question peut confirmer son envoi.",
+    "guard_confirm_edit_only": "Cette question doit être modifiée avant d'être transmise.",
+    "guard_nothing_held": "Aucune question retenue dans ce fil.",
+    "command_failed": "Désolé, la commande a échoué ; l'équipe a été prévenue.",
 }
 
 _EN: Mapping[str, str] = {
@@ -150,6 +217,72 @@ _EN: Mapping[str, str] = {
     ),
     "apology": "Sorry, something went wrong with this question; the team has been told.",
     "colon": ":",
+    "related_none": "No similar thread found in the rooms you are in.",
+    "related_usage": "Write the topic after the command, for example: !related arrhythmia on DOAC",
+    "solved_done": "Thread marked solved ✅.",
+    "unsolved_done": "Thread marked not solved.",
+    "not_in_question_thread": "Use this command in a question's thread.",
+    "solved_denied": "Only the person who asked or a room moderator can do that.",
+    "not_admin": (
+        "Sorry, this command is for this room's administrators (power level {level} or more)."
+    ),
+    "unknown_command": "Unknown command. Type !peerbot help for the list of commands.",
+    "help_intro": (
+        "PeerBot forwards this room's questions to specialty rooms and answers in each "
+        "question's thread with similar threads asked before."
+    ),
+    "help_intake": "This is an intake room: trigger “{trigger}”{tags}.",
+    "help_not_intake": "This room is not an intake room.",
+    "help_everyone": (
+        "Everyone: !related <text> (or !search) finds similar threads; in your question's "
+        "thread, !solved / !unsolved marks it solved or not (or react with ✅); !confirm "
+        "forwards a question held by a check."
+    ),
+    "help_admin": (
+        "Admins: !route list | add <name> <room> <word, word...> | remove <name> | "
+        "keywords <name> add|remove <word...> | test <text> | move <specialty> (in a "
+        "question's thread); !intake on|off [hashtag|question|all]; !plugins."
+    ),
+    "help_encryption": "Encryption of the configured rooms: {rooms}.",
+    "route_list_title": "Specialties (changes made here win over bot.yaml):",
+    "route_list_item": "{name} → {room}: {keywords}",
+    "route_list_empty": "No specialties; everything goes to the triage room {room}.",
+    "route_fallback": "Triage room: {room}.",
+    "route_added": "Specialty {name} added: {room}, keywords {keywords}.",
+    "route_updated": "Specialty {name} updated: {room}, keywords {keywords}.",
+    "route_removed": "Specialty {name} removed.",
+    "route_unknown": "No specialty is called “{name}”. See !route list.",
+    "route_bad_room": "“{room}” is not a known room (alias #name:server or ID !id:server).",
+    "route_usage": (
+        "Usage: !route list | add <name> <room> <word, word...> | remove <name> | "
+        "keywords <name> add|remove <word...> | test <text> | move <specialty>"
+    ),
+    "route_test_result": "This text would go to {room} ({specialty}), score {score}.",
+    "route_test_fallback": "This text would go to the triage room {room}: no specialty matches.",
+    "route_test_words": "Keywords: {words}.",
+    "route_test_candidates": "Other candidates: {candidates}.",
+    "route_test_plugins": "Plugins: {proposals}.",
+    "route_test_guards": "Checks: {findings}.",
+    "route_test_nothing_sent": "(Dry run: nothing was sent.)",
+    "route_moved": "Question moved to {room} ({specialty}) by an administrator.",
+    "route_move_same": "This question is already in {specialty}.",
+    "intake_on": "This room is now an intake room (trigger “{trigger}”).",
+    "intake_off": "This room is no longer an intake room.",
+    "intake_usage": "Usage: !intake on|off [hashtag|question|all]",
+    "plugins_none": "No plugins loaded.",
+    "plugins_item": "{name} ({kind}) — rooms: {rooms} — calls: {calls}, errors: {errors}, time-outs: {timeouts}",
+    "plugins_all_intake": "every intake room",
+    "guard_held": (
+        "Your question has not been forwarded yet: it seems to contain {findings}. "
+        "Outside this room, that could identify a patient. Edit your message to remove it: it "
+        "will be forwarded as soon as it is clean."
+    ),
+    "guard_held_confirm": "If you are sure, reply !confirm in this thread to forward it as it is.",
+    "guard_why": "{label}: {why}",
+    "guard_confirm_denied": "Only the person who asked can confirm sending it.",
+    "guard_confirm_edit_only": "This question must be edited before it can be forwarded.",
+    "guard_nothing_held": "No question is held in this thread.",
+    "command_failed": "Sorry, the command failed; the team has been told.",
 }
 
 _CATALOGUES: Mapping[str, Mapping[str, str]] = {"fr": _FR, "en": _EN}
@@ -254,6 +387,34 @@ class Texts:
             lines_txt.append(f"- {first} ({meta}){mark} {item.url}")
             lines_html.append(f"<li>{_link(item.url, first)} ({_e(meta)}){mark}</li>")
         return "\n".join(lines_txt), f"<p>{_e(title)}</p><ul>{''.join(lines_html)}</ul>"
+
+    def guard_held(self, findings: Sequence[Any], confirmable: bool) -> Rendered:
+        """Why a question is held, never quoting what was found."""
+        seen: dict[str, Any] = {}
+        for f in findings:
+            seen.setdefault(f.kind, f)
+        labels = [str(f.label) for f in seen.values()]
+        first = self.s("guard_held", findings=", ".join(labels) or "?")
+        lines = [first]
+        lines += [
+            "- " + self.s("guard_why", label=str(f.label), why=str(f.why))
+            for f in seen.values()
+            if f.why
+        ]
+        if confirmable:
+            lines.append(self.s("guard_held_confirm"))
+        html_lines = [f"<p>{_e(first)}</p>"]
+        items = [f"<li>{_e(line[2:])}</li>" for line in lines[1:] if line.startswith("- ")]
+        if items:
+            html_lines.append(f"<ul>{''.join(items)}</ul>")
+        if confirmable:
+            html_lines.append(f"<p>{_e(self.s('guard_held_confirm'))}</p>")
+        return Rendered("\n".join(lines), "".join(html_lines))
+
+    def lines(self, lines: Sequence[str]) -> Rendered:
+        """Several lines of already-worded text (command answers), escaped."""
+        safe = [defang(line) for line in lines]
+        return Rendered("\n".join(safe), "<br>".join(_e(line) for line in safe))
 
     def plain(self, key: str, **values: object) -> Rendered:
         """A one-sentence notice."""

@@ -58,6 +58,12 @@ class QuestionRow:
     decision: dict[str, Any] | None
     forward_event_id: str | None
     ack_event_id: str | None
+    replies: int = 0
+    solved: bool = False
+    solved_by: str | None = None
+    revision: str | None = None
+    guard_override: bool = False
+    corrected: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,35 @@ class Effect:
     state: str
     event_id: str | None
     attempts: int
+    event_type: str = "m.room.message"
+
+
+@dataclass(frozen=True)
+class RouteOverride:
+    """A specialty added, changed or removed in chat."""
+
+    name: str
+    room: str
+    keywords: tuple[str, ...]
+    removed: bool
+
+
+@dataclass(frozen=True)
+class IntakeOverride:
+    """Intake switched on or off in chat for a room."""
+
+    room_id: str
+    enabled: bool
+    trigger: str
+    hashtags: tuple[str, ...]
 
 
 _Q_COLS = (
     "seq, event_id, room_id, sender, sender_name, body, created_ts, trigger_event_id, state, "
-    "specialty, target_room, decision, forward_event_id, ack_event_id"
+    "specialty, target_room, decision, forward_event_id, ack_event_id, replies, solved, solved_by, "
+    "revision, guard_override, corrected"
 )
-_E_COLS = "seq, tx_id, question_id, kind, room_id, content, state, event_id, attempts"
+_E_COLS = "seq, tx_id, question_id, kind, room_id, content, state, event_id, attempts, event_type"
 
 
 def _question(row: sqlite3.Row | tuple[Any, ...]) -> QuestionRow:
@@ -99,6 +127,12 @@ def _question(row: sqlite3.Row | tuple[Any, ...]) -> QuestionRow:
         decision=json.loads(r[11]) if r[11] else None,
         forward_event_id=r[12],
         ack_event_id=r[13],
+        replies=r[14],
+        solved=bool(r[15]),
+        solved_by=r[16],
+        revision=r[17],
+        guard_override=bool(r[18]),
+        corrected=bool(r[19]),
     )
 
 
@@ -114,6 +148,7 @@ def _effect(row: sqlite3.Row | tuple[Any, ...]) -> Effect:
         state=r[6],
         event_id=r[7],
         attempts=r[8],
+        event_type=r[9],
     )
 
 
@@ -340,6 +375,11 @@ class Store:
             "forward_event_id",
             "ack_event_id",
             "error",
+            "solved",
+            "solved_by",
+            "revision",
+            "guard_override",
+            "corrected",
         }
         unknown = set(fields) - allowed
         if unknown:
@@ -369,6 +409,7 @@ class Store:
         content: dict[str, Any],
         question_id: str | None = None,
         question_state: str | None = None,
+        event_type: str = "m.room.message",
     ) -> Effect:
         """Record a message to send (idempotent on tx_id) and optionally move its question on."""
         now = _now_ms()
@@ -376,7 +417,8 @@ class Store:
         try:
             await self._db.execute(
                 "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
-                "state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                "state, created_at, updated_at, event_type) "
+                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 (
                     tx_id,
                     question_id,
@@ -385,6 +427,7 @@ class Store:
                     json.dumps(content, ensure_ascii=False),
                     now,
                     now,
+                    event_type,
                 ),
             )
             if question_id is not None and question_state is not None:
@@ -446,6 +489,160 @@ class Store:
         ) as cur:
             rows = await cur.fetchall()
         return [_effect(r) for r in rows]
+
+    # -- thread state (related threads) --------------------------------------------------------
+
+    async def indexable(self) -> list[tuple[str, str, str, bool]]:
+        """(event ID, room ID, text, solved) of every question with a text, oldest first."""
+        async with self._db.execute(
+            "SELECT event_id, room_id, body, solved FROM questions "
+            "WHERE body IS NOT NULL ORDER BY seq"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2]), bool(r[3])) for r in rows]
+
+    async def routed_examples(self) -> list[tuple[str, str]]:
+        """(text, specialty) of every question routed to a specialty, for learning routers."""
+        async with self._db.execute(
+            "SELECT body, specialty FROM questions WHERE body IS NOT NULL "
+            "AND specialty IS NOT NULL AND state IN ('done', 'imported') ORDER BY seq"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def add_reply(self, question_id: str, reply_event_id: str, room_id: str) -> bool:
+        """Count a reply in a question's thread once; False if it was counted already."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = await self._db.execute(
+                "INSERT OR IGNORE INTO handled_events (event_id, room_id, handled_at) "
+                "VALUES (?, ?, ?)",
+                (reply_event_id, room_id, _now_ms()),
+            )
+            counted = cur.rowcount == 1
+            if counted:
+                await self._db.execute(
+                    "UPDATE questions SET replies = replies + 1 WHERE event_id = ?",
+                    (question_id,),
+                )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        return counted
+
+    async def question_solved_by(self, solved_by: str) -> QuestionRow | None:
+        """The question solved by this reaction or command event."""
+        async with self._db.execute(
+            f"SELECT {_Q_COLS} FROM questions WHERE solved_by = ?", (solved_by,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _question(row) if row else None
+
+    async def question_by_forward(self, forward_event_id: str) -> QuestionRow | None:
+        """The question whose forward is this event."""
+        async with self._db.execute(
+            f"SELECT {_Q_COLS} FROM questions WHERE forward_event_id = ?", (forward_event_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _question(row) if row else None
+
+    async def erase_question(self, event_id: str) -> QuestionRow | None:
+        """Delete a redacted question and every copy of its text; return what it was."""
+        row = await self.question(event_id)
+        if row is None:
+            return None
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute("DELETE FROM questions WHERE event_id = ?", (event_id,))
+            # Effects quote the text: keep only what re-sending needs to stay idempotent.
+            await self._db.execute(
+                "UPDATE effects SET content = '{}', state = CASE state WHEN 'pending' "
+                "THEN 'failed' ELSE state END, error = 'redacted' WHERE question_id = ?",
+                (event_id,),
+            )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        # Overwrite freed pages so the text does not linger in the file.
+        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return row
+
+    async def question_count_by_room(self) -> dict[str, int]:
+        """How many questions each room has (import summaries)."""
+        async with self._db.execute(
+            "SELECT room_id, COUNT(*) FROM questions GROUP BY room_id"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    async def import_question(
+        self, *, event_id: str, room_id: str, sender: str, body: str, created_ts: int
+    ) -> bool:
+        """Record a past question from room history (not forwarded); False if known."""
+        cur = await self._db.execute(
+            "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
+            "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'imported', ?)",
+            (event_id, room_id, sender, body, created_ts, event_id, _now_ms()),
+        )
+        return cur.rowcount == 1
+
+    # -- admin overrides ---------------------------------------------------------------------
+
+    async def route_overrides(self) -> list[RouteOverride]:
+        """Specialties changed in chat, oldest change first."""
+        async with self._db.execute(
+            "SELECT name, room, keywords, removed FROM route_overrides ORDER BY changed_at"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            RouteOverride(str(r[0]), str(r[1]), tuple(json.loads(r[2])), bool(r[3])) for r in rows
+        ]
+
+    async def set_route_override(
+        self, name: str, room: str, keywords: Sequence[str], *, removed: bool, by: str
+    ) -> None:
+        """Record a specialty's new definition (or its removal)."""
+        await self._db.execute(
+            "INSERT INTO route_overrides (name_key, name, room, keywords, removed, changed_by, "
+            "changed_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name_key) DO UPDATE SET "
+            "name = excluded.name, room = excluded.room, keywords = excluded.keywords, "
+            "removed = excluded.removed, changed_by = excluded.changed_by, "
+            "changed_at = excluded.changed_at",
+            (
+                name.casefold(),
+                name,
+                room,
+                json.dumps(list(keywords), ensure_ascii=False),
+                int(removed),
+                by,
+                _now_ms(),
+            ),
+        )
+
+    async def intake_overrides(self) -> list[IntakeOverride]:
+        """Intake switched on or off in chat."""
+        async with self._db.execute(
+            "SELECT room_id, enabled, trigger, hashtags FROM intake_overrides"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            IntakeOverride(str(r[0]), bool(r[1]), str(r[2]), tuple(json.loads(r[3]))) for r in rows
+        ]
+
+    async def set_intake_override(
+        self, room_id: str, *, enabled: bool, trigger: str, hashtags: Sequence[str], by: str
+    ) -> None:
+        """Switch intake on or off for a room."""
+        await self._db.execute(
+            "INSERT INTO intake_overrides (room_id, enabled, trigger, hashtags, changed_by, "
+            "changed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(room_id) DO UPDATE SET "
+            "enabled = excluded.enabled, trigger = excluded.trigger, "
+            "hashtags = excluded.hashtags, changed_by = excluded.changed_by, "
+            "changed_at = excluded.changed_at",
+            (room_id, int(enabled), trigger, json.dumps(list(hashtags)), by, _now_ms()),
+        )
 
     async def execute_script(self, statements: Sequence[str]) -> None:
         """Run maintenance statements (tests and tools only)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,10 @@ LABELLED: list[tuple[str, str | None]] = [
     ("ATCD de tentative de suicide en 2020, suivi CMP, renouvellement du traitement ?", None),
     ("Quels sont les signes d'un choc anaphylactique ?", None),
     ("Patient aux antécédents d'infarctus, on reprend le sport ?", None),
-    ("Combien de temps garder l'adrénaline auto-injectable après un oedème de Quincke ancien ?", None),
+    (
+        "Combien de temps garder l'adrénaline auto-injectable après un oedème de Quincke ancien ?",
+        None,
+    ),
     ("Épilepsie stable sous Keppra, crise d'épilepsie il y a 2 ans, permis de conduire ?", None),
     ("Hémorragie de la délivrance : quels facteurs de risque ?", None),
     ("What are the causes of chest pain in young adults?", None),
@@ -72,7 +76,10 @@ LABELLED: list[tuple[str, str | None]] = [
 
 # Written after the first tuning round on LABELLED and never tuned on: an honest check.
 HELDOUT: list[tuple[str, str | None]] = [
-    ("Patiente retrouvée inconsciente dans sa salle de bain, que faire en attendant ?", "unconscious"),
+    (
+        "Patiente retrouvée inconsciente dans sa salle de bain, que faire en attendant ?",
+        "unconscious",
+    ),
     ("il a une oppression thoracique là maintenant, sueurs, nausées", "chest_pain"),
     ("Mon voisin ne respire plus, j'appelle qui ?", "breathing"),
     ("Elle m'a dit qu'elle voulait se tuer ce soir", "suicide"),
@@ -108,17 +115,30 @@ def _category(text: str) -> str | None:
     return None if found is None else found.category
 
 
-def test_labelled_set_figures() -> None:
-    """Precision and recall of "fires" on the labelled set stay high (printed with -s)."""
-    tp = sum(1 for t, c in LABELLED if c is not None and _category(t) is not None)
-    fp = sum(1 for t, c in LABELLED if c is None and _category(t) is not None)
-    fn = sum(1 for t, c in LABELLED if c is not None and _category(t) is None)
-    wrong_category = [t for t, c in LABELLED if c is not None and _category(t) not in (None, c)]
+def _figures(rows: list[tuple[str, str | None]]) -> tuple[float, float, list[str]]:
+    tp = sum(1 for t, c in rows if c is not None and _category(t) is not None)
+    fp = sum(1 for t, c in rows if c is None and _category(t) is not None)
+    fn = sum(1 for t, c in rows if c is not None and _category(t) is None)
+    wrong_category = [t for t, c in rows if c is not None and _category(t) not in (None, c)]
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     print(f"urgent: precision {precision:.3f} recall {recall:.3f} tp={tp} fp={fp} fn={fn}")
+    return precision, recall, wrong_category
+
+
+def test_labelled_set_figures() -> None:
+    """Precision and recall of "fires" on the tuning set stay high (printed with -s)."""
+    precision, recall, wrong_category = _figures(LABELLED)
     assert precision >= 0.95
     assert recall >= 0.9
+    assert not wrong_category
+
+
+def test_heldout_set_figures() -> None:
+    """The held-out set was never tuned on: a lower floor, but a floor."""
+    precision, recall, wrong_category = _figures(HELDOUT)
+    assert precision >= 0.85
+    assert recall >= 0.85
     assert not wrong_category
 
 
@@ -181,3 +201,11 @@ def test_bad_options_name_the_option(
     with pytest.raises(PluginOptionError) as info:
         UrgentWording(options, _ctx(tmp_path))
     assert info.value.option == option
+
+
+def test_long_text_stays_within_the_time_budget() -> None:
+    """A 60 kB message is assessed well within the 2 s hook budget."""
+    for text in ("douleur thoracique il y a 3 ans " * 2000, "toracique " * 6000):
+        started = time.perf_counter()
+        assess_urgency(text)
+        assert time.perf_counter() - started < 1.0

@@ -1,0 +1,417 @@
+"""Chat commands: ``!related``, ``!solved``, ``!confirm`` for everyone; ``!route``, ``!intake``,
+``!plugins`` for room admins; ``!peerbot help``."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .commands import Command, split_keywords
+from .config import Trigger, is_room_ref
+from .intake import Message
+from .matrix import MatrixError, RoomID
+from .plugin_api import Question
+from .store import QuestionRow
+
+if TYPE_CHECKING:
+    from .app import PeerBot
+
+__all__ = ["ChatCommands"]
+
+log = logging.getLogger(__name__)
+
+ADMIN_COMMANDS = frozenset({"route", "intake", "plugins"})
+
+
+class ChatCommands:
+    """Runs commands; every answer goes through the outbox into the command's thread."""
+
+    def __init__(self, bot: PeerBot) -> None:
+        self.bot = bot
+
+    @property
+    def t(self):  # type: ignore[no-untyped-def]
+        """The bot's sentences."""
+        return self.bot.texts
+
+    async def say(self, room_id: str, msg: Message, *lines: str) -> None:
+        """Answer in the command's thread."""
+        await self.bot.reply(room_id, msg, self.t.lines(list(lines)))
+
+    async def handle(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """Run one command; an unexpected failure gets an apology, never a traceback."""
+        try:
+            if cmd.name in ADMIN_COMMANDS and not await self.bot.is_admin(room_id, msg.sender):
+                level = self.bot.config.admin.power_level
+                await self.say(room_id, msg, self.t.s("not_admin", level=level))
+                return
+            handler = getattr(self, f"cmd_{cmd.name}", None)
+            if handler is None:
+                await self.say(room_id, msg, self.t.s("unknown_command"))
+                return
+            await handler(room_id, msg, cmd)
+        except MatrixError as exc:
+            log.warning("Command %s failed: %s", cmd.name, exc)
+            await self.say(room_id, msg, self.t.s("command_failed"))
+        except Exception:
+            log.exception("Command %s failed", cmd.name)
+            await self.say(room_id, msg, self.t.s("command_failed"))
+
+    # -- everyone ---------------------------------------------------------------------------
+
+    async def cmd_related(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """``!related <text>``: related threads from configured rooms the asker is in."""
+        text = cmd.rest.strip()
+        if not text:
+            await self.say(room_id, msg, self.t.s("related_usage"))
+            return
+        bot = self.bot
+        candidates = bot.rooms.configured | set(bot.rooms.intake) | {RoomID(room_id)}
+        rooms = {r for r in candidates if bot.mx.is_member(r, msg.sender)}
+        lines = await bot.related_lines(text, rooms)
+        if not lines:
+            await self.say(room_id, msg, self.t.s("related_none"))
+            return
+        body, html = self.t.related_list(lines)
+        from .messages import Rendered
+
+        await bot.reply(room_id, msg, Rendered(body, html))
+
+    async def _thread_question(self, room_id: str, msg: Message) -> QuestionRow | None:
+        root = msg.thread_root or msg.reply_to
+        if root is None:
+            return None
+        q = await self.bot.store.question(root)
+        return q if q is not None and q.room_id == room_id else None
+
+    async def cmd_solved(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """``!solved`` in a question's thread."""
+        await self._set_solved(room_id, msg, True)
+
+    async def cmd_unsolved(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """``!unsolved`` in a question's thread."""
+        await self._set_solved(room_id, msg, False)
+
+    async def _set_solved(self, room_id: str, msg: Message, solved: bool) -> None:
+        q = await self._thread_question(room_id, msg)
+        if q is None:
+            await self.say(room_id, msg, self.t.s("not_in_question_thread"))
+            return
+        if not await self.bot.may_moderate(room_id, msg.sender, q):
+            await self.say(room_id, msg, self.t.s("solved_denied"))
+            return
+        await self.bot.store.update_question(
+            q.event_id, solved=solved, solved_by=msg.event_id if solved else None
+        )
+        self.bot.index.set_solved(q.event_id, solved)
+        await self.say(room_id, msg, self.t.s("solved_done" if solved else "unsolved_done"))
+
+    async def cmd_confirm(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """``!confirm`` in the thread of a question held by a guard."""
+        q = await self._thread_question(room_id, msg)
+        if q is None or q.state != "held":
+            await self.say(room_id, msg, self.t.s("guard_nothing_held"))
+            return
+        if msg.sender != q.sender:
+            await self.say(room_id, msg, self.t.s("guard_confirm_denied"))
+            return
+        if not (q.decision or {}).get("confirmable", False):
+            await self.say(room_id, msg, self.t.s("guard_confirm_edit_only"))
+            return
+        await self.bot.store.update_question(q.event_id, state="new", guard_override=True)
+        log.info("Question %s confirmed by its author despite a guard", q.event_id)
+
+    async def cmd_peerbot(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """``!peerbot help``."""
+        bot = self.bot
+        lines = [self.t.s("help_intro")]
+        rule = bot.rooms.intake.get(RoomID(room_id))
+        if rule is not None:
+            tags = f" ({', '.join(rule.hashtags)})" if rule.trigger is Trigger.HASHTAG else ""
+            lines.append(self.t.s("help_intake", trigger=rule.trigger.value, tags=tags))
+        else:
+            lines.append(self.t.s("help_not_intake"))
+        lines.append(self.t.s("help_everyone"))
+        if await bot.is_admin(room_id, msg.sender):
+            lines.append(self.t.s("help_admin"))
+            states = ", ".join(
+                f"{bot.room_label(r)} {'🔒' if bot.mx.is_encrypted(r) else '—'}"
+                for r in sorted(bot.rooms.configured)
+            )
+            lines.append(self.t.s("help_encryption", rooms=states))
+        await self.say(room_id, msg, *lines)
+
+    # -- admins -----------------------------------------------------------------------------
+
+    async def cmd_plugins(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """``!plugins``: loaded plugins, their rooms and error counts."""
+        bot = self.bot
+        if not bot.plugins.plugins:
+            await self.say(room_id, msg, self.t.s("plugins_none"))
+            return
+        lines = []
+        for p in bot.plugins.plugins:
+            rooms = (
+                ", ".join(bot.room_label(r) for r in sorted(p.rooms))
+                if p.rooms is not None
+                else self.t.s("plugins_all_intake")
+            )
+            lines.append(
+                self.t.s(
+                    "plugins_item",
+                    name=p.name,
+                    kind=p.kind,
+                    rooms=rooms,
+                    calls=p.calls,
+                    errors=p.errors,
+                    timeouts=p.timeouts,
+                )
+            )
+        await self.say(room_id, msg, *lines)
+
+    async def cmd_intake(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """``!intake on|off [hashtag|question|all]`` for the current room."""
+        bot = self.bot
+        if cmd.sub not in ("on", "off"):
+            await self.say(room_id, msg, self.t.s("intake_usage"))
+            return
+        current = bot.rooms.intake.get(RoomID(room_id))
+        trigger = current.trigger if current else Trigger.HASHTAG
+        if cmd.words:
+            try:
+                trigger = Trigger(cmd.words[0].lower())
+            except ValueError:
+                await self.say(room_id, msg, self.t.s("intake_usage"))
+                return
+        hashtags: tuple[str, ...] = current.hashtags if current else ()
+        if not hashtags:
+            hashtags = next((i.hashtags for i in bot.config.intake if i.hashtags), ("#DocTocToc",))
+        await bot.store.set_intake_override(
+            room_id,
+            enabled=cmd.sub == "on",
+            trigger=trigger.value,
+            hashtags=hashtags,
+            by=msg.sender,
+        )
+        await bot.reload_overrides()
+        if cmd.sub == "on":
+            await self.say(room_id, msg, self.t.s("intake_on", trigger=trigger.value))
+        else:
+            await self.say(room_id, msg, self.t.s("intake_off"))
+
+    async def cmd_route(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """``!route list|add|remove|keywords|test|move``."""
+        handler = getattr(self, f"route_{cmd.sub}", None)
+        if handler is None:
+            await self.say(room_id, msg, self.t.s("route_usage"))
+            return
+        await handler(room_id, msg, cmd.rest)
+
+    def _rule(self, name: str):  # type: ignore[no-untyped-def]
+        key = name.strip().strip('"').casefold()
+        return next((r for r in self.bot.rules.rules if r.name.casefold() == key), None)
+
+    async def route_list(self, room_id: str, msg: Message, rest: str) -> None:
+        """List the specialties."""
+        bot = self.bot
+        fallback = bot.room_label(bot.rooms.fallback)
+        if not bot.rules.rules:
+            await self.say(room_id, msg, self.t.s("route_list_empty", room=fallback))
+            return
+        lines = [self.t.s("route_list_title")]
+        for r in bot.rules.rules:
+            lines.append(
+                "- "
+                + self.t.s(
+                    "route_list_item",
+                    name=r.name,
+                    room=bot.room_label(r.room),
+                    keywords=", ".join(r.keywords) or "—",
+                )
+            )
+        lines.append(self.t.s("route_fallback", room=fallback))
+        await self.say(room_id, msg, *lines)
+
+    @staticmethod
+    def _split_name(rest: str) -> tuple[str, str]:
+        rest = rest.strip()
+        if rest.startswith('"') and '"' in rest[1:]:
+            end = rest.index('"', 1)
+            return rest[1:end].strip(), rest[end + 1 :].strip()
+        name, _, tail = rest.partition(" ")
+        return name.strip(), tail.strip()
+
+    async def _resolve_room(self, ref: str) -> RoomID | None:
+        bot = self.bot
+        if not is_room_ref(ref):
+            return None
+        if ref.startswith("#"):
+            try:
+                room_id, servers = await bot.mx.resolve_alias(ref)
+            except MatrixError:
+                return None
+            bot.rooms.labels[room_id] = ref
+            bot.rooms.via[room_id] = servers
+        else:
+            room_id = RoomID(ref)
+        if room_id not in bot.mx.joined_rooms():
+            try:
+                await bot.mx.join(ref)
+            except MatrixError as exc:
+                log.warning("Cannot join %s for a new route: %s", ref, exc)
+        return room_id
+
+    async def route_add(self, room_id: str, msg: Message, rest: str) -> None:
+        """Add (or replace) a specialty."""
+        name, tail = self._split_name(rest)
+        ref, _, words = tail.partition(" ")
+        if not name or not ref:
+            await self.say(room_id, msg, self.t.s("route_usage"))
+            return
+        target = await self._resolve_room(ref)
+        if target is None:
+            await self.say(room_id, msg, self.t.s("route_bad_room", room=ref))
+            return
+        keywords = split_keywords(words)
+        existed = self._rule(name) is not None
+        await self.bot.store.set_route_override(
+            name, target, keywords, removed=False, by=msg.sender
+        )
+        await self.bot.reload_overrides()
+        self.bot.rooms.configured.add(target)
+        key = "route_updated" if existed else "route_added"
+        await self.say(
+            room_id,
+            msg,
+            self.t.s(
+                key, name=name, room=self.bot.room_label(target), keywords=", ".join(keywords)
+            ),
+        )
+
+    async def route_remove(self, room_id: str, msg: Message, rest: str) -> None:
+        """Remove a specialty (its questions then go elsewhere)."""
+        name, _ = self._split_name(rest)
+        rule = self._rule(name)
+        if rule is None:
+            await self.say(room_id, msg, self.t.s("route_unknown", name=name))
+            return
+        await self.bot.store.set_route_override(
+            rule.name, rule.room, rule.keywords, removed=True, by=msg.sender
+        )
+        await self.bot.reload_overrides()
+        await self.say(room_id, msg, self.t.s("route_removed", name=rule.name))
+
+    async def route_keywords(self, room_id: str, msg: Message, rest: str) -> None:
+        """Add or remove keywords of a specialty."""
+        name, tail = self._split_name(rest)
+        action, _, words = tail.partition(" ")
+        rule = self._rule(name)
+        if rule is None:
+            await self.say(room_id, msg, self.t.s("route_unknown", name=name))
+            return
+        if action not in ("add", "remove") or not words.strip():
+            await self.say(room_id, msg, self.t.s("route_usage"))
+            return
+        change = split_keywords(words)
+        folded = {c.casefold() for c in change}
+        if action == "add":
+            keywords = list(rule.keywords) + [
+                c for c in change if c.casefold() not in {k.casefold() for k in rule.keywords}
+            ]
+        else:
+            keywords = [k for k in rule.keywords if k.casefold() not in folded]
+        await self.bot.store.set_route_override(
+            rule.name, rule.room, keywords, removed=False, by=msg.sender
+        )
+        await self.bot.reload_overrides()
+        await self.say(
+            room_id,
+            msg,
+            self.t.s(
+                "route_updated",
+                name=rule.name,
+                room=self.bot.room_label(rule.room),
+                keywords=", ".join(keywords) or "—",
+            ),
+        )
+
+    async def route_test(self, room_id: str, msg: Message, rest: str) -> None:
+        """A dry run: where this text would go and why; nothing is sent."""
+        bot = self.bot
+        text = rest.strip()
+        if not text:
+            await self.say(room_id, msg, self.t.s("route_usage"))
+            return
+        question = Question(text=text, room_id=room_id, sender=msg.sender, event_id=msg.event_id)
+        decision = await bot.route(text, question)
+        lines = []
+        if decision.is_fallback:
+            lines.append(self.t.s("route_test_fallback", room=bot.room_label(decision.room)))
+        else:
+            lines.append(
+                self.t.s(
+                    "route_test_result",
+                    room=bot.room_label(decision.room),
+                    specialty=decision.specialty,
+                    score=f"{decision.score:.2f}",
+                )
+            )
+        if decision.hits:
+            words = ", ".join(
+                h.keyword if h.exact else f"{h.keyword} (~{h.found})" for h in decision.hits
+            )
+            lines.append(self.t.s("route_test_words", words=words))
+        others = [f"{c.name} {c.score:.2f}" for c in decision.candidates[1:]]
+        if others:
+            lines.append(self.t.s("route_test_candidates", candidates=", ".join(others)))
+        if bot.plugins.routers:
+            proposals = await bot.plugins.propose(question, bot.specialty_infos())
+            shown = ", ".join(
+                f"{p.plugin}: {p.specialty} {p.score:.2f} ({p.reason})" for p in proposals
+            )
+            lines.append(self.t.s("route_test_plugins", proposals=shown or "—"))
+        if bot.plugins.guards:
+            verdicts = await bot.plugins.check(question)
+            found = [
+                f"{p.name}: {v.action.value}"
+                + (f" ({', '.join(f.label for f in v.findings)})" if v.findings else "")
+                for p, v in verdicts
+            ]
+            lines.append(self.t.s("route_test_guards", findings=", ".join(found) or "—"))
+        lines.append(self.t.s("route_test_nothing_sent"))
+        await self.say(room_id, msg, *lines)
+
+    async def route_move(self, room_id: str, msg: Message, rest: str) -> None:
+        """In a question's thread: send it to another specialty, and teach the routers."""
+        bot = self.bot
+        q = await self._thread_question(room_id, msg)
+        if q is None or q.body is None:
+            await self.say(room_id, msg, self.t.s("not_in_question_thread"))
+            return
+        name, _ = self._split_name(rest)
+        rule = self._rule(name)
+        if rule is None:
+            await self.say(room_id, msg, self.t.s("route_unknown", name=name))
+            return
+        if q.specialty and q.specialty.casefold() == rule.name.casefold():
+            await self.say(room_id, msg, self.t.s("route_move_same", specialty=rule.name))
+            return
+        if q.specialty:
+            bot.plugins.forget(q.body, q.specialty)
+        bot.plugins.learn(q.body, rule.name)
+        await bot.store.update_question(
+            q.event_id, specialty=rule.name, target_room=rule.room, corrected=True
+        )
+        from .app import tx_id
+
+        await bot.store.add_effect(
+            tx_id=tx_id("move", msg.event_id),
+            kind="forward",
+            room_id=rule.room,
+            content=bot.forward_content(q, rule.name),
+        )
+        await self.say(
+            room_id,
+            msg,
+            self.t.s("route_moved", room=bot.room_label(rule.room), specialty=rule.name),
+        )
