@@ -10,8 +10,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from .plugins import PluginSet
 
 __all__ = ["main"]
 
@@ -83,9 +87,19 @@ def _load(path: Path) -> Config | None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate bot.yaml without connecting."""
+    from .plugins import PluginLoadError
+
     config = _load(Path(args.config_file or args.config))
     if config is None:
         return EXIT_CONFIG
+    try:
+        plugins = load_plugin_set(config)
+    except PluginLoadError as exc:
+        print(f"{args.config_file or args.config}: plugin error", file=sys.stderr)
+        print(f"  {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for plugin in plugins.plugins:
+        print(f"plugin {plugin.name} ({plugin.kind}) loaded from {plugin.entry.use}")
     rooms = len(config.configured_rooms())
     print(
         f"{args.config_file or args.config}: OK — {len(config.intake)} intake room(s), "
@@ -95,22 +109,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def load_plugin_set(config: Config) -> PluginSet:
+    """Load the plugins named in bot.yaml (before any login); PluginLoadError on a problem."""
+    from .plugins import PluginSet, load_plugins
+
+    data_root = config.storage.database.parent / "plugins"
+    return PluginSet(load_plugins(config.plugins, language=config.language, data_root=data_root))
+
+
 async def run_bot(config: Config, *, ready: asyncio.Event | None = None) -> int:
     """Run until SIGINT/SIGTERM; return an exit status."""
     from .app import PeerBot, StartupError
     from .matrix import MatrixClient, MatrixError
+    from .plugins import PluginLoadError, ensure_data_dirs
     from .store import Store, StoreError
 
     SECRETS.add(config.matrix.password)
     SECRETS.add(config.matrix.access_token)
     try:
+        plugins = load_plugin_set(config)
+    except PluginLoadError as exc:
+        log.error("Plugin error: %s", exc)
+        return EXIT_CONFIG
+    try:
         store = await Store.open(config.storage.database)
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
+    ensure_data_dirs(plugins.plugins)
     client = MatrixClient(config.matrix)
     try:
-        bot = PeerBot(config, store, client)
+        bot = PeerBot(config, store, client, plugins)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, bot.stop)
@@ -135,6 +164,44 @@ async def run_bot(config: Config, *, ready: asyncio.Event | None = None) -> int:
             asyncio.get_running_loop().remove_signal_handler(sig)
         await client.close()
         await store.close()
+        await plugins.close()
+
+
+async def run_import(config: Config, rooms: list[str]) -> int:
+    """Backfill the index from room history; return an exit status."""
+    from .app import PeerBot
+    from .history import import_history
+    from .matrix import MatrixClient, MatrixError
+    from .store import Store, StoreError
+
+    SECRETS.add(config.matrix.password)
+    SECRETS.add(config.matrix.access_token)
+    try:
+        store = await Store.open(config.storage.database)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    client = MatrixClient(config.matrix)
+    try:
+        await PeerBot(config, store, client).login()
+        summary = await import_history(config, store, client, rooms)
+    except (MatrixError, ValueError) as exc:
+        log.error("Import failed: %s", exc)
+        return EXIT_FAILURE
+    finally:
+        await client.close()
+        await store.close()
+    print("\n".join(summary.lines()))
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Backfill the related-threads index from room history."""
+    config = _load(Path(args.config))
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging("WARNING")
+    return asyncio.run(run_import(config, list(args.room or [])))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -170,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config_file", nargs="?", help="path to bot.yaml")
     check.add_argument("--config", "-c", default="bot.yaml", help=argparse.SUPPRESS)
     check.set_defaults(func=cmd_check_config)
+
+    imp = sub.add_parser(
+        "import-history", help="index past questions from room history (bot stopped)"
+    )
+    imp.add_argument("--config", "-c", default="bot.yaml", help="path to bot.yaml")
+    imp.add_argument(
+        "--room", action="append", help="a room alias or ID (repeatable; default: all configured)"
+    )
+    imp.set_defaults(func=cmd_import)
 
     demo = sub.add_parser("demo", help="try PeerBot on a throwaway local Synapse")
     demo.add_argument("--once", action="store_true", help="exit after the scripted part")

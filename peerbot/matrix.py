@@ -6,6 +6,7 @@ response objects.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,23 @@ class SyncBatch:
     left: list[RoomID] = field(default_factory=list)
 
 
+class _NioClient(nio.AsyncClient):  # type: ignore[misc]
+    """nio's client, keeping the raw body of the last /sync: nio drops what it cannot parse
+    (an invited room's encryption and create events, the content of invite member events)."""
+
+    last_invites: dict[str, Any] | None = None
+
+    async def parse_body(self, transport_response: Any) -> dict[str, Any]:
+        body: dict[str, Any] = await super().parse_body(transport_response)
+        url = getattr(transport_response, "url", None)
+        if url is not None and str(getattr(url, "path", "")).endswith("/sync"):
+            rooms = body.get("rooms") if isinstance(body, dict) else None
+            invites = rooms.get("invite") if isinstance(rooms, dict) else None
+            # nio edits event dicts in place while parsing: keep a copy.
+            self.last_invites = copy.deepcopy(invites) if isinstance(invites, dict) else {}
+        return body
+
+
 class MatrixClient:
     """A logged-in connection to the homeserver."""
 
@@ -114,7 +132,7 @@ class MatrixClient:
             max_timeout_retry_wait_time=30,
             request_timeout=SYNC_TIMEOUT_MS / 1000 + 30,
         )
-        self._client = nio.AsyncClient(config.homeserver, config.user_id, config=client_config)
+        self._client = _NioClient(config.homeserver, config.user_id, config=client_config)
         self.user_id = UserID(config.user_id)
 
     @property
@@ -176,8 +194,10 @@ class MatrixClient:
         if not isinstance(resp, nio.SyncResponse):
             _raise("sync", resp)
         batch = SyncBatch(next_batch=resp.next_batch)
-        for room_id, info in resp.rooms.invite.items():
-            batch.invites.append(self._invite(RoomID(room_id), info.invite_state))
+        raw_invites = self._client.last_invites or {}
+        for room_id in resp.rooms.invite:
+            state = ((raw_invites.get(room_id) or {}).get("invite_state") or {}).get("events")
+            batch.invites.append(self._invite(RoomID(room_id), state or []))
         batch.left = [RoomID(r) for r in resp.rooms.leave]
         if first:
             return batch
@@ -213,8 +233,9 @@ class MatrixClient:
         inviter = None
         encrypted = False
         version = None
-        for ev in state:
-            src = _source(ev)
+        for src in state:
+            if not isinstance(src, dict):
+                continue
             etype = src.get("type")
             if (
                 etype == "m.room.member"

@@ -569,6 +569,26 @@ class Store:
         await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return row
 
+    async def set_thread_state(
+        self,
+        event_id: str,
+        *,
+        replies: int | None = None,
+        solved: bool | None = None,
+        solved_by: str | None = None,
+    ) -> None:
+        """Set a thread's reply count and solved state (imports)."""
+        if replies is not None:
+            await self._db.execute(
+                "UPDATE questions SET replies = MAX(replies, ?) WHERE event_id = ?",
+                (replies, event_id),
+            )
+        if solved is not None:
+            await self._db.execute(
+                "UPDATE questions SET solved = ?, solved_by = ? WHERE event_id = ?",
+                (int(solved), solved_by, event_id),
+            )
+
     async def question_count_by_room(self) -> dict[str, int]:
         """How many questions each room has (import summaries)."""
         async with self._db.execute(

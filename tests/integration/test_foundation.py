@@ -34,9 +34,13 @@ def notices(user: Any, room_id: str) -> list[Event]:
 
 
 async def test_invites_from_allowed_servers_only(world: World) -> None:
-    # The bot joins the world's rooms on the admin's invite (server allowed)...
+    # The bot joins an invite-only room on the admin's invite (server allowed), before and
+    # after it started...
+    before = await world.admin.create_room(invite=[world.bot_user.user_id])
     await world.start_bot()
-    await world.admin.wait_joined(world.rooms["entraide"], world.bot_user.user_id)
+    await world.admin.wait_joined(before, world.bot_user.user_id)
+    after = await world.admin.create_room(invite=[world.bot_user.user_id])
+    await world.admin.wait_joined(after, world.bot_user.user_id)
     # ...and a bot that trusts only another server declines, saying why.
     await world.stop_bots()
     room = await world.admin.create_room(invite=[world.bot_user.user_id])

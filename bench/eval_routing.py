@@ -1,0 +1,226 @@
+"""Score the learned-router plugin against two baselines on real routing data (../shared/eval).
+
+For each data folder (routing_eval.jsonl: id, text, label, labels, split) the plugin learns every
+``train`` row through its ``learn()`` API, is trained once, and is asked every ``test`` row.
+Printed per set, one line:
+
+- plugin: accuracy of its top answer whatever the confidence (``any`` counts any gold label,
+  which matters for multi-label sets such as morfitt);
+- 1nn: 1-nearest-neighbour over the train split with rapidfuzz (``utils.default_process``),
+  the scorer ../shared/eval/README.md found best for that set (token_set_ratio elsewhere);
+- linear: the standard text classifier, TF-IDF of word 1–2-grams plus char_wb 3–5-grams
+  (accents stripped, sublinear tf) and ``LinearSVC(C=0.5)``;
+- confident: accuracy when only the plugin's proposals count (``propose()`` at its
+  ``min_confidence``), and how many test questions got one;
+- off-topic answered: the share of the other sets' test questions (the first 200 of each)
+  that got a proposal, standing for questions about something else;
+- train: the plugin's training time (vectorising, calibration and the final fit).
+
+``--sweep`` adds a coverage/accuracy table over confidence thresholds, to choose
+``min_confidence``.
+
+    .venv/bin/python bench/eval_routing.py [--data DIR]... [--min-confidence X] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rapidfuzz import fuzz, process, utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peerbot.plugin_api import PluginContext, Question, SpecialtyInfo
+from plugins.learned_router import LearnedRouter
+
+EVAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "eval"
+DEFAULT_SETS = (
+    "mtsamples_specialty",
+    "labforsims2_fr_question_category",
+    "morfitt_fr_specialty",
+)
+# The best 1-NN scorer per set, from ../shared/eval/README.md.
+NN_SCORERS: dict[str, Any] = {
+    "mtsamples_specialty": fuzz.token_set_ratio,
+    "labforsims2_fr_question_category": fuzz.token_sort_ratio,
+    "morfitt_fr_specialty": fuzz.token_ratio,
+}
+OFFTOPIC = 200  # questions taken from each other set
+SWEEP = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One routing example."""
+
+    text: str
+    label: str
+    labels: frozenset[str]
+
+
+def load(folder: Path) -> tuple[list[Row], list[Row]]:
+    """The train and test rows of a routing_eval.jsonl."""
+    train: list[Row] = []
+    test: list[Row] = []
+    with (folder / "routing_eval.jsonl").open(encoding="utf-8") as lines:
+        for line in lines:
+            raw = json.loads(line)
+            row = Row(raw["text"], raw["label"], frozenset(raw.get("labels") or [raw["label"]]))
+            (train if raw["split"] == "train" else test).append(row)
+    return train, test
+
+
+def accuracy(predicted: Sequence[str | None], gold: Sequence[Row]) -> tuple[float, float]:
+    """Primary-label and any-gold-label accuracy."""
+    if not gold:
+        return 0.0, 0.0
+    primary = sum(p == row.label for p, row in zip(predicted, gold, strict=True))
+    anyhit = sum(p in row.labels for p, row in zip(predicted, gold, strict=True))
+    return primary / len(gold), anyhit / len(gold)
+
+
+def nearest_neighbour(train: Sequence[Row], test: Sequence[Row], scorer: Any) -> list[str]:
+    """Label of the closest train text (first one on ties), one thread."""
+    choices = [utils.default_process(r.text) for r in train]
+    queries = [utils.default_process(r.text) for r in test]
+    scores = process.cdist(queries, choices, scorer=scorer, workers=1)
+    return [train[int(i)].label for i in scores.argmax(axis=1)]
+
+
+def linear_baseline(train: Sequence[Row], test: Sequence[Row]) -> list[str]:
+    """The standard TF-IDF word+char LinearSVC(C=0.5) classifier."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+    from sklearn.svm import LinearSVC
+
+    common: dict[str, Any] = {"strip_accents": "unicode", "sublinear_tf": True}
+    features = FeatureUnion(
+        [
+            ("words", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), **common)),
+            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)),
+        ]
+    )
+    model = make_pipeline(features, LinearSVC(C=0.5))
+    model.fit([r.text for r in train], [r.label for r in train])
+    return [str(p) for p in model.predict([r.text for r in test])]
+
+
+async def ask_all(
+    router: LearnedRouter, batches: Sequence[Sequence[Row]], specialties: Sequence[SpecialtyInfo]
+) -> list[list[str | None]]:
+    """The plugin's proposal for each question of each batch through propose(), or None."""
+    results: list[list[str | None]] = []
+    for batch in batches:
+        answers: list[str | None] = []
+        for i, row in enumerate(batch):
+            question = Question(row.text, room_id="!bench", sender="@bench", event_id=f"${i}")
+            proposals = await router.propose(question, specialties)
+            answers.append(proposals[0].specialty if proposals else None)
+        results.append(answers)
+    await router.close()
+    return results
+
+
+def evaluate(
+    folder: Path, options: dict[str, Any], sweep: bool, others: Sequence[Row] = ()
+) -> None:
+    """Print one line of figures for this data folder (and the sweep table if asked)."""
+    train, test = load(folder)
+    labels = sorted({r.label for r in train} | {label for r in test for label in r.labels})
+    specialties = [SpecialtyInfo(name=label, room_id=f"!{i}") for i, label in enumerate(labels)]
+    with tempfile.TemporaryDirectory() as data_dir:
+        context = PluginContext("en", Path(data_dir), logging.getLogger("bench.learned_router"))
+        router = LearnedRouter(options, context)
+        for row in train:
+            router.learn(row.text, row.label)
+        started = time.perf_counter()
+        model = router.fit()
+        train_seconds = time.perf_counter() - started
+        if model is None:
+            print(f"{folder.name}: too few training examples", flush=True)
+            return
+        ranked = [router.rank(row.text) for row in test]
+        top = [r[0][0] if r else None for r in ranked]
+        confident, offtopic = asyncio.run(ask_all(router, [test, others], specialties))
+
+    plugin_acc, plugin_any = accuracy(top, test)
+    scorer = NN_SCORERS.get(folder.name, fuzz.token_set_ratio)
+    nn_acc, nn_any = accuracy(nearest_neighbour(train, test, scorer), test)
+    started = time.perf_counter()
+    lin_acc, lin_any = accuracy(linear_baseline(train, test), test)
+    lin_seconds = time.perf_counter() - started
+    answered = [(p, row) for p, row in zip(confident, test, strict=True) if p is not None]
+    conf_acc = sum(p == row.label for p, row in answered) / len(answered) if answered else 0.0
+    share = len(answered) / len(test) if test else 0.0
+    offtopic_share = (
+        f"{sum(p is not None for p in offtopic) / len(offtopic):.0%} of {len(offtopic)}"
+        if offtopic
+        else "-"
+    )
+    print(
+        f"{folder.name:34} train {len(train):5} test {len(test):5} | "
+        f"plugin {plugin_acc:.3f} (any {plugin_any:.3f}) | "
+        f"1nn[{scorer.__name__}] {nn_acc:.3f} (any {nn_any:.3f}) | "
+        f"linear {lin_acc:.3f} (any {lin_any:.3f}) | "
+        f"confident@{router.settings.min_confidence:g} {conf_acc:.3f} "
+        f"on {len(answered)}/{len(test)} ({share:.0%}) | "
+        f"off-topic answered {offtopic_share} | "
+        f"train {train_seconds:.1f} s (linear {lin_seconds:.1f} s), T={model.temperature:.3f}",
+        flush=True,
+    )
+    if sweep:
+        confidences = [r[0][1] if r else 0.0 for r in ranked]
+        for threshold in SWEEP:
+            kept = [
+                (p, row)
+                for p, c, row in zip(top, confidences, test, strict=True)
+                if p is not None and c >= threshold
+            ]
+            acc = sum(p == row.label for p, row in kept) / len(kept) if kept else 0.0
+            print(
+                f"    min_confidence {threshold:.2f}: accuracy {acc:.3f} "
+                f"on {len(kept)}/{len(test)} ({len(kept) / max(len(test), 1):.0%})",
+                flush=True,
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Evaluate every data folder given (default: the three routing sets)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data",
+        action="append",
+        type=Path,
+        help="a folder holding routing_eval.jsonl (repeatable; default: the three shared sets)",
+    )
+    parser.add_argument("--min-confidence", type=float, help="the plugin's min_confidence")
+    parser.add_argument("--sweep", action="store_true", help="print a threshold table per set")
+    args = parser.parse_args(argv)
+    folders = args.data or [EVAL_ROOT / name for name in DEFAULT_SETS]
+    missing = [f for f in folders if not (f / "routing_eval.jsonl").is_file()]
+    if missing:
+        print(f"no routing_eval.jsonl in: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {}
+    if args.min_confidence is not None:
+        options["min_confidence"] = args.min_confidence
+    tests = {folder: load(folder)[1] for folder in folders}
+    for folder in folders:
+        # Other sets' questions stand for off-topic ones: few should get a proposal.
+        others = [row for other in folders if other != folder for row in tests[other][:OFFTOPIC]]
+        evaluate(folder, options, args.sweep, others)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

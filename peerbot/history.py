@@ -1,0 +1,238 @@
+"""``peerbot import-history``: backfill the related-threads index from existing room history."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from . import intake
+from .config import Config, Trigger, is_room_ref
+from .matrix import Forbidden, MatrixClient, MatrixError, RoomID
+from .store import Store
+
+__all__ = ["ImportSummary", "import_history"]
+
+log = logging.getLogger(__name__)
+
+SOLVED_KEYS = frozenset({"✅", "✔️", "✔", "☑️", "☑"})
+
+
+@dataclass
+class RoomImport:
+    """What was read in one room."""
+
+    room: str
+    events: int = 0
+    pages: int = 0
+    questions: int = 0
+    new: int = 0
+    error: str = ""
+
+
+@dataclass
+class ImportSummary:
+    """What an import did, room by room."""
+
+    rooms: list[RoomImport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def new(self) -> int:
+        """Questions added by this run."""
+        return sum(r.new for r in self.rooms)
+
+    def lines(self) -> list[str]:
+        """A printable summary."""
+        out = [
+            f"{r.room}: {r.error}"
+            if r.error
+            else f"{r.room}: {r.events} events read in {r.pages} pages, {r.questions} questions, "
+            f"{r.new} new, {r.questions - r.new} already known"
+            for r in self.rooms
+        ]
+        total_q = sum(r.questions for r in self.rooms)
+        out.append(
+            f"Done in {self.seconds:.1f} s: {total_q} questions found, "
+            f"{self.new} added to the index."
+        )
+        return out
+
+
+class Progress:
+    """A one-line progress display on a terminal, silent elsewhere."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = 0.0
+
+    def show(self, r: RoomImport, final: bool = False) -> None:
+        """Redraw the line (at most 10 times a second)."""
+        now = time.monotonic()
+        if not final and now - self.last < 0.1:
+            return
+        self.last = now
+        spinner = "|/-\\"[r.pages % 4]
+        line = (
+            f"{'✓' if final else spinner} {r.room}: {r.pages} pages, {r.events} events, "
+            f"{r.questions} questions ({r.new} new)"
+        )
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+        elif final:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _question_rule(
+    config: Config, room_id: str, refs: Mapping[str, str]
+) -> tuple[Trigger, tuple[str, ...]]:
+    for i in config.intake:
+        if refs.get(i.room) == room_id:
+            return i.trigger, i.hashtags
+    # Other rooms: a top-level message with a question mark.
+    return Trigger.QUESTION, ()
+
+
+async def import_history(
+    config: Config,
+    store: Store,
+    client: MatrixClient,
+    rooms: Sequence[str] = (),
+    *,
+    stream: TextIO | None = None,
+    page_size: int = 100,
+) -> ImportSummary:
+    """Read the history of the rooms (default: every configured room) and index its questions."""
+    started = time.monotonic()
+    progress = Progress(stream or sys.stderr)
+    refs: dict[str, RoomID] = {}
+    wanted = list(rooms) or config.configured_rooms()
+    summary = ImportSummary()
+    for ref in wanted:
+        if not is_room_ref(ref):
+            raise ValueError(f"--room {ref}: not a room alias or ID")
+        if ref.startswith("#"):
+            room_id, _ = await client.resolve_alias(ref)
+        else:
+            room_id = RoomID(ref)
+        refs[ref] = room_id
+    for ref in config.configured_rooms():
+        if ref not in refs and ref.startswith("#"):
+            try:
+                refs[ref] = (await client.resolve_alias(ref))[0]
+            except MatrixError:
+                continue
+        elif ref not in refs:
+            refs[ref] = RoomID(ref)
+    for ref in wanted:
+        room_id = refs[ref]
+        report = RoomImport(ref)
+        summary.rooms.append(report)
+        trigger, hashtags = _question_rule(config, room_id, refs)
+        try:
+            await _import_room(
+                store, client, room_id, trigger, hashtags, report, progress, page_size
+            )
+        except Forbidden as exc:
+            report.error = (
+                f"PeerBot cannot read this room ({exc.errcode}): start the bot once so that it "
+                "joins, or invite it, then import again"
+            )
+            log.warning("%s: %s", ref, report.error)
+            continue
+        progress.show(report, final=True)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+async def _import_room(
+    store: Store,
+    client: MatrixClient,
+    room_id: str,
+    trigger: Trigger,
+    hashtags: tuple[str, ...],
+    report: RoomImport,
+    progress: Progress,
+    page_size: int,
+) -> None:
+    me = client.user_id
+    messages: dict[str, intake.Message] = {}
+    order: list[str] = []
+    edits: dict[str, tuple[int, str]] = {}
+    raised: dict[str, str] = {}  # question event -> the event that raised it
+    replies: dict[str, int] = {}
+    solved: dict[str, list[tuple[str, str]]] = {}
+    token: str | None = None
+    while True:
+        events, token = await client.messages(room_id, token, limit=page_size)
+        report.pages += 1
+        for event in events:
+            report.events += 1
+            _collect(event, me, messages, order, edits, replies, solved)
+        progress.show(report)
+        if token is None:
+            break
+    # History arrives newest first: handle oldest first, as the bot would have.
+    for event_id in reversed(order):
+        msg = messages[event_id]
+        question = intake.detect_question(msg, trigger, hashtags)
+        if question is not None and question not in raised:
+            raised[question] = event_id
+    for question_id in raised:
+        root = messages.get(question_id)
+        if root is None or root.sender == me:
+            continue
+        text = edits.get(question_id, (0, root.body))[1]
+        report.questions += 1
+        added = await store.import_question(
+            event_id=question_id, room_id=room_id, sender=root.sender, body=text, created_ts=root.ts
+        )
+        report.new += int(added)
+        fields: dict[str, Any] = {}
+        if replies.get(question_id):
+            fields["replies"] = replies[question_id]
+        by_asker = [eid for who, eid in solved.get(question_id, []) if who == root.sender]
+        if by_asker:
+            fields["solved"] = True
+            fields["solved_by"] = by_asker[0]
+        if fields and added:
+            await store.set_thread_state(question_id, **fields)
+        progress.show(report)
+
+
+def _collect(
+    event: Mapping[str, Any],
+    me: str,
+    messages: dict[str, intake.Message],
+    order: list[str],
+    edits: dict[str, tuple[int, str]],
+    replies: dict[str, int],
+    solved: dict[str, list[tuple[str, str]]],
+) -> None:
+    etype = event.get("type")
+    if etype == "m.reaction":
+        content = event.get("content") or {}
+        rel = content.get("m.relates_to") if isinstance(content, Mapping) else None
+        if isinstance(rel, Mapping) and rel.get("key") in SOLVED_KEYS:
+            target = rel.get("event_id")
+            if isinstance(target, str):
+                who = str(event.get("sender"))
+                solved.setdefault(target, []).append((who, str(event.get("event_id"))))
+        return
+    msg = intake.parse_message(event)
+    if msg is None or msg.sender == me or msg.msgtype == "m.notice":
+        return
+    if msg.replaces is not None:
+        # Newest first: the first edit seen is the latest one.
+        if msg.replaces not in edits or edits[msg.replaces][0] < msg.ts:
+            edits[msg.replaces] = (msg.ts, msg.body)
+        return
+    if msg.thread_root is not None and not msg.body.lstrip().startswith("!"):
+        replies[msg.thread_root] = replies.get(msg.thread_root, 0) + 1
+    messages[msg.event_id] = msg
+    order.append(msg.event_id)
