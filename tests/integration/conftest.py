@@ -14,6 +14,7 @@ import pytest_asyncio
 from helpers import MakeUser, TestUser, unique_name
 
 from peerbot.app import PeerBot
+from peerbot.cli import load_plugin_set
 from peerbot.config import Config, parse_config
 from peerbot.devserver import RegisteredUser, SynapseServer
 from peerbot.matrix import MatrixClient
@@ -32,9 +33,10 @@ class BotRunner:
 
     async def start(self) -> PeerBot:
         """Open the store, log in, resolve rooms and start syncing."""
+        plugins = load_plugin_set(self.config)
         self._store = await Store.open(self.config.storage.database)
         self._client = MatrixClient(self.config.matrix)
-        self.bot = PeerBot(self.config, self._store, self._client)
+        self.bot = PeerBot(self.config, self._store, self._client, plugins)
         try:
             await self.bot.start()
         except BaseException:
@@ -54,6 +56,8 @@ class BotRunner:
         await self._close()
 
     async def _close(self) -> None:
+        if self.bot is not None:
+            await self.bot.plugins.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
