@@ -60,6 +60,10 @@ def _write_config(directory: Path, server: SynapseServer, bot_password: str, lan
         "language": language,
         "invites": {"allowed_servers": [name]},
         "intake": [{"room": f"#entraide:{name}", "trigger": "hashtag", "hashtags": ["#DocTocToc"]}],
+        "plugins": [
+            {"use": "plugins.patient_data_guard:PatientDataGuard"},
+            {"use": "plugins.urgent_wording:UrgentWording"},
+        ],
         "routing": {
             "fallback_room": f"#triage:{name}",
             "specialties": [
