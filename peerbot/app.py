@@ -37,6 +37,7 @@ __all__ = ["PeerBot", "StartupError", "tx_id"]
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
+ACK_CONCURRENCY = 8
 SOLVED_KEYS = frozenset({"✅", "✔️", "✔", "☑️", "☑"})
 
 
@@ -121,6 +122,9 @@ class PeerBot:
         )
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._acking: set[str] = set()
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+        self._ack_slots = asyncio.Semaphore(ACK_CONCURRENCY)
         self._since: str | None = None
         self.handler_errors = 0
         self.idle = asyncio.Event()
@@ -288,6 +292,10 @@ class PeerBot:
                 worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker
+            if self._ack_tasks:
+                _, late = await asyncio.wait(set(self._ack_tasks), timeout=1.0)
+                for task in late:
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sync
 
@@ -533,7 +541,12 @@ class PeerBot:
                 self.idle.clear()
 
     async def _work_once(self) -> bool:
-        """Send what is pending, then handle new questions. True if anything was done."""
+        """Send what is pending, then handle new questions. True if anything was done.
+
+        Forwards go out one at a time, oldest question first, so specialty rooms see questions
+        in the order they were asked; acknowledgements (each in its own thread) go out in
+        parallel behind them.
+        """
         did = False
         for effect in await self.store.pending_effects(limit=50):
             if self._stopping.is_set():
@@ -544,29 +557,54 @@ class PeerBot:
         for q in await self.store.questions_in_state("new", "forwarding", limit=50):
             if self._stopping.is_set():
                 return did
-            await self._process(q)
+            if q.event_id in self._acking:
+                continue
             did = True
+            forwarded = await self._forward_stage(q)
+            if forwarded is not None:
+                self._acking.add(q.event_id)
+                await self._ack_slots.acquire()
+                task = asyncio.create_task(self._ack_stage(*forwarded), name="peerbot-ack")
+                self._ack_tasks.add(task)
+                task.add_done_callback(self._ack_done)
         return did
 
-    async def _process(self, q: QuestionRow) -> None:
-        """Check, route and forward one question, then acknowledge it. Re-entrant."""
+    def _ack_done(self, task: asyncio.Task[None]) -> None:
+        self._ack_tasks.discard(task)
+        self._ack_slots.release()
+        self._wake.set()
+
+    async def _forward_stage(self, q: QuestionRow) -> tuple[QuestionRow, str] | None:
+        """Check, route and forward one question. Re-entrant: a re-run sends nothing twice."""
         try:
             if q.body is None or q.sender is None:
                 q = await self._fetch_root(q)
                 if q.state == "failed":
-                    return
+                    return None
             assert q.body is not None and q.sender is not None
             if q.target_room is None:
                 if not q.guard_override and not await self._run_guards(q):
-                    return
+                    return None
                 q = await self._decide(q)
             assert q.target_room is not None
             forward = await self._forward_effect(q)
             fwd_event = await self.deliver(forward)
             if fwd_event is None:
                 await self.store.update_question(q.event_id, state="failed", error="forward failed")
-                return
-            await self.store.update_question(q.event_id, forward_event_id=fwd_event)
+                return None
+            if q.forward_event_id != fwd_event:
+                await self.store.update_question(q.event_id, forward_event_id=fwd_event)
+            return q, fwd_event
+        except _Stopping:
+            return None
+        except MatrixError as exc:
+            log.error("Question %s could not be handled: %s", q.event_id, exc)
+            await self.store.update_question(q.event_id, state="failed", error=str(exc))
+            return None
+
+    async def _ack_stage(self, q: QuestionRow, fwd_event: str) -> None:
+        """Acknowledge a forwarded question in its thread."""
+        try:
             ack = await self._ack_effect(q, fwd_event)
             ack_event = await self.deliver(ack)
             await self.store.update_question(
@@ -579,8 +617,12 @@ class PeerBot:
         except _Stopping:
             return
         except MatrixError as exc:
-            log.error("Question %s could not be handled: %s", q.event_id, exc)
+            log.error("Question %s could not be acknowledged: %s", q.event_id, exc)
             await self.store.update_question(q.event_id, state="failed", error=str(exc))
+        except Exception:
+            log.exception("Acknowledging %s failed; retried later", q.event_id)
+        finally:
+            self._acking.discard(q.event_id)
 
     async def _fetch_root(self, q: QuestionRow) -> QuestionRow:
         try:
@@ -843,7 +885,7 @@ class PeerBot:
         """Wait until the worker has nothing left to do."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self.idle.is_set() and not self._wake.is_set():
+            if self.idle.is_set() and not self._wake.is_set() and not self._ack_tasks:
                 return
             await asyncio.sleep(0.02)
         raise TimeoutError("the worker is still busy")

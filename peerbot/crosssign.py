@@ -570,6 +570,12 @@ async def bootstrap(
         stored: CrossSigningKeys | None = await asyncio.to_thread(load_keys, key_path, passphrase)
     except KeysMissing:
         stored = None
+    else:
+        owner = key_file_info(key_path).user_id
+        if owner is not None and owner != user_id:
+            raise IdentityMismatch(
+                f"{key_path} holds the cross-signing keys of {owner}, not {user_id}"
+            )
 
     answer = await _query_keys(client, user_id)
     server_master, server_ssk = _server_keys(answer, user_id)
