@@ -591,6 +591,7 @@ class PeerBot:
             fwd_event = await self.deliver(forward)
             if fwd_event is None:
                 await self.store.update_question(q.event_id, state="failed", error="forward failed")
+                await self._apologise(q)
                 return None
             if q.forward_event_id != fwd_event:
                 await self.store.update_question(q.event_id, forward_event_id=fwd_event)
@@ -601,6 +602,19 @@ class PeerBot:
             log.error("Question %s could not be handled: %s", q.event_id, exc)
             await self.store.update_question(q.event_id, state="failed", error=str(exc))
             return None
+
+    async def _apologise(self, q: QuestionRow) -> None:
+        """Tell the asker their question could not be forwarded (the log says why)."""
+        content = self.texts.plain("apology").content()
+        content["m.relates_to"] = thread_content(q.event_id, q.trigger_event_id)
+        effect = await self.store.add_effect(
+            tx_id=tx_id("sorry", q.event_id),
+            kind="notice",
+            room_id=q.room_id,
+            content=content,
+            question_id=q.event_id,
+        )
+        await self.deliver(effect)
 
     async def _ack_stage(self, q: QuestionRow, fwd_event: str) -> None:
         """Acknowledge a forwarded question in its thread."""

@@ -187,3 +187,21 @@ async def test_alias_that_does_not_exist_stops_start(world: World) -> None:
     with pytest.raises(StartupError, match=r"routing.fallback_room: the room #nope-missing"):
         await world.start_bot(cfg)
     await asyncio.sleep(0)
+
+
+async def test_forward_refused_tells_the_asker(world: World) -> None:
+    # A specialty room the bot was never invited to: the forward is refused by the server.
+    closed = await world.admin.create_room()
+    cfg = world.config(
+        routing={
+            "fallback_room": world.aliases["triage"],
+            "specialties": [{"name": "Fermé", "room": closed, "keywords": ["ecg"]}],
+        }
+    )
+    bot = await world.start_bot(cfg)
+    qid = await world.alice.send_text(world.rooms["entraide"], "#DocTocToc ECG ?")
+    sorry = await world.alice.wait_for_event(world.rooms["entraide"], in_thread(qid))
+    assert sorry["sender"] == world.bot_user.user_id
+    assert "Désolé" in sorry["content"]["body"]
+    row = await bot.store.question(qid)
+    assert row is not None and row.state == "failed"
