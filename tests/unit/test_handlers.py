@@ -1,0 +1,159 @@
+"""The sync handlers on a real database, without a homeserver: duplicates, threads, edits,
+reactions and redactions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from peerbot.app import PeerBot
+from peerbot.config import IntakeRoom, Trigger, parse_config
+from peerbot.matrix import RoomID, SyncBatch
+from peerbot.store import Store
+
+ROOM = RoomID("!intake:x")
+ME = "@peerbot:x"
+
+
+class OfflineClient:
+    """Just enough of MatrixClient for handlers that never touch the network."""
+
+    user_id = ME
+
+    def joined_rooms(self) -> set[RoomID]:
+        return {ROOM}
+
+    def is_encrypted(self, room_id: str) -> bool:
+        return False
+
+
+@pytest_asyncio.fixture
+async def bot(tmp_path: Path) -> AsyncIterator[PeerBot]:
+    cfg = parse_config(
+        json.dumps(
+            {
+                "matrix": {"homeserver": "http://127.0.0.1:9", "user_id": ME, "password": "p"},
+                "routing": {"fallback_room": "!triage:x"},
+            }
+        ),
+        env={},
+    )
+    store = await Store.open(tmp_path / "bot.db")
+    b = PeerBot(cfg, store, OfflineClient())  # type: ignore[arg-type]
+    b.rooms.intake = {ROOM: IntakeRoom(ROOM, Trigger.HASHTAG, ("#DocTocToc",))}
+    try:
+        yield b
+    finally:
+        await store.close()
+
+
+def msg(eid: str, body: str, sender: str = "@alice:x", **content: Any) -> dict[str, Any]:
+    return {
+        "type": "m.room.message",
+        "event_id": eid,
+        "sender": sender,
+        "origin_server_ts": 1000,
+        "content": {"msgtype": "m.text", "body": body, **content},
+    }
+
+
+async def test_redelivered_batch_is_a_noop(bot: PeerBot) -> None:
+    batch = SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))])
+    await bot.handle_batch(batch)
+    await bot.handle_batch(SyncBatch("t2", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))]))
+    assert await bot.store.count_questions() == 1
+    assert await bot.store.get("sync_token") == "t2"
+    assert bot.handler_errors == 0
+
+
+async def test_thread_reply_hashtag_records_the_root(bot: PeerBot) -> None:
+    rel = {
+        "m.relates_to": {
+            "rel_type": "m.thread",
+            "event_id": "$root",
+            "is_falling_back": True,
+            "m.in_reply_to": {"event_id": "$root"},
+        }
+    }
+    await bot.handle_event(ROOM, msg("$r", "#doctoctoc", sender="@bob:x", **rel))
+    q = await bot.store.question("$root")
+    assert q is not None and q.body is None and q.trigger_event_id == "$r" and q.state == "new"
+
+
+async def test_own_messages_notices_and_chat_ignored(bot: PeerBot) -> None:
+    await bot.handle_event(ROOM, msg("$1", "#DocTocToc ?", sender=ME))
+    await bot.handle_event(ROOM, msg("$2", "#DocTocToc ?", msgtype="m.notice"))
+    await bot.handle_event(ROOM, msg("$3", "bonjour"))
+    await bot.handle_event(RoomID("!elsewhere:x"), msg("$4", "#DocTocToc ?"))
+    assert await bot.store.count_questions() == 0
+
+
+async def test_edit_by_author_only(bot: PeerBot) -> None:
+    await bot.handle_event(ROOM, msg("$q", "#DocTocToc ECG ?"))
+
+    def edit(eid: str, sender: str, text: str) -> dict[str, Any]:
+        return msg(
+            eid,
+            "* " + text,
+            sender=sender,
+            **{
+                "m.new_content": {"msgtype": "m.text", "body": text},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": "$q"},
+            },
+        )
+
+    await bot.handle_event(ROOM, edit("$e1", "@mallory:x", "piraté"))
+    q = await bot.store.question("$q")
+    assert q is not None and q.body == "#DocTocToc ECG ?"
+    await bot.handle_event(ROOM, edit("$e2", "@alice:x", "#DocTocToc ECG et syncope ?"))
+    q = await bot.store.question("$q")
+    assert q is not None and q.body == "#DocTocToc ECG et syncope ?" and q.revision == "$e2"
+
+
+async def test_reaction_and_redactions(bot: PeerBot) -> None:
+    await bot.handle_event(ROOM, msg("$q", "#DocTocToc ECG ?"))
+    reaction = {
+        "type": "m.reaction",
+        "event_id": "$re",
+        "sender": "@alice:x",
+        "content": {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$q", "key": "✅"}},
+    }
+    await bot.handle_event(ROOM, reaction)
+    q = await bot.store.question("$q")
+    assert q is not None and q.solved and q.solved_by == "$re"
+    # Taking the reaction back un-solves; redacting the question erases it.
+    await bot.handle_event(
+        ROOM,
+        {
+            "type": "m.room.redaction",
+            "event_id": "$x1",
+            "sender": "@alice:x",
+            "redacts": "$re",
+            "content": {},
+        },
+    )
+    q = await bot.store.question("$q")
+    assert q is not None and not q.solved
+    bot.index.add("$q", "ECG", room_id=ROOM)
+    await bot.handle_event(
+        ROOM,
+        {
+            "type": "m.room.redaction",
+            "event_id": "$x2",
+            "sender": "@alice:x",
+            "content": {"redacts": "$q"},
+        },
+    )
+    assert await bot.store.question("$q") is None
+    assert "$q" not in bot.index
+
+
+@pytest.mark.parametrize("event", [None, 5, "x", [], {"type": 3}, {"sender": ["@a:x"]}])
+async def test_garbage_never_raises(bot: PeerBot, event: Any) -> None:
+    await bot.handle_batch(SyncBatch("t", events=[(ROOM, event)]))
+    assert bot.handler_errors == 0
