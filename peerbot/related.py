@@ -21,7 +21,7 @@ import re
 import unicodedata
 from array import array
 from bisect import bisect_left
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +32,7 @@ from peerbot.textnorm import STOPWORDS
 
 __all__ = ["DEFAULT_MIN_SCORE", "Hit", "RelatedIndex", "normalise"]
 
-DEFAULT_MIN_SCORE: float = 0.30
+DEFAULT_MIN_SCORE: float = 0.45
 """Below this, results are mostly unrelated (calibration: bench/RESULTS-related.md)."""
 
 # Tunables, measured by bench/eval_related.py (see bench/RESULTS-related.md); module-level so
@@ -73,7 +73,8 @@ _EXTRA_STOPWORDS = frozenset(
 _STOP_ALL = STOPWORDS | _EXTRA_STOPWORDS
 
 # Abbreviations common in French and English medical chat, mapped to one canonical token so
-# "ECG", "EKG" and "electrocardiogram" meet. Kept small on purpose: only unambiguous ones.
+# "ECG", "EKG" and "electrocardiogram" meet. Kept small on purpose: only unambiguous ones (no
+# "MI", "PE", "FA", "DM", which mean other things too). Off by default: see ABBREVIATIONS.
 _ABBREVIATIONS: dict[str, str] = {
     "ecg": "electrocardiogram",
     "ekg": "electrocardiogram",
@@ -82,26 +83,18 @@ _ABBREVIATIONS: dict[str, str] = {
     "electroencephalogramme": "electroencephalogram",
     "irm": "mri",
     "tdm": "ct",
-    "scanner": "ct",
     "htn": "hypertension",
     "hta": "hypertension",
-    "hypertension": "hypertension",
     "avc": "stroke",
     "cva": "stroke",
-    "mi": "infarction",
     "idm": "infarction",
     "infarctus": "infarction",
-    "copd": "copd",
     "bpco": "copd",
-    "uti": "uti",
     "dvt": "thrombosis",
     "tvp": "thrombosis",
     "thrombose": "thrombosis",
-    "pe": "embolism",
-    "ep": "embolism",
     "embolie": "embolism",
     "afib": "fibrillation",
-    "fa": "fibrillation",
     "acfa": "fibrillation",
     "sida": "aids",
     "vih": "hiv",
@@ -111,8 +104,6 @@ _ABBREVIATIONS: dict[str, str] = {
     "tuberculose": "tuberculosis",
     "dt2": "diabetes",
     "t2dm": "diabetes",
-    "dm": "diabetes",
-    "diabete": "diabetes",
 }
 
 
@@ -128,7 +119,7 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-_STEMMABLE = frozenset("sxgde")
+_STEMMABLE = frozenset("sxgdey")
 """Last letters of the words _stem may change."""
 
 
@@ -140,9 +131,11 @@ def _stem(word: str) -> str:
     last = word[-1]
     if last == "s":
         if n >= 5 and word.endswith("ies"):
-            word = word[:-3] + "y"  # allergies -> allergy
+            word = word[:-2]  # allergies -> allergi, like allergy and allergie
         elif word[-2] not in "sui":
             word = word[:-1]  # douleurs -> douleur; keeps -ss, -us, -is
+    elif last == "y":
+        word = word[:-1] + "i"  # allergy -> allergi
     elif last == "x" and n >= 6:
         if word.endswith("aux") and word[-4] != "e":
             word = word[:-3] + "al"  # hopitaux -> hopital
@@ -165,15 +158,17 @@ def _stem(word: str) -> str:
 def normalise(text: str) -> list[str]:
     """Folded, stop-word-free, lightly stemmed tokens of a text, in order (French and English)."""
     stop = _STOP_ALL if EXTRA_STOPWORDS else STOPWORDS
-    words = [w for w in _words(text) if w not in stop]
-    if not words:
-        return words
     if ABBREVIATIONS:
-        words = [_ABBREVIATIONS.get(w, w) for w in words]
+        words = [_ABBREVIATIONS.get(w, w) for w in _words(text) if w not in stop]
+    elif STEM:
+        # The common path in one comprehension: it is most of the cost of indexing a thread.
+        stemmable = _STEMMABLE
+        return [_stem(w) if w[-1] in stemmable else w for w in _words(text) if w not in stop]
+    else:
+        return [w for w in _words(text) if w not in stop]
     if STEM:
-        words = [_stem(w) if w[-1] in _STEMMABLE else w for w in words]
-        if ABBREVIATIONS:
-            words = [_ABBREVIATIONS.get(w, w) for w in words]
+        words = [_stem(w) for w in words]
+        words = [_ABBREVIATIONS.get(w, w) for w in words]
     return words
 
 
@@ -194,8 +189,7 @@ class RelatedIndex:
         # thread goes, so no removed text survives as a vocabulary entry.
         self._word_id: dict[str, int] = {}
         self._words: list[str | None] = []
-        self._df = array("i")
-        self._postings: list[array[int]] = []  # word id -> sorted doc slots
+        self._postings: list[array[int]] = []  # word id -> sorted doc slots; len() is the df
         self._free_words: list[int] = []
         # Letter bigrams of the vocabulary ("#w", "wo", "or", "rd", "d#") -> sorted word ids, to
         # find the indexed words near a misspelt query word without scanning the vocabulary.
@@ -277,17 +271,14 @@ class RelatedIndex:
                 if ids[i] == -1:
                     ids[i] = self._new_word(word)
         postings = self._postings
-        df = self._df
         if slot == len(self._thread) - 1:
             # The newest slot: every posting holds smaller slots only, so appending keeps order.
             for wid in ids:
                 postings[wid].append(slot)
-                df[wid] += 1
         else:
             for wid in ids:
                 post = postings[wid]
                 post.insert(bisect_left(post, slot), slot)
-                df[wid] += 1
         self._toks[slot] = ids
         self._dlen[slot] = float(len(ids))
         self._total_len += len(ids)
@@ -299,8 +290,7 @@ class RelatedIndex:
         for wid in ids:
             post = self._postings[wid]
             del post[bisect_left(post, slot)]
-            self._df[wid] -= 1
-            if self._df[wid] == 0:
+            if not post:
                 self._drop_word(wid)
         self._total_len -= len(ids)
         self._dlen[slot] = 0.0
@@ -313,7 +303,6 @@ class RelatedIndex:
         else:
             wid = len(self._words)
             self._words.append(word)
-            self._df.append(0)
             self._postings.append(array("i"))
         self._word_id[word] = wid
         if not word.isdigit():
@@ -350,29 +339,33 @@ class RelatedIndex:
 
     def _idf(self, wid: int) -> float:
         n = len(self._slot_of)
-        df = self._df[wid]
+        df = len(self._postings[wid])
         return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
-    def _query_terms(self, words: Iterable[str]) -> tuple[dict[int, float], float]:
-        """Query word ids with their weights, and the weight of query words found nowhere."""
+    def _query_terms(self, words: list[str]) -> tuple[dict[int, float], float, list[str]]:
+        """Query word ids with weights, the weight of words found nowhere, the corrected words."""
         terms: dict[int, float] = {}
         missing = 0.0
+        corrected: list[str] = []
         unknown_idf = math.log(1.0 + (len(self._slot_of) + 0.5) / 0.5)
         for word in dict.fromkeys(words):
             wid = self._word_id.get(word)
             if wid is not None:
                 terms[wid] = max(terms.get(wid, 0.0), self._idf(wid))
+                corrected.append(word)
                 continue
             matches = self._close_words(word)
             if not matches:
                 missing += unknown_idf
+                corrected.append(word)
                 continue
-            # The misspelt word still counts once in the query's mass, at its best match's weight.
             weights = [FUZZY_PENALTY * self._idf(wid) for wid in matches]
             for wid, weight in zip(matches, weights, strict=True):
                 terms[wid] = max(terms.get(wid, 0.0), weight)
+            # The misspelt word counts once in the query's mass, at its best match's full weight.
             missing += max(weights) / FUZZY_PENALTY - sum(weights)
-        return terms, missing
+            corrected.append(self._words[matches[0]] or word)
+        return terms, missing, corrected
 
     def _close_words(self, word: str) -> list[int]:
         """Indexed words within one edit (two for long words) of an unknown query word."""
@@ -398,7 +391,7 @@ class RelatedIndex:
         best = min(dist for _, dist, _ in found)
         close = [int(cands[i]) for _, dist, i in found if dist == best]
         # Among equally close words, the most used is the likeliest intended spelling.
-        close.sort(key=lambda wid: (-self._df[wid], wid))
+        close.sort(key=lambda wid: (-len(self._postings[wid]), wid))
         return close[:3]
 
     def search(
@@ -413,8 +406,7 @@ class RelatedIndex:
         """The threads most related to a query, best first, each scoring at least min_score."""
         if limit <= 0 or not self._slot_of:
             return []
-        qwords = normalise(query)
-        terms, missing = self._query_terms(qwords)
+        terms, missing, qwords = self._query_terms(normalise(query))
         if not terms:
             return []
         slots = self._candidates(terms, rooms, exclude, max(CANDIDATES, limit))
@@ -446,7 +438,8 @@ class RelatedIndex:
         lens = np.fromiter((len(t) for t in toks), dtype=np.intp, count=len(toks))
         ids = np.concatenate([np.frombuffer(t, dtype=np.int32) for t in toks])
         starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
-        df = np.frombuffer(self._df, dtype=np.int32)[ids].astype(np.float64)
+        postings = self._postings
+        df = np.fromiter((len(postings[w]) for w in ids.tolist()), dtype=np.float64, count=ids.size)
         idf = np.log1p((len(self._slot_of) - df + 0.5) / (df + 0.5))
         dmass = np.add.reduceat(idf, starts)
         qids = np.fromiter(sorted(terms), dtype=np.int32, count=len(terms))

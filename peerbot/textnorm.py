@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import lru_cache
 
 __all__ = ["STOPWORDS", "content_tokens", "deaccent", "fold", "tokens"]
 
@@ -41,17 +40,10 @@ def deaccent(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
-@lru_cache(maxsize=65536)
-def _fold_cached(text: str) -> str:
-    return _NON_WORD.sub(" ", deaccent(text)).strip()
-
-
 def fold(text: str) -> str:
     """Lower-case, strip accents, turn every non-alphanumeric run into one space."""
-    if len(text) > 512:
-        # Long texts are rarely repeated; keep the cache for short keywords and queries.
-        return _fold_cached.__wrapped__(text)
-    return _fold_cached(text)
+    # Not cached: a cache would keep the text of questions after their authors deleted them.
+    return _NON_WORD.sub(" ", deaccent(text)).strip()
 
 
 def tokens(text: str) -> list[str]:
