@@ -188,7 +188,7 @@ async def test_import_history_indexes_once(world: World) -> None:
     assert old in bot.index and tagged_later in bot.index
     row = await bot.store.question(old)
     assert row is not None and row.replies == 1 and row.state == "imported"
-    q2, ack = await ask(world, Q2)
+    _q2, ack = await ask(world, Q2)
     assert link(room, old) in ack["content"]["body"]
     # Imported questions are history: none of them was forwarded.
     forwards = [
