@@ -121,6 +121,20 @@ class ChatCommands:
         await self.bot.store.update_question(q.event_id, state="new", guard_override=True)
         log.info("Question %s confirmed by its author despite a guard", q.event_id)
 
+    async def cmd_forward(self, room_id: str, msg: Message, cmd: Command) -> None:
+        """``!forward`` in the thread of a question held because its target is not encrypted."""
+        q = await self._thread_question(room_id, msg)
+        decision = dict(q.decision or {}) if q is not None else {}
+        if q is None or q.state != "held" or not decision.get("unencrypted_target"):
+            await self.say(room_id, msg, self.t.s("forward_nothing_held"))
+            return
+        if msg.sender != q.sender:
+            await self.say(room_id, msg, self.t.s("forward_denied"))
+            return
+        decision["forward_confirmed"] = True
+        await self.bot.store.update_question(q.event_id, state="new", decision=decision)
+        log.info("Question %s: its author confirmed forwarding to an unencrypted room", q.event_id)
+
     async def cmd_peerbot(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!peerbot help``."""
         bot = self.bot

@@ -24,6 +24,7 @@ from .matrix import (
     RoomID,
     SyncBatch,
     Transient,
+    Undecryptable,
 )
 from .messages import RelatedLine, Texts, permalink, texts_for
 from .permissions import power_level
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
 ACK_CONCURRENCY = 8
+MAX_DECRYPT_ATTEMPTS = 5
+"""Tries, once an event's room key is known, before giving up on decrypting it."""
 SOLVED_KEYS = frozenset({"✅", "✔️", "✔", "☑️", "☑"})
 
 
@@ -112,6 +115,9 @@ class PeerBot:
         self.config = config
         self.store = store
         self.mx = client
+        # getattr: stand-ins for MatrixClient in tests may predate encryption.
+        self.encryption_on = bool(getattr(client, "encrypted", False))
+        """End-to-end encryption is on: encrypted rooms are joined, read and written."""
         self.plugins = plugins or PluginSet()
         self.texts: Texts = texts_for(config.language)
         self.rooms = Rooms()
@@ -143,6 +149,10 @@ class PeerBot:
         await self.store.put("device_id", self.mx.device_id or "")
         await self.store.put("access_token", self.mx.access_token)
         log.info("Logged in as %s, device %s", self.mx.user_id, self.mx.device_id)
+        # Encryption: device keys and the cross-signing bootstrap, before any sync or send
+        # (a message sent before the device is signed is unreadable in Element).
+        if self.encryption_on:
+            await self.mx.setup_encryption()
 
     async def start(self) -> None:
         """Log in, reuse the device, resolve configured rooms; skip history on a first start."""
@@ -163,6 +173,8 @@ class PeerBot:
         await self.reload_overrides()
         await self._load_index()
         await self._teach_routers()
+        if self.encryption_on:
+            await self._guard(self.retry_undecryptable(), "decrypt retry")
 
     async def resolve_rooms(self) -> None:
         """Resolve every configured room; join those the bot is not in yet."""
@@ -208,9 +220,19 @@ class PeerBot:
                 plugin.rooms = None
         for room_id in self.rooms.configured:
             state = "encrypted" if self.mx.is_encrypted(room_id) else "not encrypted"
+            if room_id not in joined:
+                # Joined just now: nio knows its state after the next sync.
+                state = "joined now; encryption state shown by !peerbot help"
             log.info("Room %s (%s): %s", self.room_label(room_id), room_id, state)
-            if room_id in self.rooms.yaml_intake and self.mx.is_encrypted(room_id):
-                log.warning("Intake room %s is encrypted: this PeerBot cannot read it", room_id)
+            if (
+                room_id in self.rooms.yaml_intake
+                and self.mx.is_encrypted(room_id)
+                and not self.encryption_on
+            ):
+                log.warning(
+                    "Intake room %s is encrypted: set encryption.enabled in bot.yaml to read it",
+                    room_id,
+                )
 
     def _room_refs(self) -> list[tuple[str, str]]:
         cfg = self.config
@@ -330,6 +352,10 @@ class PeerBot:
             await self._guard(self.handle_invite(invite), "invite")
         for room_id, event in batch.events:
             await self._guard(self.handle_event(room_id, event), "event")
+        for undecryptable in batch.undecryptable:
+            await self._guard(self._on_undecryptable(undecryptable), "undecryptable")
+        if self.encryption_on:
+            await self._guard(self.retry_undecryptable(), "decrypt retry")
         for room_id in batch.left:
             log.info("PeerBot left or was removed from %s", room_id)
         # Only now: a crash before this line replays the batch, and handled events are skipped.
@@ -357,7 +383,7 @@ class PeerBot:
             log.info("Declining an invite to %s from %s", invite.room_id, inviter or "unknown")
             await self._decline(invite.room_id, "invite_declined")
             return
-        if invite.encrypted:
+        if invite.encrypted and not self.encryption_on:
             log.warning(
                 "Declining an invite to encrypted room %s from %s: encryption is not enabled",
                 invite.room_id,
@@ -386,7 +412,8 @@ class PeerBot:
         if not isinstance(sender, str) or sender == self.mx.user_id:
             return
         if etype == "m.room.encryption" and room_id in self.rooms.intake:
-            log.warning("Intake room %s turned on encryption: PeerBot cannot read it", room_id)
+            if not self.encryption_on:
+                log.warning("Intake room %s turned on encryption: PeerBot cannot read it", room_id)
             return
         if etype == "m.room.redaction":
             await self._on_redaction(room_id, event)
@@ -431,6 +458,65 @@ class PeerBot:
         if added:
             log.info("Question %s noticed in %s", question_id, room_id)
             self._wake.set()
+
+    # -- encrypted events the bot cannot read (yet) -------------------------------------------
+
+    async def _on_undecryptable(self, u: Undecryptable) -> None:
+        """Record it, ask for its key; it is handled when the key arrives."""
+        if u.sender == self.mx.user_id or await self.store.is_handled(u.event_id):
+            return
+        added = await self.store.add_undecryptable(
+            event_id=u.event_id,
+            room_id=u.room_id,
+            sender=u.sender,
+            session_id=u.session_id,
+            sender_key=u.sender_key,
+        )
+        if not added:
+            return
+        log.warning(
+            "Cannot decrypt event %s from %s in %s (no key for session %s): key requested",
+            u.event_id,
+            u.sender,
+            u.room_id,
+            u.session_id,
+        )
+        try:
+            await self.mx.request_room_key(u.room_id, u.event_id)
+        except MatrixError as exc:
+            log.warning("Could not request the key of %s: %s", u.event_id, exc)
+
+    async def retry_undecryptable(self) -> int:
+        """Handle recorded events whose room key has arrived; the number decrypted."""
+        done = 0
+        for row in await self.store.undecryptable():
+            if not self.mx.has_room_key(row.room_id, row.sender_key, row.session_id):
+                continue
+            try:
+                event = await self.mx.decrypt_later(row.room_id, row.event_id)
+            except (NotFound, Forbidden) as exc:
+                log.warning("Undecryptable event %s is gone: %s", row.event_id, exc)
+                await self.store.drop_undecryptable(row.event_id)
+                continue
+            if event is None:
+                # The key arrived but does not open this event (e.g. it starts at a later
+                # message index): a few more tries as other keys come, then give up.
+                if row.attempts + 1 >= MAX_DECRYPT_ATTEMPTS:
+                    log.warning(
+                        "Giving up on event %s from %s in %s: the known key does not open it",
+                        row.event_id,
+                        row.sender,
+                        row.room_id,
+                    )
+                    await self.store.drop_undecryptable(row.event_id)
+                else:
+                    await self.store.undecryptable_attempt(row.event_id)
+                continue
+            log.info("Event %s decrypted late: its room key arrived", row.event_id)
+            await self._guard(self.handle_event(RoomID(row.room_id), event), "event")
+            await self.store.drop_undecryptable(row.event_id)
+            done += 1
+        return done
 
     async def _on_edit(self, room_id: RoomID, msg: intake.Message) -> None:
         assert msg.replaces is not None
@@ -587,6 +673,8 @@ class PeerBot:
                     return None
                 q = await self._decide(q)
             assert q.target_room is not None
+            if not await self._encryption_allows(q):
+                return None
             forward = await self._forward_effect(q)
             fwd_event = await self.deliver(forward)
             if fwd_event is None:
@@ -602,6 +690,48 @@ class PeerBot:
             log.error("Question %s could not be handled: %s", q.event_id, exc)
             await self.store.update_question(q.event_id, state="failed", error=str(exc))
             return None
+
+    def allows_from_encrypted(self, room_id: str) -> bool:
+        """bot.yaml's ``allow_from_encrypted`` for a target room (resolved to its ID)."""
+        r = self.config.routing
+        allowed = {s.room for s in r.specialties if s.allow_from_encrypted}
+        if r.fallback_allow_from_encrypted:
+            allowed.add(r.fallback_room)
+        return room_id in {self.rooms.resolved.get(a, RoomID(a)) for a in allowed}
+
+    async def _encryption_allows(self, q: QuestionRow) -> bool:
+        """False (and the question held, the asker told) for encrypted -> unencrypted."""
+        assert q.target_room is not None
+        decision = dict(q.decision or {})
+        if (
+            q.forward_event_id
+            or decision.get("forward_confirmed")
+            or not self.mx.is_encrypted(q.room_id)
+            or self.mx.is_encrypted(q.target_room)
+            or self.allows_from_encrypted(q.target_room)
+        ):
+            return True
+        decision["unencrypted_target"] = True
+        await self.store.update_question(q.event_id, state="held", decision=decision)
+        content = self.texts.plain(
+            "unencrypted_target", room=self.room_label(q.target_room)
+        ).content()
+        content["m.relates_to"] = thread_content(q.event_id, q.trigger_event_id)
+        effect = await self.store.add_effect(
+            tx_id=tx_id("unencrypted", q.revision or q.event_id),
+            kind="notice",
+            room_id=q.room_id,
+            content=content,
+            question_id=q.event_id,
+        )
+        await self.deliver(effect)
+        log.info(
+            "Question %s held: encrypted room %s -> unencrypted %s",
+            q.event_id,
+            q.room_id,
+            q.target_room,
+        )
+        return False
 
     async def _apologise(self, q: QuestionRow) -> None:
         """Tell the asker their question could not be forwarded (the log says why)."""

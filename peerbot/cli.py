@@ -67,7 +67,8 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # nio logs request details (and sometimes bodies) at INFO and DEBUG.
-    for noisy in ("nio", "aiohttp", "peewee"):
+    # aiosqlite logs every statement with its parameters (the access token among them).
+    for noisy in ("nio", "aiohttp", "peewee", "aiosqlite"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
@@ -100,6 +101,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     for plugin in plugins.plugins:
         print(f"plugin {plugin.name} ({plugin.kind}) loaded from {plugin.entry.use}")
+    if not _report_keys(config):
+        return EXIT_CONFIG
     rooms = len(config.configured_rooms())
     print(
         f"{args.config_file or args.config}: OK — {len(config.intake)} intake room(s), "
@@ -107,6 +110,34 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"language {config.language}"
     )
     return EXIT_OK
+
+
+def _report_keys(config: Config) -> bool:
+    """Say whether the cross-signing keys can be read (encryption on); False when they cannot."""
+    from .crosssign import KeysMissing, KeyStoreError, key_file_info, load_keys
+
+    enc = config.encryption
+    if not enc.enabled:
+        return True
+    path = enc.key_file
+    try:
+        info = key_file_info(path)
+        load_keys(path, enc.passphrase or "")
+    except KeysMissing:
+        print(f"encryption: no cross-signing keys yet: {path} will be created at first start")
+        return True
+    except KeyStoreError as exc:
+        print(f"encryption.key_file: {exc}", file=sys.stderr)
+        return False
+    owner = info.user_id or "?"
+    if info.user_id is not None and info.user_id != config.matrix.user_id:
+        print(
+            f"encryption.key_file: {path} holds the keys of {owner}, not {config.matrix.user_id}",
+            file=sys.stderr,
+        )
+        return False
+    print(f"encryption: cross-signing keys readable in {path} (master key {info.master_key})")
+    return True
 
 
 def load_plugin_set(config: Config) -> PluginSet:
@@ -117,9 +148,12 @@ def load_plugin_set(config: Config) -> PluginSet:
     return PluginSet(load_plugins(config.plugins, language=config.language, data_root=data_root))
 
 
-async def run_bot(config: Config, *, ready: asyncio.Event | None = None) -> int:
+async def run_bot(
+    config: Config, *, ready: asyncio.Event | None = None, reset_identity: bool = False
+) -> int:
     """Run until SIGINT/SIGTERM; return an exit status."""
     from .app import PeerBot, StartupError
+    from .crosssign import CrossSigningError, IdentityMismatch, KeysLost
     from .matrix import MatrixClient, MatrixError
     from .plugins import PluginLoadError, ensure_data_dirs
     from .store import Store, StoreError
@@ -137,7 +171,9 @@ async def run_bot(config: Config, *, ready: asyncio.Event | None = None) -> int:
         log.error("%s", exc)
         return EXIT_FAILURE
     ensure_data_dirs(plugins.plugins)
-    client = MatrixClient(config.matrix)
+    SECRETS.add(config.encryption.pickle_key)
+    SECRETS.add(config.encryption.passphrase)
+    client = MatrixClient(config.matrix, config.encryption, reset_identity=reset_identity)
     try:
         bot = PeerBot(config, store, client, plugins)
         loop = asyncio.get_running_loop()
@@ -152,6 +188,19 @@ async def run_bot(config: Config, *, ready: asyncio.Event | None = None) -> int:
             return EXIT_CONFIG
         except MatrixError as exc:
             log.error("Cannot start: %s", exc)
+            return EXIT_FAILURE
+        except (KeysLost, IdentityMismatch) as exc:
+            log.critical("=" * 72)
+            log.critical("REFUSING TO START: the bot's cross-signing identity is in question.")
+            log.critical("%s", exc)
+            log.critical(
+                "Restore the key file (%s) from a backup, or run `peerbot run --reset-identity`.",
+                config.encryption.key_file,
+            )
+            log.critical("=" * 72)
+            return EXIT_FAILURE
+        except CrossSigningError as exc:
+            log.error("Cannot start: encryption set-up failed: %s", exc)
             return EXIT_FAILURE
         log.info("PeerBot is running; Ctrl-C to stop")
         if ready is not None:
@@ -181,7 +230,7 @@ async def run_import(config: Config, rooms: list[str]) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
-    client = MatrixClient(config.matrix)
+    client = MatrixClient(config.matrix, config.encryption)
     try:
         await PeerBot(config, store, client).login()
         summary = await import_history(config, store, client, rooms)
@@ -210,7 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     setup_logging(args.log_level or config.log_level)
-    return asyncio.run(run_bot(config))
+    return asyncio.run(run_bot(config, reset_identity=args.reset_identity))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -231,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the bot")
     run.add_argument("--config", "-c", default="bot.yaml", help="path to bot.yaml")
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument(
+        "--reset-identity",
+        action="store_true",
+        help="encryption: make or upload new cross-signing keys when the stored ones are lost "
+        "or do not match the server (every user sees the bot's identity change)",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate bot.yaml without connecting")

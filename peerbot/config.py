@@ -18,6 +18,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "EncryptionConfig",
     "IntakeRoom",
     "InvitesConfig",
     "MatrixConfig",
@@ -130,6 +131,8 @@ class Specialty:
     name: str
     room: str
     keywords: tuple[str, ...] = ()
+    allow_from_encrypted: bool = False
+    """Questions from encrypted rooms may be forwarded here even if this room is not encrypted."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,15 @@ class RoutingConfig:
 
     fallback_room: str
     specialties: tuple[Specialty, ...] = ()
+    fallback_allow_from_encrypted: bool = False
+    """``allow_from_encrypted`` for the fallback room."""
+
+    def allows_from_encrypted(self, room: str) -> bool:
+        """True when bot.yaml lets questions from encrypted rooms go to this (configured) room."""
+        allowed = {s.room for s in self.specialties if s.allow_from_encrypted}
+        if self.fallback_allow_from_encrypted:
+            allowed.add(self.fallback_room)
+        return room in allowed
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,21 @@ class RelatedConfig:
     max_results: int = 3
     min_score: float | None = None
     """None: the engine's calibrated default."""
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """End-to-end encryption: nio's store and the bot's own cross-signing keys."""
+
+    enabled: bool = False
+    store_path: Path = Path("peerbot-store")
+    """nio's encryption store (created mode 0700)."""
+    key_file: Path = Path("peerbot-store/cross-signing.keys")
+    """The sealed cross-signing seeds (mode 0600): back it up."""
+    pickle_key: str | None = field(default=None, repr=False)
+    """Encrypts nio's store at rest (``PEERBOT_PICKLE_KEY`` overrides bot.yaml)."""
+    passphrase: str | None = field(default=None, repr=False)
+    """Seals the key file; only from ``PEERBOT_KEY_PASSPHRASE``."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +208,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     plugins: tuple[PluginEntry, ...] = ()
     log_level: str = "INFO"
+    encryption: EncryptionConfig = EncryptionConfig()
 
     def configured_rooms(self) -> list[str]:
         """Every room reference named in the config (intake, specialties, fallback)."""
@@ -215,6 +243,9 @@ class _Reader:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
+            if "quoted scalar" in str(getattr(exc, "context", "")):
+                # An unclosed quote fails at the end of the file: point at where it opened.
+                mark = getattr(exc, "context_mark", None) or mark
             line = mark.line + 1 if mark is not None else None
             what = getattr(exc, "problem", None) or str(exc)
             self.problems.append(ConfigProblem("", f"not valid YAML: {what}", line))
@@ -260,7 +291,7 @@ class _Reader:
             if path in self.lines:
                 return self.lines[path]
             path = path[:-1]
-        return None
+        return self.lines.get(())
 
 
 class _Checker:
@@ -369,6 +400,21 @@ class _Checker:
                 out.append(text)
         return tuple(out)
 
+    def boolean(self, d: Mapping[str, Any], key: str, path: _Path, default: bool = False) -> bool:
+        p = (*path, key)
+        if key not in d or d[key] is None:
+            return default
+        value = d[key]
+        if not isinstance(value, bool):
+            self.bad(p, f"must be true or false, not {_kind(value)}")
+            return default
+        return value
+
+    def path(self, d: Mapping[str, Any], key: str, path: _Path, default: Path) -> Path:
+        raw = self.string(d, key, path, required=False)
+        value = Path(os.path.expanduser(raw)) if raw else default
+        return value if value.is_absolute() else self.base_dir / value
+
     def room(self, d: Mapping[str, Any], key: str, path: _Path) -> str:
         return (
             self.string(
@@ -402,6 +448,7 @@ class _Checker:
                 "admin",
                 "plugins",
                 "log_level",
+                "encryption",
             ),
         )
         if not isinstance(self.r.data, dict):
@@ -422,6 +469,7 @@ class _Checker:
         related = self.related(top)
         admin = self.admin(top)
         plugins = self.plugins(top)
+        encryption = self.encryption(top)
         if self.problems or matrix is None or routing is None:
             return None
         return Config(
@@ -435,6 +483,7 @@ class _Checker:
             admin=admin,
             plugins=plugins,
             log_level=log_level,
+            encryption=encryption,
         )
 
     def section(self, top: Mapping[str, Any], key: str, known: tuple[str, ...]) -> dict[str, Any]:
@@ -447,6 +496,9 @@ class _Checker:
             self.bad(("matrix",), "is required")
             return None
         p: _Path = ("matrix",)
+        if not isinstance(top["matrix"], Mapping):
+            self.section(top, "matrix", ())  # one message: "must be a mapping of keys"
+            return None
         m = self.section(
             top,
             "matrix",
@@ -472,7 +524,8 @@ class _Checker:
         )
         device_id = self.string(m, "device_id", p, required=False)
         device_name = self.string(m, "device_name", p, required=False, default="PeerBot")
-        if not password and not token:
+        wrong_type = any(k in m and not isinstance(m[k], str) for k in ("password", "access_token"))
+        if not password and not token and not wrong_type:  # a wrong type is reported already
             self.bad(
                 p,
                 "needs a password or an access_token "
@@ -560,7 +613,15 @@ class _Checker:
             self.bad(("routing",), "is required (at least routing.fallback_room)")
             return None
         d = self.section(top, "routing", ("fallback_room", "specialties"))
-        fallback = self.room(d, "fallback_room", ("routing",))
+        fallback_allow = False
+        if isinstance(d.get("fallback_room"), dict):
+            # The long form: {room: ..., allow_from_encrypted: true}.
+            fp: _Path = ("routing", "fallback_room")
+            f = self.mapping(d["fallback_room"], fp, ("room", "allow_from_encrypted"))
+            fallback = self.room(f, "room", fp)
+            fallback_allow = self.boolean(f, "allow_from_encrypted", fp)
+        else:
+            fallback = self.room(d, "fallback_room", ("routing",))
         raw = d.get("specialties") or []
         specialties: list[Specialty] = []
         if not isinstance(raw, list):
@@ -569,12 +630,13 @@ class _Checker:
         names: dict[str, int] = {}
         for i, item in enumerate(raw):
             p: _Path = ("routing", "specialties", i)
-            s = self.mapping(item, p, ("name", "room", "keywords"))
+            s = self.mapping(item, p, ("name", "room", "keywords", "allow_from_encrypted"))
             if not isinstance(item, dict):
                 continue
             name = self.string(s, "name", p) or ""
             room = self.room(s, "room", p)
             keywords = self.string_list(s, "keywords", p) or ()
+            allow = self.boolean(s, "allow_from_encrypted", p)
             key = name.casefold()
             if name and key in names:
                 self.bad(
@@ -582,8 +644,48 @@ class _Checker:
                     f"duplicate specialty name, already routing.specialties[{names[key]}]",
                 )
             names.setdefault(key, i)
-            specialties.append(Specialty(name=name, room=room, keywords=keywords))
-        return RoutingConfig(fallback_room=fallback, specialties=tuple(specialties))
+            specialties.append(
+                Specialty(name=name, room=room, keywords=keywords, allow_from_encrypted=allow)
+            )
+        return RoutingConfig(
+            fallback_room=fallback,
+            specialties=tuple(specialties),
+            fallback_allow_from_encrypted=fallback_allow,
+        )
+
+    def encryption(self, top: Mapping[str, Any]) -> EncryptionConfig:
+        p: _Path = ("encryption",)
+        d = self.section(
+            top, "encryption", ("enabled", "store_path", "key_file", "pickle_key", "passphrase")
+        )
+        enabled = self.boolean(d, "enabled", p)
+        store_path = self.path(d, "store_path", p, Path("peerbot-store"))
+        key_file = self.path(d, "key_file", p, store_path / "cross-signing.keys")
+        if "passphrase" in d:
+            self.bad(
+                (*p, "passphrase"),
+                "is never read from bot.yaml: set PEERBOT_KEY_PASSPHRASE in the environment",
+            )
+        pickle_key = self.env.get("PEERBOT_PICKLE_KEY") or self.string(
+            d, "pickle_key", p, required=False
+        )
+        passphrase = self.env.get("PEERBOT_KEY_PASSPHRASE") or None
+        if enabled:
+            if not pickle_key:
+                self.bad(
+                    (*p, "pickle_key"),
+                    "is required when encryption is enabled "
+                    "(or PEERBOT_PICKLE_KEY in the environment)",
+                )
+            if not passphrase:
+                self.bad(p, "PEERBOT_KEY_PASSPHRASE must be set")
+        return EncryptionConfig(
+            enabled=enabled,
+            store_path=store_path,
+            key_file=key_file,
+            pickle_key=pickle_key,
+            passphrase=passphrase,
+        )
 
     def related(self, top: Mapping[str, Any]) -> RelatedConfig:
         d = self.section(top, "related", ("max_results", "min_score"))

@@ -72,6 +72,8 @@ def parse_message(event: Mapping[str, Any]) -> Message | None:
     msgtype = body_source.get("msgtype")
     if not isinstance(body, str) or not isinstance(msgtype, str):
         return None
+    # Lone surrogates (from a broken client's JSON escapes) cannot be stored or sent as UTF-8.
+    body = body.encode("utf-8", "replace").decode("utf-8")
     return Message(
         event_id=event_id,
         sender=sender,

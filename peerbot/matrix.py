@@ -6,16 +6,19 @@ response objects.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NewType, NoReturn
 
 import nio
 from nio.api import MessageDirection
 
-from .config import MatrixConfig
+from .config import EncryptionConfig, MatrixConfig
 
 __all__ = [
     "EventID",
@@ -27,6 +30,7 @@ __all__ = [
     "RoomID",
     "SyncBatch",
     "Transient",
+    "Undecryptable",
     "UserID",
 ]
 
@@ -91,6 +95,17 @@ class Invite:
     room_version: str | None = None
 
 
+@dataclass(frozen=True)
+class Undecryptable:
+    """An encrypted event the bot holds no key for (yet); never its content."""
+
+    room_id: RoomID
+    event_id: EventID
+    sender: str
+    session_id: str
+    sender_key: str
+
+
 @dataclass
 class SyncBatch:
     """What one sync brought, in the order to handle it."""
@@ -100,6 +115,8 @@ class SyncBatch:
     """Timeline events, gaps filled, oldest first within each room."""
     invites: list[Invite] = field(default_factory=list)
     left: list[RoomID] = field(default_factory=list)
+    undecryptable: list[Undecryptable] = field(default_factory=list)
+    """Encrypted timeline events that could not be decrypted (kept out of ``events``)."""
 
 
 class _NioClient(nio.AsyncClient):  # type: ignore[misc]
@@ -122,18 +139,41 @@ class _NioClient(nio.AsyncClient):  # type: ignore[misc]
 class MatrixClient:
     """A logged-in connection to the homeserver."""
 
-    def __init__(self, config: MatrixConfig) -> None:
+    def __init__(
+        self,
+        config: MatrixConfig,
+        encryption: EncryptionConfig | None = None,
+        *,
+        reset_identity: bool = False,
+    ) -> None:
         self.config = config
+        self.encryption = encryption if encryption is not None and encryption.enabled else None
+        self.reset_identity = reset_identity
+        extra: dict[str, Any] = {}
+        store_path: str | None = None
+        if self.encryption is not None:
+            # Never nio's default pickle key; the store folder is private to the bot.
+            extra["pickle_key"] = self.encryption.pickle_key
+            store_path = str(_private_dir(self.encryption.store_path))
         client_config = nio.AsyncClientConfig(
-            encryption_enabled=False,
+            encryption_enabled=self.encryption is not None,
             store_sync_tokens=False,
             max_timeouts=None,
             backoff_factor=0.5,
             max_timeout_retry_wait_time=30,
             request_timeout=SYNC_TIMEOUT_MS / 1000 + 30,
+            **extra,
         )
-        self._client = _NioClient(config.homeserver, config.user_id, config=client_config)
+        self._client = _NioClient(
+            config.homeserver, config.user_id, store_path=store_path, config=client_config
+        )
         self.user_id = UserID(config.user_id)
+        self._requested_keys: set[str] = set()
+
+    @property
+    def encrypted(self) -> bool:
+        """True when this client reads and writes encrypted rooms."""
+        return self.encryption is not None
 
     @property
     def device_id(self) -> str | None:
@@ -154,6 +194,22 @@ class MatrixClient:
         cfg = self.config
         token = cfg.access_token or saved_token
         device = cfg.device_id or saved_device_id
+        if device and token and await self._store_lost(device, token):
+            # That device's keys on the server belong to a store that is gone: a device cannot
+            # get new identity keys, so the bot logs in as a new device (signed below, in
+            # setup_encryption, with the kept cross-signing keys).
+            if not cfg.password:
+                raise Forbidden(
+                    "login",
+                    None,
+                    f"the encryption store of device {device} is lost and there is no password "
+                    "to log in a new device",
+                    None,
+                )
+            log.warning(
+                "The encryption store of device %s is missing; logging in as a new device", device
+            )
+            token = device = None
         if token and device:
             self._client.restore_login(cfg.user_id, device, token)
             who = await self._client.whoami()
@@ -176,6 +232,74 @@ class MatrixClient:
         if isinstance(resp, nio.LoginError):
             _raise("login", resp)
 
+    def _store_file(self, device_id: str) -> Path | None:
+        if self.encryption is None:
+            return None
+        return self.encryption.store_path / f"{self.config.user_id}_{device_id}.db"
+
+    async def _store_lost(self, device_id: str, token: str) -> bool:
+        """True when the device has keys on the server but no local encryption store."""
+        store = self._store_file(device_id)
+        if store is None or store.exists():
+            return False
+        self._client.access_token = token
+        try:
+            answer = await self._raw(
+                "POST",
+                "/_matrix/client/v3/keys/query",
+                {"device_keys": {self.config.user_id: [device_id]}},
+                "query own device keys",
+            )
+        except MatrixError:
+            return False  # a stale token: the password login below decides
+        finally:
+            self._client.access_token = ""
+        devices = (answer.get("device_keys") or {}).get(self.config.user_id) or {}
+        return isinstance(devices, dict) and device_id in devices
+
+    async def setup_encryption(self) -> Any:
+        """Upload the device keys and run the cross-signing bootstrap (encryption only).
+
+        Returns the :class:`peerbot.crosssign.BootstrapReport`, or None without encryption.
+        Raises ``crosssign.KeysLost`` / ``IdentityMismatch`` unless ``reset_identity``.
+        """
+        enc = self.encryption
+        if enc is None:
+            return None
+        from . import crosssign
+
+        if self._client.olm is None:
+            raise crosssign.CrossSigningError(
+                f"nio could not open its encryption store in {enc.store_path}"
+            )
+        if self._client.should_upload_keys:
+            resp = await self._client.keys_upload()
+            if isinstance(resp, nio.ErrorResponse):
+                _raise("upload device keys", resp)
+        return await crosssign.bootstrap(
+            self._client,
+            key_path=enc.key_file,
+            passphrase=enc.passphrase or "",
+            password=self.config.password,
+            reset=self.reset_identity,
+        )
+
+    async def _keys_housekeeping(self) -> None:
+        """What nio's sync_forever does after a sync: to-device sends, key upload, query, claim."""
+        c = self._client
+        if c.olm is None:
+            return
+        try:
+            await c.send_to_device_messages()
+            if c.should_upload_keys:
+                await c.keys_upload()
+            if c.should_query_keys:
+                await c.keys_query()
+            if c.should_claim_keys:
+                await c.keys_claim(c.get_users_for_key_claiming())
+        except (nio.LocalProtocolError, nio.EncryptionError) as exc:
+            log.warning("Key management after sync failed: %s", exc)
+
     async def close(self) -> None:
         """Close the HTTP session (the device stays logged in for the next start)."""
         await self._client.close()
@@ -193,6 +317,9 @@ class MatrixClient:
         )
         if not isinstance(resp, nio.SyncResponse):
             _raise("sync", resp)
+        if self.encryption is not None:
+            # Before the handlers run: sends from them need the members' device keys.
+            await self._keys_housekeeping()
         batch = SyncBatch(next_batch=resp.next_batch)
         raw_invites = self._client.last_invites or {}
         for room_id in resp.rooms.invite:
@@ -205,12 +332,74 @@ class MatrixClient:
             timeline = joined.timeline
             events: list[dict[str, Any]] = []
             if timeline.limited and since:
-                events = await self._fill_gap(room_id, timeline.prev_batch, since)
-            events += [_source(e) for e in timeline.events]
+                events = await self._fill_gap(room_id, timeline.prev_batch, since, batch)
+            events += self._sources(room_id, timeline.events, batch)
             batch.events += [(RoomID(room_id), e) for e in events if e]
         return batch
 
-    async def _fill_gap(self, room_id: str, start: str | None, end: str) -> list[dict[str, Any]]:
+    def _sources(self, room_id: str, events: list[Any], batch: SyncBatch) -> list[dict[str, Any]]:
+        """Event dicts (decrypted ones as plain events); undecryptable ones go to the batch."""
+        out: list[dict[str, Any]] = []
+        for e in events:
+            if isinstance(e, nio.MegolmEvent):
+                batch.undecryptable.append(
+                    Undecryptable(
+                        RoomID(room_id),
+                        EventID(e.event_id),
+                        str(e.sender),
+                        str(e.session_id),
+                        str(e.sender_key),
+                    )
+                )
+                continue
+            out.append(_source(e))
+        return out
+
+    # -- undecryptable events ----------------------------------------------------------------
+
+    def has_room_key(self, room_id: str, sender_key: str, session_id: str) -> bool:
+        """True when the room key (Megolm session) of an event is now known."""
+        olm = self._client.olm
+        if olm is None:
+            return False
+        return olm.inbound_group_store.get(room_id, sender_key, session_id) is not None
+
+    async def request_room_key(self, room_id: str, event_id: str) -> None:
+        """Ask the sender's devices for the key of an event (once per session and run)."""
+        if self._client.olm is None:
+            return
+        event = await self._encrypted_event(room_id, event_id)
+        if event is None or event.session_id in self._requested_keys:
+            return
+        self._requested_keys.add(event.session_id)
+        try:
+            resp = await self._client.request_room_key(event)
+        except nio.LocalProtocolError:
+            return  # already requested by nio itself
+        if isinstance(resp, nio.ErrorResponse):
+            log.warning("Requesting the room key of %s failed: %s", event_id, resp.message)
+
+    async def decrypt_later(self, room_id: str, event_id: str) -> dict[str, Any] | None:
+        """The decrypted event dict, fetched again; None while the key is still missing."""
+        # nio decrypts what room_get_event returns when it holds the key (see get_event).
+        src = await self.get_event(room_id, event_id)
+        if not src or src.get("type") == "m.room.encrypted":
+            return None
+        return src
+
+    async def _encrypted_event(self, room_id: str, event_id: str) -> nio.MegolmEvent | None:
+        resp = await self._client.room_get_event(room_id, event_id)
+        if not isinstance(resp, nio.RoomGetEventResponse):
+            _raise(f"get {event_id}", resp)
+        event = resp.event
+        if not isinstance(event, nio.MegolmEvent):
+            return None
+        event.room_id = room_id
+        return event
+
+    async def _fill_gap(
+        self, room_id: str, start: str | None, end: str, batch: SyncBatch
+    ) -> list[dict[str, Any]]:
         """Events between the previous sync and this timeline, oldest first."""
         found: list[dict[str, Any]] = []
         token = start
@@ -221,7 +410,8 @@ class MatrixClient:
             if not isinstance(resp, nio.RoomMessagesResponse):
                 log.warning("Could not fill a gap in %s: %s", room_id, resp)
                 break
-            found += [_source(e) for e in resp.chunk]
+            # nio decrypts the chunk when it can; the rest is reported as undecryptable.
+            found += self._sources(room_id, resp.chunk, batch)
             if not resp.chunk or not resp.end or resp.end == token:
                 break
             token = resp.end
@@ -369,7 +559,12 @@ class MatrixClient:
         resp = await self._client.room_get_event(room_id, event_id)
         if not isinstance(resp, nio.RoomGetEventResponse):
             _raise(f"get {event_id}", resp)
-        return _source(resp.event)
+        event = resp.event
+        if isinstance(event, nio.MegolmEvent) and self._client.olm is not None:
+            event.room_id = room_id
+            with contextlib.suppress(nio.EncryptionError, nio.LocalProtocolError):
+                event = self._client.decrypt_event(event)
+        return _source(event)
 
     async def send(
         self,
@@ -379,9 +574,13 @@ class MatrixClient:
         event_type: str = "m.room.message",
     ) -> EventID:
         """Send an event with a deterministic transaction ID; the server dedupes re-sends."""
-        resp = await self._client.room_send(
-            room_id, event_type, content, tx_id=tx_id, ignore_unverified_devices=True
-        )
+        try:
+            resp = await self._client.room_send(
+                room_id, event_type, content, tx_id=tx_id, ignore_unverified_devices=True
+            )
+        except (nio.LocalProtocolError, nio.EncryptionError) as exc:
+            # With encryption on, e.g. a room joined but not yet synced: worth a retry.
+            raise Transient(f"send to {room_id}", None, str(exc), None) from exc
         if not isinstance(resp, nio.RoomSendResponse):
             _raise(f"send to {room_id}", resp)
         return EventID(resp.event_id)
@@ -408,6 +607,13 @@ class MatrixClient:
             err.transport_response = resp
             _raise(what, err)
         return payload if isinstance(payload, dict) else {}
+
+
+def _private_dir(path: Path) -> Path:
+    """Create a folder only the bot can read (nio writes its store files world-readable)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
 
 
 def _q(part: str) -> str:

@@ -143,7 +143,8 @@ _FR: Mapping[str, str] = {
     "help_everyone": (
         "Pour tous : !related <texte> (ou !search) cherche des fils similaires ; dans le fil de "
         "votre question, !solved / !unsolved la marque résolue ou non (ou réagissez avec ✅) ; "
-        "!confirm transmet une question retenue par un contrôle."
+        "!confirm transmet une question retenue par un contrôle ; !forward l'envoie vers un salon "
+        "non chiffré."
     ),
     "help_admin": (
         "Administrateurs : !route list | add <nom> <salon> <mot, mot...> | remove <nom> | "
@@ -189,6 +190,12 @@ _FR: Mapping[str, str] = {
     "guard_confirm_denied": "Seule la personne qui a posé la question peut confirmer son envoi.",
     "guard_confirm_edit_only": "Cette question doit être modifiée avant d'être transmise.",
     "guard_nothing_held": "Aucune question retenue dans ce fil.",
+    "unencrypted_target": (
+        "Votre question vient d'un salon chiffré. Elle irait dans {room}, qui n'est pas chiffré : "
+        "elle n'a pas été transmise. Pour l'y envoyer quand même, répondez !forward dans ce fil."
+    ),
+    "forward_denied": "Seule la personne qui a posé la question peut confirmer son envoi.",
+    "forward_nothing_held": "Aucune question n'attend de confirmation !forward dans ce fil.",
     "command_failed": "Désolé, la commande a échoué ; l'équipe a été prévenue.",
 }
 
@@ -236,7 +243,7 @@ _EN: Mapping[str, str] = {
     "help_everyone": (
         "Everyone: !related <text> (or !search) finds similar threads; in your question's "
         "thread, !solved / !unsolved marks it solved or not (or react with ✅); !confirm "
-        "forwards a question held by a check."
+        "forwards a question held by a check; !forward sends it to an unencrypted room."
     ),
     "help_admin": (
         "Admins: !route list | add <name> <room> <word, word...> | remove <name> | "
@@ -282,6 +289,13 @@ _EN: Mapping[str, str] = {
     "guard_confirm_denied": "Only the person who asked can confirm sending it.",
     "guard_confirm_edit_only": "This question must be edited before it can be forwarded.",
     "guard_nothing_held": "No question is held in this thread.",
+    "unencrypted_target": (
+        "Your question comes from an encrypted room. It would go to {room}, which is not "
+        "encrypted: it has not been forwarded. To send it there anyway, reply !forward in this "
+        "thread."
+    ),
+    "forward_denied": "Only the person who asked can confirm sending it.",
+    "forward_nothing_held": "No question in this thread is waiting for !forward.",
     "command_failed": "Sorry, the command failed; the team has been told.",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -9,7 +10,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Self
 
 import aiosqlite
 
-__all__ = ["Effect", "QuestionRow", "Store", "StoreError"]
+__all__ = ["Effect", "QuestionRow", "Store", "StoreError", "UndecryptableRow"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,19 @@ def _effect(row: sqlite3.Row | tuple[Any, ...]) -> Effect:
     )
 
 
+@dataclass(frozen=True)
+class UndecryptableRow:
+    """An encrypted event the bot could not read yet."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    session_id: str
+    sender_key: str
+    first_seen: int
+    attempts: int
+
+
 class Store:
     """PeerBot's SQLite database: open with ``async with Store.open(path) as store``."""
 
@@ -159,6 +173,10 @@ class Store:
         self._db = db
         self.path = path
         self._lock_fd = lock_fd
+        # One connection is shared by the sync handlers, the worker and the parallel
+        # acknowledgements: a transaction must not interleave with another one, and a lone
+        # write must not land inside (and be rolled back with) someone else's transaction.
+        self._write_lock = asyncio.Lock()
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -221,6 +239,23 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(str(path) + suffix, 0o600)
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, alone on the connection; ROLLBACK on any error."""
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+        """One write statement in its own (autocommit) transaction, never inside another."""
+        async with self._write_lock:
+            return await self._db.execute(sql, params)
+
     async def _setup(self) -> None:
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
@@ -244,15 +279,10 @@ class Store:
             if version <= current:
                 continue
             log.info("Applying database migration %04d", version)
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
+            async with self._transaction():
                 for statement in _split_sql(sql):
                     await self._db.execute(statement)
                 await self._db.execute(f"PRAGMA user_version={version}")
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
 
     async def close(self) -> None:
         """Close the connection and release the instance lock."""
@@ -285,7 +315,7 @@ class Store:
 
     async def put(self, key: str, value: str) -> None:
         """Store a value."""
-        await self._db.execute(
+        await self._write(
             "INSERT INTO kv (key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
@@ -293,7 +323,7 @@ class Store:
 
     async def delete(self, key: str) -> None:
         """Forget a value."""
-        await self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+        await self._write("DELETE FROM kv WHERE key = ?", (key,))
 
     # -- handled events ----------------------------------------------------------------------
 
@@ -306,7 +336,7 @@ class Store:
 
     async def mark_handled(self, event_id: str, room_id: str) -> None:
         """Remember that this event was acted on."""
-        await self._db.execute(
+        await self._write(
             "INSERT OR IGNORE INTO handled_events (event_id, room_id, handled_at) VALUES (?, ?, ?)",
             (event_id, room_id, _now_ms()),
         )
@@ -324,8 +354,7 @@ class Store:
         created_ts: int,
     ) -> bool:
         """Record a new question and mark its trigger handled; False if it was known."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             cur = await self._db.execute(
                 "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
                 "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'new', ?)",
@@ -337,10 +366,6 @@ class Store:
                 "VALUES (?, ?, ?)",
                 (trigger_event_id, room_id, _now_ms()),
             )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
         return added
 
     async def question(self, event_id: str) -> QuestionRow | None:
@@ -388,7 +413,7 @@ class Store:
             fields["decision"] = json.dumps(fields["decision"], ensure_ascii=False)
         fields["updated_at"] = _now_ms()
         sets = ", ".join(f"{k} = ?" for k in fields)
-        await self._db.execute(
+        await self._write(
             f"UPDATE questions SET {sets} WHERE event_id = ?", (*fields.values(), event_id)
         )
 
@@ -413,8 +438,7 @@ class Store:
     ) -> Effect:
         """Record a message to send (idempotent on tx_id) and optionally move its question on."""
         now = _now_ms()
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             await self._db.execute(
                 "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
                 "state, created_at, updated_at, event_type) "
@@ -435,10 +459,6 @@ class Store:
                     "UPDATE questions SET state = ?, updated_at = ? WHERE event_id = ?",
                     (question_state, now, question_id),
                 )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
         effect = await self.effect(tx_id)
         assert effect is not None
         return effect
@@ -462,14 +482,14 @@ class Store:
 
     async def effect_attempt(self, tx_id: str, error: str | None) -> None:
         """Count a send attempt (and its error)."""
-        await self._db.execute(
+        await self._write(
             "UPDATE effects SET attempts = attempts + 1, error = ?, updated_at = ? WHERE tx_id = ?",
             (error, _now_ms(), tx_id),
         )
 
     async def effect_done(self, tx_id: str, event_id: str) -> None:
         """Mark an effect sent, with the event it created."""
-        await self._db.execute(
+        await self._write(
             "UPDATE effects SET state = 'done', event_id = ?, error = NULL, updated_at = ? "
             "WHERE tx_id = ?",
             (event_id, _now_ms(), tx_id),
@@ -477,7 +497,7 @@ class Store:
 
     async def effect_failed(self, tx_id: str, error: str) -> None:
         """Give up on an effect that can never be sent (the room is gone, forbidden...)."""
-        await self._db.execute(
+        await self._write(
             "UPDATE effects SET state = 'failed', error = ?, updated_at = ? WHERE tx_id = ?",
             (error, _now_ms(), tx_id),
         )
@@ -512,8 +532,7 @@ class Store:
 
     async def add_reply(self, question_id: str, reply_event_id: str, room_id: str) -> bool:
         """Count a reply in a question's thread once; False if it was counted already."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             cur = await self._db.execute(
                 "INSERT OR IGNORE INTO handled_events (event_id, room_id, handled_at) "
                 "VALUES (?, ?, ?)",
@@ -525,10 +544,6 @@ class Store:
                     "UPDATE questions SET replies = replies + 1 WHERE event_id = ?",
                     (question_id,),
                 )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
         return counted
 
     async def question_solved_by(self, solved_by: str) -> QuestionRow | None:
@@ -552,8 +567,7 @@ class Store:
         row = await self.question(event_id)
         if row is None:
             return None
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             await self._db.execute("DELETE FROM questions WHERE event_id = ?", (event_id,))
             # Effects quote the text: keep only what re-sending needs to stay idempotent.
             await self._db.execute(
@@ -561,12 +575,8 @@ class Store:
                 "THEN 'failed' ELSE state END, error = 'redacted' WHERE question_id = ?",
                 (event_id,),
             )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
         # Overwrite freed pages so the text does not linger in the file.
-        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self._write("PRAGMA wal_checkpoint(TRUNCATE)")
         return row
 
     async def set_thread_state(
@@ -579,12 +589,12 @@ class Store:
     ) -> None:
         """Set a thread's reply count and solved state (imports)."""
         if replies is not None:
-            await self._db.execute(
+            await self._write(
                 "UPDATE questions SET replies = MAX(replies, ?) WHERE event_id = ?",
                 (replies, event_id),
             )
         if solved is not None:
-            await self._db.execute(
+            await self._write(
                 "UPDATE questions SET solved = ?, solved_by = ? WHERE event_id = ?",
                 (int(solved), solved_by, event_id),
             )
@@ -601,7 +611,7 @@ class Store:
         self, *, event_id: str, room_id: str, sender: str, body: str, created_ts: int
     ) -> bool:
         """Record a past question from room history (not forwarded); False if known."""
-        cur = await self._db.execute(
+        cur = await self._write(
             "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
             "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'imported', ?)",
             (event_id, room_id, sender, body, created_ts, event_id, _now_ms()),
@@ -624,7 +634,7 @@ class Store:
         self, name: str, room: str, keywords: Sequence[str], *, removed: bool, by: str
     ) -> None:
         """Record a specialty's new definition (or its removal)."""
-        await self._db.execute(
+        await self._write(
             "INSERT INTO route_overrides (name_key, name, room, keywords, removed, changed_by, "
             "changed_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name_key) DO UPDATE SET "
             "name = excluded.name, room = excluded.room, keywords = excluded.keywords, "
@@ -655,7 +665,7 @@ class Store:
         self, room_id: str, *, enabled: bool, trigger: str, hashtags: Sequence[str], by: str
     ) -> None:
         """Switch intake on or off for a room."""
-        await self._db.execute(
+        await self._write(
             "INSERT INTO intake_overrides (room_id, enabled, trigger, hashtags, changed_by, "
             "changed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(room_id) DO UPDATE SET "
             "enabled = excluded.enabled, trigger = excluded.trigger, "
@@ -664,10 +674,47 @@ class Store:
             (room_id, int(enabled), trigger, json.dumps(list(hashtags)), by, _now_ms()),
         )
 
+    # -- undecryptable events ----------------------------------------------------------------
+
+    async def add_undecryptable(
+        self, *, event_id: str, room_id: str, sender: str, session_id: str, sender_key: str
+    ) -> bool:
+        """Record an event the bot cannot decrypt yet; False when it was already recorded."""
+        cur = await self._write(
+            "INSERT OR IGNORE INTO undecryptable (event_id, room_id, sender, session_id, "
+            "sender_key, first_seen) VALUES (?, ?, ?, ?, ?, ?)",
+            (event_id, room_id, sender, session_id, sender_key, _now_ms()),
+        )
+        return cur.rowcount == 1
+
+    async def undecryptable(self, limit: int = 200) -> list[UndecryptableRow]:
+        """Recorded undecryptable events, oldest first."""
+        async with self._db.execute(
+            "SELECT event_id, room_id, sender, session_id, sender_key, first_seen, attempts "
+            "FROM undecryptable ORDER BY first_seen LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            UndecryptableRow(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5], r[6])
+            for r in rows
+        ]
+
+    async def undecryptable_attempt(self, event_id: str) -> None:
+        """Count one more failed try to decrypt the event."""
+        await self._write(
+            "UPDATE undecryptable SET attempts = attempts + 1 WHERE event_id = ?", (event_id,)
+        )
+
+    async def drop_undecryptable(self, event_id: str) -> None:
+        """Forget an event that is now decrypted (or given up)."""
+        await self._write("DELETE FROM undecryptable WHERE event_id = ?", (event_id,))
+
     async def execute_script(self, statements: Sequence[str]) -> None:
         """Run maintenance statements (tests and tools only)."""
-        for statement in statements:
-            await self._db.execute(statement)
+        async with self._write_lock:
+            for statement in statements:
+                await self._db.execute(statement)
 
 
 def _hint(exc: sqlite3.DatabaseError) -> str:

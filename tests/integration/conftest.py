@@ -24,8 +24,9 @@ from peerbot.store import Store
 class BotRunner:
     """Starts and stops one PeerBot on a config, in this event loop."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reset_identity: bool = False) -> None:
         self.config = config
+        self.reset_identity = reset_identity
         self.bot: PeerBot | None = None
         self._task: asyncio.Task[None] | None = None
         self._store: Store | None = None
@@ -35,7 +36,9 @@ class BotRunner:
         """Open the store, log in, resolve rooms and start syncing."""
         plugins = load_plugin_set(self.config)
         self._store = await Store.open(self.config.storage.database)
-        self._client = MatrixClient(self.config.matrix)
+        self._client = MatrixClient(
+            self.config.matrix, self.config.encryption, reset_identity=self.reset_identity
+        )
         self.bot = PeerBot(self.config, self._store, self._client, plugins)
         try:
             await self.bot.start()

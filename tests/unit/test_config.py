@@ -144,3 +144,108 @@ def test_check_config_cli_exit_status(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "OK" in run.stdout
+
+
+# --- encryption ----------------------------------------------------------------------------------
+
+ENC_ENV = {"PEERBOT_KEY_PASSPHRASE": "a long passphrase", "PEERBOT_PICKLE_KEY": "pickle"}
+
+
+def test_encryption_off_by_default_with_paths_next_to_the_file() -> None:
+    cfg = parse_config(GOOD, base_dir=Path("/srv/bot"), env={})
+    assert not cfg.encryption.enabled
+    assert cfg.encryption.store_path == Path("/srv/bot/peerbot-store")
+    assert cfg.encryption.key_file == Path("/srv/bot/peerbot-store/cross-signing.keys")
+    assert not any(s.allow_from_encrypted for s in cfg.routing.specialties)
+    assert not cfg.routing.fallback_allow_from_encrypted
+
+
+def test_encryption_enabled_reads_env_and_paths() -> None:
+    text = GOOD + "encryption:\n  enabled: true\n  store_path: /var/lib/pb\n  pickle_key: cfg\n"
+    cfg = parse_config(text, base_dir=Path("/srv/bot"), env={"PEERBOT_KEY_PASSPHRASE": "pw"})
+    enc = cfg.encryption
+    assert enc.enabled and enc.store_path == Path("/var/lib/pb")
+    assert enc.key_file == Path("/var/lib/pb/cross-signing.keys")
+    assert enc.pickle_key == "cfg" and enc.passphrase == "pw"
+    assert "pw" not in repr(enc) and "cfg" not in repr(enc)
+    cfg = parse_config(text + "  key_file: keys.bin\n", base_dir=Path("/srv/bot"), env=ENC_ENV)
+    assert cfg.encryption.pickle_key == "pickle"  # the environment wins
+    assert cfg.encryption.key_file == Path("/srv/bot/keys.bin")
+
+
+def test_encryption_enabled_needs_secrets() -> None:
+    text = GOOD + "encryption:\n  enabled: true\n"
+    got = problems(text)
+    assert "encryption: PEERBOT_KEY_PASSPHRASE must be set (line 23)" in got
+    assert any(m.startswith("encryption.pickle_key: is required when encryption") for m in got)
+    assert parse_config(text, env=ENC_ENV).encryption.enabled
+
+
+def test_encryption_bad_values() -> None:
+    text = GOOD + "encryption:\n  enabled: yes please\n  passphrase: nope\n"
+    got = problems(text)
+    assert "encryption.enabled: must be true or false, not a string (line 24)" in got
+    assert any(m.startswith("encryption.passphrase: is never read from bot.yaml") for m in got)
+
+
+def test_allow_from_encrypted_on_specialty_and_fallback() -> None:
+    text = GOOD.replace(
+        '  fallback_room: "#triage:example.org"\n',
+        '  fallback_room:\n    room: "#triage:example.org"\n    allow_from_encrypted: true\n',
+    ).replace("keywords: [enfant]", "keywords: [enfant]\n      allow_from_encrypted: true")
+    cfg = parse_config(text, env={})
+    assert cfg.routing.fallback_room == "#triage:example.org"
+    assert cfg.routing.fallback_allow_from_encrypted
+    assert [s.allow_from_encrypted for s in cfg.routing.specialties] == [False, True]
+    assert cfg.routing.allows_from_encrypted("!abcdef:example.org")
+    assert cfg.routing.allows_from_encrypted("#triage:example.org")
+    assert not cfg.routing.allows_from_encrypted("#cardiologie:example.org")
+    bad = GOOD.replace(
+        '  fallback_room: "#triage:example.org"\n',
+        '  fallback_room:\n    room: "#triage:example.org"\n    allow_from_encrypted: 1\n'
+        "    rooom: x\n",
+    )
+    got = problems(bad)
+    assert (
+        "routing.fallback_room.allow_from_encrypted: must be true or false, not a number (line 17)"
+        in got
+    )
+    assert any(m.startswith("routing.fallback_room.rooom: unknown key") for m in got)
+
+
+def test_check_config_reports_cross_signing_keys(tmp_path: Path) -> None:
+    from peerbot.crosssign import CrossSigningKeys, save_keys
+
+    bot = tmp_path / "bot.yaml"
+    bot.write_text(
+        GOOD + "encryption:\n  enabled: true\n  pickle_key: pk\n  key_file: keys.bin\n",
+        encoding="utf-8",
+    )
+
+    def check(passphrase: str | None) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin"}
+        if passphrase is not None:
+            env["PEERBOT_KEY_PASSPHRASE"] = passphrase
+        return subprocess.run(
+            [sys.executable, "-m", "peerbot.cli", "check-config", str(bot)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
+
+    run = check(None)
+    assert run.returncode == 2
+    assert "encryption: PEERBOT_KEY_PASSPHRASE must be set" in run.stderr
+    run = check("pass phrase")
+    assert run.returncode == 0, run.stderr
+    assert "will be created at first start" in run.stdout
+    keys = CrossSigningKeys.generate()
+    save_keys(tmp_path / "keys.bin", keys, "pass phrase", user_id="@peerbot:example.org")
+    run = check("pass phrase")
+    assert run.returncode == 0, run.stderr
+    assert f"cross-signing keys readable in {tmp_path / 'keys.bin'}" in run.stdout
+    assert keys.master_public in run.stdout
+    run = check("wrong phrase")
+    assert run.returncode == 2
+    assert "encryption.key_file: cannot decrypt" in run.stderr
