@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -225,11 +226,17 @@ class Store:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
+        exists = path.exists()
         try:
             # Created owner-only before SQLite touches it: it holds health information.
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.close(os.open(path, os.O_RDWR if exists else os.O_CREAT | os.O_WRONLY, 0o600))
         except OSError as exc:
             os.close(fd)
+            if exists and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise StoreError(
+                    f"storage.database: {path} is read-only for this user ({exc.strerror}); "
+                    "PeerBot must be able to write its database"
+                ) from exc
             raise StoreError(f"storage.database: cannot create {path}: {exc.strerror}") from exc
         return fd
 

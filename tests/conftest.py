@@ -32,10 +32,15 @@ _SERVERS_KEY = pytest.StashKey[list[SynapseServer]]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test under tests/integration as ``integration``."""
+    """Mark every test under tests/integration as ``integration``; grouped tests go first.
+
+    A test in an ``xdist_group`` is long and mostly waiting (the rate-limit burst): started first
+    on one worker under ``-n 2 --dist loadgroup``, it runs while the other worker does the rest.
+    """
     for item in items:
         if item.path.is_relative_to(_INTEGRATION_DIR):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 @pytest.hookimpl(wrapper=True)
