@@ -131,6 +131,12 @@ class PeerBot:
         self._acking: set[str] = set()
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._ack_slots = asyncio.Semaphore(ACK_CONCURRENCY)
+        # One lane per target room: forwards to a room go out one at a time in question order,
+        # while different rooms are served side by side.
+        self._lanes: dict[str, asyncio.Queue[QuestionRow]] = {}
+        self._lane_runners: dict[str, asyncio.Task[None]] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._in_lane: set[str] = set()
         self._since: str | None = None
         self.handler_errors = 0
         self.idle = asyncio.Event()
@@ -308,12 +314,19 @@ class PeerBot:
             # Let the worker finish the message in flight, then stop it.
             self._stopping.set()
             self._wake.set()
+            finish_by = time.monotonic() + 4.0
             try:
                 await asyncio.wait_for(asyncio.shield(worker), timeout=4.0)
             except (TimeoutError, asyncio.CancelledError):
                 worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker
+            if self._lane_tasks:
+                # Each lane finishes the forward in flight and takes no other (4 s in all).
+                left = max(0.1, finish_by - time.monotonic())
+                _, late = await asyncio.wait(set(self._lane_tasks), timeout=left)
+                for task in late:
+                    task.cancel()
             if self._ack_tasks:
                 _, late = await asyncio.wait(set(self._ack_tasks), timeout=1.0)
                 for task in late:
@@ -629,9 +642,10 @@ class PeerBot:
     async def _work_once(self) -> bool:
         """Send what is pending, then handle new questions. True if anything was done.
 
-        Forwards go out one at a time, oldest question first, so specialty rooms see questions
-        in the order they were asked; acknowledgements (each in its own thread) go out in
-        parallel behind them.
+        Questions are checked and routed here, oldest first, then queued on their target room's
+        lane: each room gets its forwards one at a time in the order the questions were asked,
+        and different rooms are served side by side. Acknowledgements (each in its own thread)
+        go out in parallel behind the forwards.
         """
         did = False
         for effect in await self.store.pending_effects(limit=50):
@@ -640,28 +654,62 @@ class PeerBot:
             if effect.question_id is None:
                 await self.deliver(effect)
                 did = True
-        for q in await self.store.questions_in_state("new", "forwarding", limit=50):
+        for q in await self.store.questions_in_state("new", "forwarding", limit=200):
             if self._stopping.is_set():
                 return did
-            if q.event_id in self._acking:
+            if q.event_id in self._acking or q.event_id in self._in_lane:
                 continue
             did = True
-            forwarded = await self._forward_stage(q)
-            if forwarded is not None:
-                self._acking.add(q.event_id)
-                await self._ack_slots.acquire()
-                task = asyncio.create_task(self._ack_stage(*forwarded), name="peerbot-ack")
-                self._ack_tasks.add(task)
-                task.add_done_callback(self._ack_done)
+            routed = await self._prepare_forward(q)
+            if routed is not None:
+                assert routed.target_room is not None
+                self._in_lane.add(q.event_id)
+                self._lane(routed.target_room).put_nowait(routed)
         return did
+
+    def _lane(self, room_id: str) -> asyncio.Queue[QuestionRow]:
+        """The queue of forwards for one room; its runner starts when work arrives."""
+        queue = self._lanes.setdefault(room_id, asyncio.Queue())
+        if room_id not in self._lane_runners:
+            task = asyncio.create_task(self._lane_loop(room_id, queue), name="peerbot-lane")
+            self._lane_runners[room_id] = task
+            self._lane_tasks.add(task)
+            task.add_done_callback(self._lane_tasks.discard)
+        return queue
+
+    async def _lane_loop(self, room_id: str, queue: asyncio.Queue[QuestionRow]) -> None:
+        """Send one room's forwards in order; end when the queue is empty (or on stop)."""
+        try:
+            while not queue.empty() and not self._stopping.is_set():
+                q = queue.get_nowait()
+                try:
+                    forwarded = await self._send_forward(q)
+                    if forwarded is not None:
+                        self._acking.add(q.event_id)
+                        await self._ack_slots.acquire()
+                        task = asyncio.create_task(self._ack_stage(*forwarded), name="peerbot-ack")
+                        self._ack_tasks.add(task)
+                        task.add_done_callback(self._ack_done)
+                except Exception:
+                    log.exception("Forwarding %s failed; retried later", q.event_id)
+                finally:
+                    self._in_lane.discard(q.event_id)
+                    self._wake.set()
+        finally:
+            # No await between the emptiness check and here: a forward queued after it finds
+            # no runner and starts a new one.
+            del self._lane_runners[room_id]
+            if self._stopping.is_set():
+                while not queue.empty():
+                    self._in_lane.discard(queue.get_nowait().event_id)
 
     def _ack_done(self, task: asyncio.Task[None]) -> None:
         self._ack_tasks.discard(task)
         self._ack_slots.release()
         self._wake.set()
 
-    async def _forward_stage(self, q: QuestionRow) -> tuple[QuestionRow, str] | None:
-        """Check, route and forward one question. Re-entrant: a re-run sends nothing twice."""
+    async def _prepare_forward(self, q: QuestionRow) -> QuestionRow | None:
+        """Check and route one question (None: held or failed). Re-entrant: nothing twice."""
         try:
             if q.body is None or q.sender is None:
                 q = await self._fetch_root(q)
@@ -675,8 +723,19 @@ class PeerBot:
             assert q.target_room is not None
             if not await self._encryption_allows(q):
                 return None
-            forward = await self._forward_effect(q)
-            fwd_event = await self.deliver(forward)
+            return q
+        except _Stopping:
+            return None
+        except MatrixError as exc:
+            log.error("Question %s could not be handled: %s", q.event_id, exc)
+            await self.store.update_question(q.event_id, state="failed", error=str(exc))
+            return None
+
+    async def _send_forward(self, q: QuestionRow) -> tuple[QuestionRow, str] | None:
+        """Record a routed question's forward, then send it (the same transaction ID after a
+        crash: the server keeps one)."""
+        try:
+            fwd_event = await self.deliver(await self._forward_effect(q))
             if fwd_event is None:
                 await self.store.update_question(q.event_id, state="failed", error="forward failed")
                 await self._apologise(q)
@@ -1029,7 +1088,12 @@ class PeerBot:
         """Wait until the worker has nothing left to do."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self.idle.is_set() and not self._wake.is_set() and not self._ack_tasks:
+            if (
+                self.idle.is_set()
+                and not self._wake.is_set()
+                and not self._ack_tasks
+                and not self._in_lane
+            ):
                 return
             await asyncio.sleep(0.02)
         raise TimeoutError("the worker is still busy")
