@@ -1,0 +1,456 @@
+"""Load benchmark: PeerBot against a bare matrix-nio echo bot, on a real Synapse on loopback.
+
+Starts a throwaway Synapse (relaxed rate limits), an intake room and two specialty rooms, runs
+PeerBot (``python -m peerbot.cli run``) and a bare nio bot (below, in a subprocess of its own)
+side by side in the same intake room, and lets several clients post questions at a steady pace.
+Then it reads the rooms back (``/messages``) and prints, for both bots: questions lost,
+duplicated, and the p50/p95 delay from a question to PeerBot's forward (to the bare bot's echo),
+from the homeserver's own timestamps. Exit status 1 if PeerBot lost or duplicated anything.
+
+    .venv/bin/python bench/bench_load.py                      # 2,000 questions over 60 s
+    .venv/bin/python bench/bench_load.py --questions 300 --seconds 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+from botproc import BotProcess  # noqa: E402
+
+from peerbot.devserver import RegisteredUser, SynapseServer  # noqa: E402
+
+HASHTAG = "#DocTocToc"
+_PERMALINK_EVENT = re.compile(r"https://matrix\.to/#/[^/\s]+/([^?\s]+)")
+
+
+# --- the bare baseline bot (runs in its own process) -------------------------------------
+
+
+async def baseline_bot(
+    homeserver: str, user_id: str, device_id: str, token: str, room: str
+) -> None:
+    """The simplest correct nio bot: echo one notice into the thread of each question."""
+    from nio import AsyncClient, AsyncClientConfig, MatrixRoom, RoomMessageText
+
+    config = AsyncClientConfig(encryption_enabled=False, store_sync_tokens=False)
+    client = AsyncClient(homeserver, user_id, device_id, config=config)
+    client.restore_login(user_id, device_id, token)
+    # A generous timeline: a bare bot does not fill gaps, so a short one would lose questions.
+    sync_filter = {"room": {"timeline": {"limit": 1000}}, "presence": {"types": []}}
+    await client.sync(timeout=0, full_state=True, sync_filter={"room": {"timeline": {"limit": 1}}})
+
+    async def on_text(mroom: MatrixRoom, event: RoomMessageText) -> None:
+        content = event.source.get("content") or {}
+        if mroom.room_id != room or event.sender == user_id or HASHTAG not in event.body:
+            return
+        if content.get("msgtype") != "m.text":
+            return
+        await client.room_send(
+            room,
+            "m.room.message",
+            {
+                "msgtype": "m.notice",
+                "body": "echo",
+                "m.relates_to": {
+                    "rel_type": "m.thread",
+                    "event_id": event.event_id,
+                    "is_falling_back": True,
+                    "m.in_reply_to": {"event_id": event.event_id},
+                },
+                "m.mentions": {},
+            },
+            tx_id=f"echo-{event.event_id}",
+        )
+
+    client.add_event_callback(on_text, RoomMessageText)  # type: ignore[arg-type]
+    print("baseline ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    task = asyncio.create_task(client.sync_forever(timeout=30_000, sync_filter=sync_filter))
+    await stop.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await client.close()
+
+
+# --- the benchmark ---------------------------------------------------------------------
+
+
+@dataclass
+class Poster:
+    """A client that posts questions (plain HTTP, one keep-alive session)."""
+
+    user: RegisteredUser
+    base_url: str
+    session: aiohttp.ClientSession
+    n: int = 0
+
+    async def post(self, room: str, body: str) -> str:
+        self.n += 1
+        url = (
+            f"{self.base_url}/_matrix/client/v3/rooms/{quote(room, safe='')}/send/"
+            f"m.room.message/bench-{secrets.token_hex(6)}-{self.n}"
+        )
+        headers = {"Authorization": f"Bearer {self.user.access_token}"}
+        payload = {"msgtype": "m.text", "body": body}
+        async with self.session.put(url, headers=headers, json=payload) as resp:
+            data = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"post failed: {resp.status} {data}")
+            return str(data["event_id"])
+
+
+async def _api(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    token: str,
+    body: dict[str, Any] | None = None,
+    params: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with session.request(method, url, headers=headers, json=body, params=params) as resp:
+        data: dict[str, Any] = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {url}: {resp.status} {data}")
+        return data
+
+
+async def history(
+    session: aiohttp.ClientSession, base: str, token: str, room: str
+) -> list[dict[str, Any]]:
+    """Every event of a room, oldest first."""
+    url = f"{base}/_matrix/client/v3/rooms/{quote(room, safe='')}/messages"
+    events: list[dict[str, Any]] = []
+    frm: str | None = None
+    while True:
+        params = {"dir": "b", "limit": "500"}
+        if frm:
+            params["from"] = frm
+        page = await _api(session, "GET", url, token, params=params)
+        events += page.get("chunk", [])
+        frm = page.get("end")
+        if not page.get("chunk") or not frm:
+            break
+    events.reverse()
+    return events
+
+
+@dataclass
+class Tally:
+    """Delays of one bot's answers to the questions."""
+
+    name: str
+    delays_ms: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, question: str, delay: int) -> None:
+        self.delays_ms.setdefault(question, []).append(delay)
+
+    def summary(self, questions: list[str]) -> dict[str, Any]:
+        lost = sum(1 for q in questions if q not in self.delays_ms)
+        dup = sum(1 for q in questions if len(self.delays_ms.get(q, [])) > 1)
+        firsts = sorted(min(v) for q, v in self.delays_ms.items() if q in set(questions))
+        return {
+            "lost": lost,
+            "duplicated": dup,
+            "p50": _percentile(firsts, 50),
+            "p95": _percentile(firsts, 95),
+            "max": firsts[-1] if firsts else None,
+        }
+
+
+def _percentile(values: list[int], p: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return float(values[0])
+    return float(statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1])
+
+
+async def count_answers(
+    session: aiohttp.ClientSession,
+    base: str,
+    user: RegisteredUser,
+    rooms: list[str],
+    since: str | None,
+) -> tuple[int, bool, str]:
+    """One /sync: bot notices arrived since ``since``, whether a timeline was cut, next token."""
+    params = {
+        "timeout": "2000" if since else "0",
+        "filter": json.dumps({"room": {"timeline": {"limit": 1000}}, "presence": {"types": []}}),
+    }
+    if since:
+        params["since"] = since
+    data = await _api(
+        session, "GET", f"{base}/_matrix/client/v3/sync", user.access_token, params=params
+    )
+    n, limited = 0, False
+    for room_id, info in (data.get("rooms", {}).get("join", {}) or {}).items():
+        if room_id not in rooms:
+            continue
+        timeline = info.get("timeline", {})
+        limited = limited or (bool(timeline.get("limited")) and since is not None)
+        n += sum(
+            1
+            for e in timeline.get("events", [])
+            if (e.get("content") or {}).get("msgtype") == "m.notice"
+        )
+    return n, limited, str(data["next_batch"])
+
+
+async def run_bench(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="peerbot-bench-"))
+    print(f"working in {workdir}", flush=True)
+    server = await SynapseServer.start(workdir / "synapse")
+    peerbot: BotProcess | None = None
+    baseline: asyncio.subprocess.Process | None = None
+    try:
+        base = server.base_url
+        admin = await server.register("admin")
+        observer = await server.register("observer")
+        bot_user = await server.register("peerbot")
+        bare_user = await server.register("barebot")
+        posters_reg = [await server.register(f"poster{i}") for i in range(args.clients)]
+        timeout = aiohttp.ClientTimeout(total=120)
+        connector = aiohttp.TCPConnector(limit=200)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+            rooms: dict[str, str] = {}
+            for key in ("entraide", "cardio", "triage"):
+                created = await _api(
+                    http,
+                    "POST",
+                    f"{base}/_matrix/client/v3/createRoom",
+                    admin.access_token,
+                    {
+                        "preset": "public_chat",
+                        "room_alias_name": f"{key}-bench",
+                        "name": key,
+                        "invite": [bot_user.user_id, observer.user_id],
+                    },
+                )
+                rooms[key] = str(created["room_id"])
+            for user in [observer, *posters_reg, bare_user]:
+                for key in ("entraide", "cardio", "triage") if user is observer else ("entraide",):
+                    await _api(
+                        http,
+                        "POST",
+                        f"{base}/_matrix/client/v3/join/{quote(rooms[key], safe='')}",
+                        user.access_token,
+                        {},
+                    )
+
+            config = {
+                "matrix": {
+                    "homeserver": base,
+                    "user_id": bot_user.user_id,
+                    "password": bot_user.password,
+                },
+                "storage": {"database": str(workdir / "peerbot.db")},
+                "log_level": "WARNING",
+                "invites": {"allowed_servers": [server.server_name]},
+                "intake": [
+                    {
+                        "room": "#entraide-bench:localhost",
+                        "trigger": "hashtag",
+                        "hashtags": [HASHTAG],
+                    }
+                ],
+                "routing": {
+                    "fallback_room": "#triage-bench:localhost",
+                    "specialties": [
+                        {
+                            "name": "Cardiologie",
+                            "room": "#cardio-bench:localhost",
+                            "keywords": ["ecg", "arythmie"],
+                        }
+                    ],
+                },
+            }
+            peerbot = BotProcess(config, workdir, "peerbot")
+            await peerbot.start_ready(log_level="INFO")
+            baseline = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--baseline-bot",
+                base,
+                bare_user.user_id,
+                bare_user.device_id,
+                bare_user.access_token,
+                rooms["entraide"],
+                stdout=asyncio.subprocess.PIPE,
+                stderr=(workdir / "baseline.log").open("wb"),
+            )
+            assert baseline.stdout is not None
+            line = await asyncio.wait_for(baseline.stdout.readline(), 30)
+            assert b"ready" in line, line
+
+            _, _, since = await count_answers(http, base, observer, [], None)
+            posters = [Poster(u, base, http) for u in posters_reg]
+            n, seconds = args.questions, args.seconds
+            print(
+                f"posting {n} questions over {seconds:.0f} s from {len(posters)} clients...",
+                flush=True,
+            )
+            started = time.monotonic()
+
+            async def one(i: int) -> str:
+                await asyncio.sleep(max(0.0, started + i * seconds / n - time.monotonic()))
+                topic = "renouvellement d'ordonnance" if i % 4 == 0 else "ECG avec arythmie"
+                return await posters[i % len(posters)].post(
+                    rooms["entraide"], f"{HASHTAG} B{i:05d} {topic}, que faire ?"
+                )
+
+            questions = list(await asyncio.gather(*(one(i) for i in range(n))))
+            posted_in = time.monotonic() - started
+            print(f"posted in {posted_in:.1f} s; waiting for the bots...", flush=True)
+
+            # Progress: 2 notices per question (PeerBot's ack, the bare echo) in #entraide,
+            # one forward per question in the specialty rooms.
+            expected = 3 * n
+            watched = list(rooms.values())
+            seen, cut = 0, False
+            deadline = time.monotonic() + args.settle
+            # A bot that lost a question never answers it: stop once nothing new came for a while.
+            last_change = time.monotonic()
+
+            def waiting() -> bool:
+                now = time.monotonic()
+                return now < deadline and now - last_change < args.quiet and seen < expected
+
+            while waiting() and not cut:
+                got, cut, since = await count_answers(http, base, observer, watched, since)
+                if got:
+                    seen += got
+                    last_change = time.monotonic()
+            if cut:  # a sync was too long to count: count in the rooms' history instead
+                while waiting():
+                    count = 0
+                    for key in rooms:
+                        for e in await history(http, base, observer.access_token, rooms[key]):
+                            count += (e.get("content") or {}).get("msgtype") == "m.notice"
+                    if count != seen:
+                        seen, last_change = count, time.monotonic()
+                    await asyncio.sleep(5)
+            print(f"answers seen: {seen}/{expected}", flush=True)
+
+            # Stop both bots: the counts below are final.
+            await peerbot.terminate()
+            baseline.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(baseline.wait(), 15)
+
+            ent = await history(http, base, observer.access_token, rooms["entraide"])
+            spec = [
+                e
+                for r in ("cardio", "triage")
+                for e in await history(http, base, observer.access_token, rooms[r])
+            ]
+        qts = {
+            e["event_id"]: int(e["origin_server_ts"])
+            for e in ent
+            if e["event_id"] in set(questions)
+        }
+        pb_fwd, pb_ack, bare = (
+            Tally("PeerBot forward"),
+            Tally("PeerBot ack"),
+            Tally("bare nio echo"),
+        )
+        for e in spec:
+            if e.get("sender") != bot_user.user_id or e.get("type") != "m.room.message":
+                continue
+            m = _PERMALINK_EVENT.search(str(e["content"].get("body", "")))
+            q = unquote(m.group(1)) if m else None
+            if q in qts:
+                pb_fwd.add(q, int(e["origin_server_ts"]) - qts[q])
+        for e in ent:
+            rel = (e.get("content") or {}).get("m.relates_to") or {}
+            q = rel.get("event_id")
+            if rel.get("rel_type") != "m.thread" or q not in qts:
+                continue
+            delay = int(e["origin_server_ts"]) - qts[q]
+            if e.get("sender") == bot_user.user_id:
+                pb_ack.add(q, delay)
+            elif e.get("sender") == bare_user.user_id:
+                bare.add(q, delay)
+
+        rows = [(t, t.summary(questions)) for t in (pb_fwd, pb_ack, bare)]
+        print()
+        print(
+            f"{n} questions posted over {posted_in:.1f} s by {len(posters)} clients "
+            f"({n / max(posted_in, 0.001):.1f}/s); Synapse on loopback, relaxed rate limits"
+        )
+        print(f"{'':<18}{'lost':>6}{'dup':>6}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}")
+        for t, s in rows:
+            p50 = "-" if s["p50"] is None else f"{s['p50']:.0f}"
+            p95 = "-" if s["p95"] is None else f"{s['p95']:.0f}"
+            mx = "-" if s["max"] is None else f"{s['max']}"
+            print(f"{t.name:<18}{s['lost']:>6}{s['duplicated']:>6}{p50:>10}{p95:>10}{mx:>10}")
+        fwd, bare_s = rows[0][1], rows[2][1]
+        if fwd["p50"] and bare_s["p50"]:
+            ratio = fwd["p50"] / bare_s["p50"]
+            verdict = "OK" if ratio <= 1.3 else "OVER GOAL"
+            print(f"p50 ratio PeerBot forward / bare echo: {ratio:.2f} (goal <= 1.3: {verdict})")
+        ok = fwd["lost"] == 0 and fwd["duplicated"] == 0
+        ok = ok and rows[1][1]["lost"] == 0 and rows[1][1]["duplicated"] == 0
+        return 0 if ok else 1
+    finally:
+        if peerbot is not None:
+            await peerbot.stop()
+        if baseline is not None and baseline.returncode is None:
+            baseline.kill()
+            await baseline.wait()
+        await server.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept {workdir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--settle", type=float, default=300.0, help="how long to wait for the bots to catch up"
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=30.0,
+        help="stop waiting when no answer came for this long (a lost question never comes)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument("--baseline-bot", nargs=5, metavar="ARG", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.baseline_bot:
+        asyncio.run(baseline_bot(*args.baseline_bot))
+        return 0
+    os.umask(0o077)
+    return asyncio.run(run_bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
