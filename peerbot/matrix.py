@@ -313,7 +313,9 @@ class MatrixClient:
             timeout=0 if first else SYNC_TIMEOUT_MS,
             since=since,
             full_state=full_state,
-            sync_filter={"room": {"timeline": {"limit": limit}}},
+            # The bot's own messages are not news to it: without not_senders each one it sends
+            # ends its long-poll at once, and a busy bot syncs ten times a second.
+            sync_filter={"room": {"timeline": {"limit": limit, "not_senders": [self.user_id]}}},
         )
         if not isinstance(resp, nio.SyncResponse):
             _raise("sync", resp)
