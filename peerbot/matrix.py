@@ -6,10 +6,12 @@ response objects.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,8 @@ UserID = NewType("UserID", str)
 
 SYNC_TIMEOUT_MS = 30_000
 TIMELINE_LIMIT = 50
+THROTTLE_GRACE = 2.0
+"""Seconds after a rate limit's end during which sends still go one at a time."""
 GAP_PAGE = 100
 GAP_MAX_EVENTS = 5_000
 
@@ -169,6 +173,19 @@ class MatrixClient:
         )
         self.user_id = UserID(config.user_id)
         self._requested_keys: set[str] = set()
+        # While the server throttles the bot, sends go one at a time: the parallel
+        # acknowledgements would otherwise all wake at the end of the same retry_after and be
+        # refused together, again and again. (nio itself sleeps retry_after_ms and retries.)
+        self._send_gate = asyncio.Lock()
+        self._throttled_until = 0.0
+        self._client.add_response_callback(self._on_error_response, nio.ErrorResponse)
+
+    async def _on_error_response(self, resp: Any) -> None:
+        if getattr(resp, "status_code", None) == "M_LIMIT_EXCEEDED":
+            wait_ms = getattr(resp, "retry_after_ms", None) or 5000
+            self._throttled_until = max(
+                self._throttled_until, time.monotonic() + wait_ms / 1000 + THROTTLE_GRACE
+            )
 
     @property
     def encrypted(self) -> bool:
@@ -576,6 +593,14 @@ class MatrixClient:
         event_type: str = "m.room.message",
     ) -> EventID:
         """Send an event with a deterministic transaction ID; the server dedupes re-sends."""
+        if time.monotonic() < self._throttled_until:
+            async with self._send_gate:
+                return await self._send(room_id, content, tx_id, event_type)
+        return await self._send(room_id, content, tx_id, event_type)
+
+    async def _send(
+        self, room_id: str, content: dict[str, Any], tx_id: str, event_type: str
+    ) -> EventID:
         try:
             resp = await self._client.room_send(
                 room_id, event_type, content, tx_id=tx_id, ignore_unverified_devices=True

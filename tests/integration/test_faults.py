@@ -634,9 +634,10 @@ async def test_burst_under_default_rate_limits(
         ]
         assert throttled, "the bot was never rate-limited: the test proves nothing"
         # It waited as asked: a bot retrying without waiting would collect 429s by the hundred
-        # for every message (each ack task may be told to wait once per message ahead of it).
+        # for every message. Sends go one at a time while throttled, so only those already in
+        # flight when the limit hit are refused more than once (145 for 80 here; 249 without).
         sent = 2 * RATE_LIMIT_QUESTIONS
-        assert len(throttled) <= 10 * sent, f"{len(throttled)} 429s for {sent} messages"
+        assert len(throttled) <= 4 * sent, f"{len(throttled)} 429s for {sent} messages"
         print(f"{len(throttled)} 429 answers for {sent} messages")
     finally:
         await asyncio.gather(*(u.stop() for u in users))
