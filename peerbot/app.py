@@ -8,9 +8,9 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from . import intake, routing
 from .commands import parse_command
@@ -35,6 +35,7 @@ from .store import Effect, QuestionRow, Store
 
 __all__ = ["PeerBot", "StartupError", "tx_id"]
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
@@ -135,7 +136,6 @@ class PeerBot:
         # while different rooms are served side by side.
         self._lanes: dict[str, asyncio.Queue[QuestionRow]] = {}
         self._lane_runners: dict[str, asyncio.Task[None]] = {}
-        self._lane_tasks: set[asyncio.Task[None]] = set()
         self._in_lane: set[str] = set()
         self._since: str | None = None
         self.handler_errors = 0
@@ -321,10 +321,10 @@ class PeerBot:
                 worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker
-            if self._lane_tasks:
+            if self._lane_runners:
                 # Each lane finishes the forward in flight and takes no other (4 s in all).
                 left = max(0.1, finish_by - time.monotonic())
-                _, late = await asyncio.wait(set(self._lane_tasks), timeout=left)
+                _, late = await asyncio.wait(set(self._lane_runners.values()), timeout=left)
                 for task in late:
                     task.cancel()
             if self._ack_tasks:
@@ -673,8 +673,6 @@ class PeerBot:
         if room_id not in self._lane_runners:
             task = asyncio.create_task(self._lane_loop(room_id, queue), name="peerbot-lane")
             self._lane_runners[room_id] = task
-            self._lane_tasks.add(task)
-            task.add_done_callback(self._lane_tasks.discard)
         return queue
 
     async def _lane_loop(self, room_id: str, queue: asyncio.Queue[QuestionRow]) -> None:
@@ -708,22 +706,10 @@ class PeerBot:
         self._ack_slots.release()
         self._wake.set()
 
-    async def _prepare_forward(self, q: QuestionRow) -> QuestionRow | None:
-        """Check and route one question (None: held or failed). Re-entrant: nothing twice."""
+    async def _forward_step(self, q: QuestionRow, step: Awaitable[_T]) -> _T | None:
+        """Run one step of forwarding ``q``; a Matrix error fails the question, a stop skips it."""
         try:
-            if q.body is None or q.sender is None:
-                q = await self._fetch_root(q)
-                if q.state == "failed":
-                    return None
-            assert q.body is not None and q.sender is not None
-            if q.target_room is None:
-                if not q.guard_override and not await self._run_guards(q):
-                    return None
-                q = await self._decide(q)
-            assert q.target_room is not None
-            if not await self._encryption_allows(q):
-                return None
-            return q
+            return await step
         except _Stopping:
             return None
         except MatrixError as exc:
@@ -731,24 +717,39 @@ class PeerBot:
             await self.store.update_question(q.event_id, state="failed", error=str(exc))
             return None
 
+    async def _prepare_forward(self, q: QuestionRow) -> QuestionRow | None:
+        """Check and route one question (None: held or failed). Re-entrant: nothing twice."""
+        return await self._forward_step(q, self._route_checked(q))
+
+    async def _route_checked(self, q: QuestionRow) -> QuestionRow | None:
+        if q.body is None or q.sender is None:
+            q = await self._fetch_root(q)
+            if q.state == "failed":
+                return None
+        assert q.body is not None and q.sender is not None
+        if q.target_room is None:
+            if not q.guard_override and not await self._run_guards(q):
+                return None
+            q = await self._decide(q)
+        assert q.target_room is not None
+        if not await self._encryption_allows(q):
+            return None
+        return q
+
     async def _send_forward(self, q: QuestionRow) -> tuple[QuestionRow, str] | None:
         """Record a routed question's forward, then send it (the same transaction ID after a
         crash: the server keeps one)."""
-        try:
-            fwd_event = await self.deliver(await self._forward_effect(q))
-            if fwd_event is None:
-                await self.store.update_question(q.event_id, state="failed", error="forward failed")
-                await self._apologise(q)
-                return None
-            if q.forward_event_id != fwd_event:
-                await self.store.update_question(q.event_id, forward_event_id=fwd_event)
-            return q, fwd_event
-        except _Stopping:
+        return await self._forward_step(q, self._forward_and_record(q))
+
+    async def _forward_and_record(self, q: QuestionRow) -> tuple[QuestionRow, str] | None:
+        fwd_event = await self.deliver(await self._forward_effect(q))
+        if fwd_event is None:
+            await self.store.update_question(q.event_id, state="failed", error="forward failed")
+            await self._apologise(q)
             return None
-        except MatrixError as exc:
-            log.error("Question %s could not be handled: %s", q.event_id, exc)
-            await self.store.update_question(q.event_id, state="failed", error=str(exc))
-            return None
+        if q.forward_event_id != fwd_event:
+            await self.store.update_question(q.event_id, forward_event_id=fwd_event)
+        return q, fwd_event
 
     def allows_from_encrypted(self, room_id: str) -> bool:
         """bot.yaml's ``allow_from_encrypted`` for a target room (resolved to its ID)."""
