@@ -26,7 +26,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+# Text normalisation for plugins: they import it from here, so the core can move freely.
+from .textnorm import STOPWORDS, content_tokens, deaccent, fold, tokens
+
 __all__ = [
+    "STOPWORDS",
     "Finding",
     "Guard",
     "GuardAction",
@@ -38,6 +42,10 @@ __all__ = [
     "Router",
     "SpecialtyInfo",
     "Verdict",
+    "content_tokens",
+    "deaccent",
+    "fold",
+    "tokens",
 ]
 
 

@@ -43,8 +43,9 @@ from peerbot.plugin_api import (
     Question,
     Router,
     SpecialtyInfo,
+    content_tokens,
+    fold,
 )
-from peerbot.textnorm import content_tokens, fold
 
 if TYPE_CHECKING:
     import numpy as np

@@ -52,8 +52,8 @@ from peerbot.plugin_api import (
     PluginOptionError,
     Question,
     Verdict,
+    deaccent,
 )
-from peerbot.textnorm import deaccent
 
 __all__ = ["KINDS", "Detection", "PatientDataGuard", "find_patient_data", "nir_key"]
 

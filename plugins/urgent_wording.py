@@ -44,8 +44,8 @@ from peerbot.plugin_api import (
     PluginOptionError,
     Question,
     Verdict,
+    fold,
 )
-from peerbot.textnorm import fold
 
 __all__ = ["Urgency", "UrgentWording", "assess_urgency", "notice_for"]
 
