@@ -60,15 +60,14 @@ class ChatCommands:
     # -- everyone ---------------------------------------------------------------------------
 
     async def cmd_related(self, room_id: str, msg: Message, cmd: Command) -> None:
-        """``!related <text>``: related threads from configured rooms the asker is in."""
+        """``!related <text>``: related threads that may be shown in this room."""
         text = cmd.rest.strip()
         if not text:
             await self.say(room_id, msg, self.t.s("related_usage"))
             return
         bot = self.bot
-        candidates = bot.rooms.configured | set(bot.rooms.intake) | {RoomID(room_id)}
-        rooms = {r for r in candidates if bot.mx.is_member(r, msg.sender)}
-        lines = await bot.related_lines(text, rooms)
+        # The answer is posted here: the rule is about who can read this room, not the asker.
+        lines = await bot.related_lines(text, room_id)
         if not lines:
             await self.say(room_id, msg, self.t.s("related_none"))
             return

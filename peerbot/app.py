@@ -32,6 +32,7 @@ from .plugin_api import GuardAction, Question, SpecialtyInfo
 from .plugins import PluginSet
 from .related import DEFAULT_MIN_SCORE, RelatedIndex
 from .store import Effect, QuestionRow, Store
+from .visibility import Communities, shown_rooms
 
 __all__ = ["PeerBot", "StartupError", "tx_id"]
 
@@ -82,6 +83,8 @@ class Rooms:
     """Every room of bot.yaml (intake, specialties, triage): related threads come from these."""
     yaml_intake: dict[RoomID, IntakeRoom] = field(default_factory=dict)
     resolved: dict[str, RoomID] = field(default_factory=dict)
+    communities: Communities = field(default_factory=Communities)
+    """bot.yaml's ``communities``, as room IDs."""
 
 
 class Backoff:
@@ -188,7 +191,7 @@ class PeerBot:
         resolved: dict[str, RoomID] = {}
         problems: list[str] = []
         joined = self.mx.joined_rooms()
-        for path, ref in self._room_refs():
+        for path, ref, join in self._room_refs():
             if ref in resolved:
                 continue
             try:
@@ -202,7 +205,7 @@ class PeerBot:
                 problems.append(f"{path}: the room {ref} does not exist on the server")
                 continue
             resolved[ref] = room_id
-            if room_id not in joined:
+            if join and room_id not in joined:
                 try:
                     await self.mx.join(ref)
                     log.info("Joined %s", ref)
@@ -218,7 +221,10 @@ class PeerBot:
         self.rooms.resolved = resolved
         self.rooms.yaml_intake = {resolved[i.room]: i for i in cfg.intake}
         self.rooms.fallback = resolved[cfg.routing.fallback_room]
-        self.rooms.configured = set(resolved.values())
+        self.rooms.configured = {resolved[ref] for _, ref, join in self._room_refs() if join}
+        self.rooms.communities = Communities.of(
+            [resolved[r] for r in c.rooms] for c in cfg.communities
+        )
         for plugin in self.plugins.plugins:
             if plugin.entry.rooms is not None:
                 plugin.rooms = frozenset(resolved.get(r, RoomID(r)) for r in plugin.entry.rooms)
@@ -240,18 +246,26 @@ class PeerBot:
                     room_id,
                 )
 
-    def _room_refs(self) -> list[tuple[str, str]]:
+    def _room_refs(self) -> list[tuple[str, str, bool]]:
+        """(key path, room, whether the bot must be in it) for every room bot.yaml names."""
         cfg = self.config
-        refs = [(f"intake[{i}].room", r.room) for i, r in enumerate(cfg.intake)]
+        refs = [(f"intake[{i}].room", r.room, True) for i, r in enumerate(cfg.intake)]
         refs += [
-            (f"routing.specialties[{i}].room", s.room)
+            (f"routing.specialties[{i}].room", s.room, True)
             for i, s in enumerate(cfg.routing.specialties)
         ]
-        refs.append(("routing.fallback_room", cfg.routing.fallback_room))
+        refs.append(("routing.fallback_room", cfg.routing.fallback_room, True))
         refs += [
-            (f"{p.path}.rooms[{j}]", r) for p in cfg.plugins for j, r in enumerate(p.rooms or ())
+            (f"{p.path}.rooms[{j}]", r, True)
+            for p in cfg.plugins
+            for j, r in enumerate(p.rooms or ())
         ]
-        return [(p, r) for p, r in refs if is_room_ref(r)]
+        refs += [
+            (f"communities[{i}].rooms[{j}]", r, False)
+            for i, c in enumerate(cfg.communities)
+            for j, r in enumerate(c.rooms)
+        ]
+        return [(p, r, j) for p, r, j in refs if is_room_ref(r)]
 
     async def reload_overrides(self) -> None:
         """Apply in-chat changes (routes, intake) on top of bot.yaml."""
@@ -976,11 +990,18 @@ class PeerBot:
             question_state="forwarding",
         )
 
+    def rooms_shown_in(self, room_id: str) -> set[str]:
+        """The indexed rooms whose threads may be shown in this room (core.visibility's rule)."""
+        return shown_rooms(
+            self.index.rooms(), room_id, self.mx.room_privacy, self.rooms.communities
+        )
+
     async def related_lines(
-        self, text: str, rooms: set[RoomID], exclude: tuple[str, ...] = ()
+        self, text: str, shown_in: str, exclude: tuple[str, ...] = ()
     ) -> list[RelatedLine]:
-        """Related past threads for a text, among these rooms."""
+        """Related past threads for a text, from the rooms that may be shown in ``shown_in``."""
         limit = self.config.related.max_results
+        rooms = self.rooms_shown_in(shown_in)
         if limit <= 0 or not rooms:
             return []
         hits = self.index.search(
@@ -1011,9 +1032,8 @@ class PeerBot:
         decision = q.decision or {}
         words = [(str(w[0]), str(w[1]), bool(w[2])) for w in decision.get("words", [])]
         target = RoomID(q.target_room)
-        # Related threads: from this room and the configured rooms only (everyone here sees it).
-        rooms = self.rooms.configured | {RoomID(q.room_id)}
-        related = await self.related_lines(q.body, rooms, exclude=(q.event_id,))
+        # Everyone who can read the asker's room, now or later, reads this list.
+        related = await self.related_lines(q.body, q.room_id, exclude=(q.event_id,))
         rendered = self.texts.acknowledgement(
             target_room=self.room_label(target),
             specialty=q.specialty,

@@ -107,6 +107,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(
         f"{args.config_file or args.config}: OK — {len(config.intake)} intake room(s), "
         f"{len(config.routing.specialties)} specialty room(s), {rooms} room(s) in all, "
+        f"{len(config.communities)} communit{'y' if len(config.communities) == 1 else 'ies'}, "
         f"language {config.language}"
     )
     return EXIT_OK

@@ -15,6 +15,7 @@ import yaml
 
 __all__ = [
     "AdminConfig",
+    "Community",
     "Config",
     "ConfigError",
     "ConfigProblem",
@@ -184,6 +185,15 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class Community:
+    """Rooms the operator declares readable by the same people: their threads may be shown in
+    one another (related threads, digests, relays)."""
+
+    name: str
+    rooms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PluginEntry:
     """A plugin named in bot.yaml."""
 
@@ -209,6 +219,7 @@ class Config:
     plugins: tuple[PluginEntry, ...] = ()
     log_level: str = "INFO"
     encryption: EncryptionConfig = EncryptionConfig()
+    communities: tuple[Community, ...] = ()
 
     def configured_rooms(self) -> list[str]:
         """Every room reference named in the config (intake, specialties, fallback)."""
@@ -449,6 +460,7 @@ class _Checker:
                 "plugins",
                 "log_level",
                 "encryption",
+                "communities",
             ),
         )
         if not isinstance(self.r.data, dict):
@@ -470,6 +482,7 @@ class _Checker:
         admin = self.admin(top)
         plugins = self.plugins(top)
         encryption = self.encryption(top)
+        communities = self.communities(top)
         if self.problems or matrix is None or routing is None:
             return None
         return Config(
@@ -484,6 +497,7 @@ class _Checker:
             plugins=plugins,
             log_level=log_level,
             encryption=encryption,
+            communities=communities,
         )
 
     def section(self, top: Mapping[str, Any], key: str, known: tuple[str, ...]) -> dict[str, Any]:
@@ -704,6 +718,36 @@ class _Checker:
     def admin(self, top: Mapping[str, Any]) -> AdminConfig:
         d = self.section(top, "admin", ("power_level",))
         return AdminConfig(power_level=self.integer(d, "power_level", ("admin",), 50, 0, 1_000_000))
+
+    def communities(self, top: Mapping[str, Any]) -> tuple[Community, ...]:
+        raw = top.get("communities")
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.bad(("communities",), f"must be a list of communities, not {_kind(raw)}")
+            return ()
+        out: list[Community] = []
+        for i, item in enumerate(raw):
+            p: _Path = ("communities", i)
+            d = self.mapping(item, p, ("name", "rooms"))
+            if not isinstance(item, dict):
+                continue
+            name = self.string(d, "name", p, required=False, default=f"communities[{i}]")
+            rooms = self.string_list(
+                d,
+                "rooms",
+                p,
+                required=True,
+                check=is_room_ref,
+                what="not a room alias or ID (like #name:server or !id:server)",
+            )
+            if rooms is None:
+                continue
+            if len(set(rooms)) < 2:
+                self.bad((*p, "rooms"), "needs at least two different rooms")
+                continue
+            out.append(Community(name=name or f"communities[{i}]", rooms=rooms))
+        return tuple(out)
 
     def plugins(self, top: Mapping[str, Any]) -> tuple[PluginEntry, ...]:
         raw = top.get("plugins")

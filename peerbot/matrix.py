@@ -21,6 +21,7 @@ import nio
 from nio.api import MessageDirection
 
 from .config import EncryptionConfig, MatrixConfig
+from .visibility import RoomPrivacy
 
 __all__ = [
     "EventID",
@@ -469,6 +470,18 @@ class MatrixClient:
         """True when the room has encryption enabled."""
         room = self._client.rooms.get(room_id)
         return bool(room and room.encrypted)
+
+    def room_privacy(self, room_id: str) -> RoomPrivacy | None:
+        """Who can read a room (join rule, history visibility, encryption); None if unknown."""
+        room = self._client.rooms.get(room_id)
+        if room is None:
+            return None
+        return RoomPrivacy(
+            room_id=room_id,
+            join_rule=str(room.join_rule) if room.join_rule else None,
+            history_visibility=str(room.history_visibility) if room.history_visibility else None,
+            encrypted=bool(room.encrypted),
+        )
 
     def display_name(self, room_id: str, user_id: str) -> str | None:
         """The user's display name in that room, if known."""

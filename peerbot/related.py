@@ -205,6 +205,7 @@ class RelatedIndex:
         self._total_len = 0
         self._room_id: dict[str, int] = {}
         self._room_names: list[str] = []
+        self._room_live: list[int] = []  # room id -> live threads
 
     # -- maintenance ------------------------------------------------------------------------
 
@@ -214,6 +215,10 @@ class RelatedIndex:
     def __contains__(self, thread_id: object) -> bool:
         return thread_id in self._slot_of
 
+    def rooms(self) -> set[str]:
+        """The rooms that have at least one indexed thread."""
+        return {name for name, n in zip(self._room_names, self._room_live, strict=True) if n}
+
     def add(self, thread_id: str, text: str, *, room_id: str, solved: bool = False) -> None:
         """Index a thread's question, replacing any earlier version of the same thread."""
         if thread_id in self._slot_of:
@@ -222,6 +227,8 @@ class RelatedIndex:
         if room is None:
             room = self._room_id[room_id] = len(self._room_names)
             self._room_names.append(room_id)
+            self._room_live.append(0)
+        self._room_live[room] += 1
         if self._free_slots:
             slot = self._free_slots.pop()
             self._thread[slot] = thread_id
@@ -257,6 +264,7 @@ class RelatedIndex:
         if slot is None:
             return
         self._unindex_text(slot)
+        self._room_live[self._room[slot]] -= 1
         self._thread[slot] = None
         self._room[slot] = -1
         self._solved[slot] = 0

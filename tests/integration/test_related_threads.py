@@ -121,7 +121,9 @@ async def test_edit_changes_what_is_found_and_redaction_erases(world: World) -> 
         assert "Escarre" not in str(effect.content) and "fibrillation" not in str(effect.content)
 
 
-async def test_related_respects_membership(world: World, make_user: Any) -> None:
+async def test_related_shows_only_what_everyone_in_the_room_may_read(
+    world: World, make_user: Any
+) -> None:
     carol = await make_user("carol")
     closed = await world.admin.create_room(invite=[world.bot_user.user_id, carol.user_id])
     await carol.join(closed)
@@ -137,8 +139,11 @@ async def test_related_respects_membership(world: World, make_user: Any) -> None
     reply = await command(world, "!related hématome sous-dural reprise AOD délai")
     assert link(closed, secret_q) not in reply["content"]["body"]
     assert "Aucun fil similaire" in reply["content"]["body"]
-    # Carol is: she finds it.
+    # Carol may read it, but the answer is posted in the public room: not there either.
     reply = await command(world, "!related hématome sous-dural reprise AOD délai", carol)
+    assert link(closed, secret_q) not in reply["content"]["body"]
+    # In the closed room itself, she finds it.
+    reply = await command(world, "!related hématome sous-dural reprise AOD délai", carol, closed)
     assert link(closed, secret_q) in reply["content"]["body"]
 
 

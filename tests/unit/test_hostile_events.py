@@ -26,6 +26,7 @@ from peerbot.app import PeerBot
 from peerbot.config import IntakeRoom, Trigger, parse_config
 from peerbot.matrix import Invite, RoomID, SyncBatch, UserID
 from peerbot.store import Store
+from peerbot.visibility import RoomPrivacy
 
 T = TypeVar("T")
 
@@ -70,6 +71,9 @@ class FakeMatrix:
 
     def is_encrypted(self, room_id: str) -> bool:
         return False
+
+    def room_privacy(self, room_id: str) -> RoomPrivacy | None:
+        return RoomPrivacy(room_id, "invite", "shared", encrypted=False)
 
     def display_name(self, room_id: str, user_id: str) -> str | None:
         return None
