@@ -125,8 +125,10 @@ async def _setup(directory: Path, language: str) -> DemoWorld:
     return DemoWorld(server, config_path, alice.user_id, alice_password, rooms)
 
 
-async def _ask(world: DemoWorld, out: list[str]) -> None:
-    """Post the demo questions as Alice and report what the bot answered in each thread."""
+async def _ask(world: DemoWorld, out: list[str]) -> bool:
+    """Post the demo questions as Alice and report what the bot answered in each thread.
+
+    True when the bot answered every question."""
     client = MatrixClient(
         MatrixConfig(world.server.base_url, world.alice_id, password=world.alice_password)
     )
@@ -159,6 +161,7 @@ async def _ask(world: DemoWorld, out: list[str]) -> None:
             out.extend(f"    {line}" for line in answer.splitlines())
             out.append("")
         out.append(f"Plain chat ({CHAT!r}) was left alone.")
+        return len(answers) == len(asked)
     finally:
         await client.close()
 
@@ -186,11 +189,14 @@ async def run_demo(directory: Path, *, once: bool, language: str = "fr") -> int:
             return bot_task.result() or 1
         lines: list[str] = []
         try:
-            await _ask(world, lines)
+            answered = await _ask(world, lines)
         except MatrixError as exc:
             print(f"peerbot demo: {exc}", file=sys.stderr)
             return 1
         print("\n".join(lines))
+        if not answered:
+            print("peerbot demo: the bot did not answer every question", file=sys.stderr)
+            return 1
         print()
         print(f"Homeserver: {world.server.base_url}  (server name {world.server.server_name})")
         print(
@@ -199,7 +205,7 @@ async def run_demo(directory: Path, *, once: bool, language: str = "fr") -> int:
         print(f"Rooms: {', '.join('#' + a + ':' + world.server.server_name for a, _ in ROOMS)}")
         print(f"Bot config: {world.config_path}")
         if once:
-            return 0
+            return 0 if answered else 1
         print("Running until Ctrl-C ...")
         with contextlib.suppress(asyncio.CancelledError):
             await bot_task
