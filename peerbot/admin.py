@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .commands import Command, split_keywords
 from .config import Trigger, is_room_ref
+from .ids import tx_id
 from .intake import Message
 from .matrix import MatrixError, RoomID
 from .plugin_api import Question
-from .store import QuestionRow
+from .records import QuestionRow, QuestionState
 
 if TYPE_CHECKING:
     from .app import PeerBot
@@ -108,30 +110,33 @@ class ChatCommands:
     async def cmd_confirm(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!confirm`` in the thread of a question held by a guard."""
         q = await self._thread_question(room_id, msg)
-        if q is None or q.state != "held":
+        if q is None or q.state != QuestionState.HELD:
             await self.say(room_id, msg, self.t.s("guard_nothing_held"))
             return
         if msg.sender != q.sender:
             await self.say(room_id, msg, self.t.s("guard_confirm_denied"))
             return
-        if not (q.decision or {}).get("confirmable", False):
+        if not q.decision.confirmable:
             await self.say(room_id, msg, self.t.s("guard_confirm_edit_only"))
             return
-        await self.bot.store.update_question(q.event_id, state="new", guard_override=True)
+        await self.bot.store.update_question(
+            q.event_id, state=QuestionState.NEW.value, guard_override=True
+        )
         log.info("Question %s confirmed by its author despite a guard", q.event_id)
 
     async def cmd_forward(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!forward`` in the thread of a question held because its target is not encrypted."""
         q = await self._thread_question(room_id, msg)
-        decision = dict(q.decision or {}) if q is not None else {}
-        if q is None or q.state != "held" or not decision.get("unencrypted_target"):
+        if q is None or q.state != QuestionState.HELD or not q.decision.unencrypted_target:
             await self.say(room_id, msg, self.t.s("forward_nothing_held"))
             return
         if msg.sender != q.sender:
             await self.say(room_id, msg, self.t.s("forward_denied"))
             return
-        decision["forward_confirmed"] = True
-        await self.bot.store.update_question(q.event_id, state="new", decision=decision)
+        decision = replace(q.decision, forward_confirmed=True)
+        await self.bot.store.update_question(
+            q.event_id, state=QuestionState.NEW.value, decision=decision.to_json()
+        )
         log.info("Question %s: its author confirmed forwarding to an unencrypted room", q.event_id)
 
     async def cmd_peerbot(self, room_id: str, msg: Message, cmd: Command) -> None:
@@ -415,8 +420,6 @@ class ChatCommands:
         await bot.store.update_question(
             q.event_id, specialty=rule.name, target_room=rule.room, corrected=True
         )
-        from .app import tx_id
-
         await bot.store.add_effect(
             tx_id=tx_id("move", msg.event_id),
             kind="forward",

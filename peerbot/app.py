@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import random
+import os
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field, replace
@@ -15,6 +14,16 @@ from typing import Any, TypeVar
 from . import intake, routing
 from .commands import parse_command
 from .config import Config, IntakeRoom, Trigger, is_room_ref
+from .ids import server_of, tx_id
+from .lifecycle import (
+    Labels,
+    RouteInputs,
+    acknowledged,
+    forward_failed,
+    forward_outgoing,
+    route_step,
+    thread_relation,
+)
 from .matrix import (
     Forbidden,
     Invite,
@@ -27,20 +36,21 @@ from .matrix import (
     Undecryptable,
 )
 from .messages import RelatedLine, Texts, permalink, texts_for
+from .outbox import Backoff, Outbox, Stopping
 from .permissions import power_level
-from .plugin_api import GuardAction, Question, SpecialtyInfo
+from .plugin_api import Question, SpecialtyInfo, Verdict
 from .plugins import PluginSet
+from .records import WAITING, QuestionState
 from .related import DEFAULT_MIN_SCORE, RelatedIndex
 from .store import Effect, QuestionRow, Store
 from .visibility import Communities, shown_rooms
 
-__all__ = ["PeerBot", "StartupError", "tx_id"]
+__all__ = ["Backoff", "PeerBot", "StartupError", "tx_id"]
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 60.0
-ACK_CONCURRENCY = 8
+FAILED = QuestionState.FAILED.value
 MAX_DECRYPT_ATTEMPTS = 5
 """Tries, once an event's room key is known, before giving up on decrypting it."""
 SOLVED_KEYS = frozenset({"✅", "✔️", "✔", "☑️", "☑"})
@@ -48,27 +58,6 @@ SOLVED_KEYS = frozenset({"✅", "✔️", "✔", "☑️", "☑"})
 
 class StartupError(RuntimeError):
     """The bot cannot start; the message says why and what to do."""
-
-
-def tx_id(kind: str, event_id: str) -> str:
-    """A transaction ID derived from the source event: a re-send is deduplicated by the server."""
-    digest = hashlib.sha256(f"{kind}\0{event_id}".encode()).hexdigest()[:32]
-    return f"peerbot.{kind}.{digest}"
-
-
-def server_of(mxid: str) -> str:
-    """The server part of a user, room or alias ID ("" when there is none)."""
-    return mxid.split(":", 1)[1] if ":" in mxid else ""
-
-
-def thread_content(root: str, reply_to: str) -> dict[str, Any]:
-    """The relation that puts a message in a thread, with the reply fallback."""
-    return {
-        "rel_type": "m.thread",
-        "event_id": root,
-        "is_falling_back": True,
-        "m.in_reply_to": {"event_id": reply_to},
-    }
 
 
 @dataclass
@@ -85,25 +74,6 @@ class Rooms:
     resolved: dict[str, RoomID] = field(default_factory=dict)
     communities: Communities = field(default_factory=Communities)
     """bot.yaml's ``communities``, as room IDs."""
-
-
-class Backoff:
-    """Exponential back-off with jitter, reset on success."""
-
-    def __init__(self, first: float = 1.0, cap: float = MAX_BACKOFF) -> None:
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next try."""
-        self.failures += 1
-        delay = min(self.cap, self.first * 2 ** (self.failures - 1))
-        return float(delay * random.uniform(0.8, 1.2))
-
-    def reset(self) -> None:
-        """Back to the shortest delay."""
-        self.failures = 0
 
 
 class PeerBot:
@@ -132,9 +102,8 @@ class PeerBot:
         )
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._acking: set[str] = set()
-        self._ack_tasks: set[asyncio.Task[None]] = set()
-        self._ack_slots = asyncio.Semaphore(ACK_CONCURRENCY)
+        self.outbox = Outbox(store, client, self._stopping)
+        """Sends everything recorded but the forwards (the lanes send those)."""
         # One lane per target room: forwards to a room go out one at a time in question order,
         # while different rooms are served side by side.
         self._lanes: dict[str, asyncio.Queue[QuestionRow]] = {}
@@ -315,10 +284,13 @@ class PeerBot:
     async def run(self) -> None:
         """Sync and work until stopped or cancelled."""
         worker = asyncio.create_task(self._work_loop(), name="peerbot-worker")
+        outbox = asyncio.create_task(self.outbox.run(), name="peerbot-outbox")
         sync = asyncio.create_task(self._sync_loop(), name="peerbot-sync")
         stop = asyncio.create_task(self._stopping.wait(), name="peerbot-stop")
         try:
-            done, _ = await asyncio.wait({worker, sync, stop}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {worker, outbox, sync, stop}, return_when=asyncio.FIRST_COMPLETED
+            )
             for task in done:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
@@ -341,17 +313,18 @@ class PeerBot:
                 _, late = await asyncio.wait(set(self._lane_runners.values()), timeout=left)
                 for task in late:
                     task.cancel()
-            if self._ack_tasks:
-                _, late = await asyncio.wait(set(self._ack_tasks), timeout=1.0)
-                for task in late:
-                    task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sync
+            # What was recorded meanwhile (acknowledgements, notices) goes out too (1 s more).
+            await self.outbox.drain(max(1.0, finish_by + 1.0 - time.monotonic()))
+            outbox.cancel()
+            for task in (outbox, sync):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def stop(self) -> None:
         """Ask the loops to stop (safe from a signal handler)."""
         self._stopping.set()
         self._wake.set()
+        self.outbox.wake()
 
     async def _sync_loop(self) -> None:
         backoff = Backoff()
@@ -554,9 +527,9 @@ class PeerBot:
             return
         await self.store.mark_handled(msg.event_id, room_id)
         changes: dict[str, Any] = {"body": msg.body, "revision": msg.event_id}
-        if q.state == "held":
+        if q.state == QuestionState.HELD:
             # Checked again with the new text; forwarded if it is clean now.
-            changes["state"] = "new"
+            changes["state"] = QuestionState.NEW.value
         await self.store.update_question(q.event_id, **changes)
         if q.event_id in self.index:
             self.index.update_text(q.event_id, msg.body)
@@ -584,7 +557,7 @@ class PeerBot:
                     content={"redacts": erased.forward_event_id},
                     event_type="m.room.redaction",
                 )
-                self._wake.set()
+                self.outbox.wake()
             return
         solved = await self.store.question_solved_by(redacts)
         if solved is not None:
@@ -654,27 +627,21 @@ class PeerBot:
                 self.idle.clear()
 
     async def _work_once(self) -> bool:
-        """Send what is pending, then handle new questions. True if anything was done.
+        """Handle new questions (and nudge the outbox). True if anything was done.
 
         Questions are checked and routed here, oldest first, then queued on their target room's
         lane: each room gets its forwards one at a time in the order the questions were asked,
-        and different rooms are served side by side. Acknowledgements (each in its own thread)
-        go out in parallel behind the forwards.
+        and different rooms are served side by side. Everything else the bot says (notices,
+        acknowledgements, command answers) is recorded and goes out through the outbox.
         """
-        did = False
-        for effect in await self.store.pending_effects(limit=50):
+        did = await self.outbox.pump() > 0
+        for q in await self.store.questions_in_state(*WAITING, limit=200):
             if self._stopping.is_set():
                 return did
-            if effect.question_id is None:
-                await self.deliver(effect)
-                did = True
-        for q in await self.store.questions_in_state("new", "forwarding", limit=200):
-            if self._stopping.is_set():
-                return did
-            if q.event_id in self._acking or q.event_id in self._in_lane:
+            if q.event_id in self._in_lane:
                 continue
             did = True
-            routed = await self._prepare_forward(q)
+            routed = await self._failing_on_error(q, self._prepare(q))
             if routed is not None:
                 assert routed.target_room is not None
                 self._in_lane.add(q.event_id)
@@ -695,13 +662,7 @@ class PeerBot:
             while not queue.empty() and not self._stopping.is_set():
                 q = queue.get_nowait()
                 try:
-                    forwarded = await self._send_forward(q)
-                    if forwarded is not None:
-                        self._acking.add(q.event_id)
-                        await self._ack_slots.acquire()
-                        task = asyncio.create_task(self._ack_stage(*forwarded), name="peerbot-ack")
-                        self._ack_tasks.add(task)
-                        task.add_done_callback(self._ack_done)
+                    await self._failing_on_error(q, self._forward(q))
                 except Exception:
                     log.exception("Forwarding %s failed; retried later", q.event_id)
                 finally:
@@ -715,55 +676,116 @@ class PeerBot:
                 while not queue.empty():
                     self._in_lane.discard(queue.get_nowait().event_id)
 
-    def _ack_done(self, task: asyncio.Task[None]) -> None:
-        self._ack_tasks.discard(task)
-        self._ack_slots.release()
-        self._wake.set()
-
-    async def _forward_step(self, q: QuestionRow, step: Awaitable[_T]) -> _T | None:
-        """Run one step of forwarding ``q``; a Matrix error fails the question, a stop skips it."""
+    async def _failing_on_error(self, q: QuestionRow, step: Awaitable[_T]) -> _T | None:
+        """Run one step for ``q``; a Matrix error fails the question, a stop skips it."""
         try:
             return await step
-        except _Stopping:
+        except Stopping:
             return None
         except MatrixError as exc:
             log.error("Question %s could not be handled: %s", q.event_id, exc)
-            await self.store.update_question(q.event_id, state="failed", error=str(exc))
+            await self.store.update_question(q.event_id, state=FAILED, error=str(exc))
             return None
 
-    async def _prepare_forward(self, q: QuestionRow) -> QuestionRow | None:
-        """Check and route one question (None: held or failed). Re-entrant: nothing twice."""
-        return await self._forward_step(q, self._route_checked(q))
+    # -- one question: gather the inputs, decide (lifecycle), apply in one transaction --------
 
-    async def _route_checked(self, q: QuestionRow) -> QuestionRow | None:
+    async def _prepare(self, q: QuestionRow) -> QuestionRow | None:
+        """Check and route one question; the routed question, or None (held or failed)."""
         if q.body is None or q.sender is None:
             q = await self._fetch_root(q)
-            if q.state == "failed":
+            if q.state == QuestionState.FAILED:
                 return None
         assert q.body is not None and q.sender is not None
+        verdicts: list[tuple[str, Verdict]] = []
+        route: routing.Decision | None = None
+        sender_name = q.sender_name or ""
         if q.target_room is None:
-            if not q.guard_override and not await self._run_guards(q):
-                return None
-            q = await self._decide(q)
-        assert q.target_room is not None
-        if not await self._encryption_allows(q):
+            if not q.guard_override and self.plugins.guards:
+                checked = await self.plugins.check(self.as_question(q))
+                verdicts = [(plugin.name, verdict) for plugin, verdict in checked]
+            route = await self.route(q.body, self.as_question(q))
+            name = self.mx.display_name(q.room_id, q.sender) or await self._profile(q.sender)
+            sender_name = name
+        target = route.room if route is not None else q.target_room
+        assert target is not None
+        inputs = RouteInputs(
+            verdicts=verdicts,
+            route=route,
+            source_encrypted=self.mx.is_encrypted(q.room_id),
+            target_encrypted=self.mx.is_encrypted(target),
+            target_allows_from_encrypted=self.allows_from_encrypted(target),
+            labels=Labels(sender_name=sender_name, target_label=self.room_label(target)),
+        )
+        step = route_step(q, inputs, self.texts)
+        await self.store.apply(q.event_id, step)
+        if step.effects:
+            self.outbox.wake()
+        if step.state is QuestionState.HELD:
+            log.info(
+                "Question %s held (%s)",
+                q.event_id,
+                ", ".join(step.record.held) if step.record and step.record.held else "encryption",
+            )
+            _fault_point("held")
             return None
-        return q
+        if step.routed:
+            log.info("Question %s -> %s (%s)", q.event_id, target, step.specialty or "fallback")
+            return replace(
+                q,
+                state=step.state,
+                specialty=step.specialty,
+                target_room=step.target_room,
+                decision=step.record or q.decision,
+                sender_name=step.sender_name or q.sender_name,
+            )
+        return replace(q, state=step.state)
 
-    async def _send_forward(self, q: QuestionRow) -> tuple[QuestionRow, str] | None:
-        """Record a routed question's forward, then send it (the same transaction ID after a
-        crash: the server keeps one)."""
-        return await self._forward_step(q, self._forward_and_record(q))
+    def _labels(self, q: QuestionRow) -> Labels:
+        assert q.sender is not None and q.target_room is not None
+        return Labels(
+            sender_name=q.sender_name or q.sender,
+            target_label=self.room_label(q.target_room),
+            source_label=self.room_label(q.room_id),
+            source_url=permalink(q.room_id, q.event_id, self.via(q.room_id, q.sender)),
+        )
 
-    async def _forward_and_record(self, q: QuestionRow) -> tuple[QuestionRow, str] | None:
-        fwd_event = await self.deliver(await self._forward_effect(q))
+    async def _forward(self, q: QuestionRow) -> None:
+        """Record a routed question's forward and send it inline (the same transaction ID after
+        a crash: the server keeps one); then record the acknowledgement for the outbox."""
+        assert q.body is not None and q.sender is not None and q.target_room is not None
+        labels = self._labels(q)
+        forward = forward_outgoing(
+            q, question=q.body, sender_id=q.sender, labels=labels, texts=self.texts
+        )
+        effect = await self.store.add_effect(
+            tx_id=forward.tx_id,
+            kind=forward.kind,
+            room_id=forward.room_id,
+            content=dict(forward.content),
+            question_id=q.event_id,
+        )
+        fwd_event = await self.outbox.deliver(effect)
         if fwd_event is None:
-            await self.store.update_question(q.event_id, state="failed", error="forward failed")
-            await self._apologise(q)
-            return None
-        if q.forward_event_id != fwd_event:
-            await self.store.update_question(q.event_id, forward_event_id=fwd_event)
-        return q, fwd_event
+            await self.store.apply(q.event_id, forward_failed(q, "forward failed", self.texts))
+            self.outbox.wake()
+            return
+        target = RoomID(q.target_room)
+        # Everyone who can read the asker's room, now or later, reads this list.
+        related = await self.related_lines(q.body, q.room_id, exclude=(q.event_id,))
+        step = acknowledged(
+            q,
+            forward_event_id=fwd_event,
+            forward_url=permalink(target, fwd_event, self.via(target)),
+            related=related,
+            labels=labels,
+            texts=self.texts,
+        )
+        await self.store.apply(q.event_id, step)
+        self.outbox.wake()
+        # Indexed once acknowledged: the question itself is never its own related thread.
+        self.index.add(q.event_id, q.body, room_id=q.room_id, solved=q.solved)
+        if q.specialty:
+            self.plugins.learn(q.body, q.specialty)
 
     def allows_from_encrypted(self, room_id: str) -> bool:
         """bot.yaml's ``allow_from_encrypted`` for a target room (resolved to its ID)."""
@@ -773,88 +795,19 @@ class PeerBot:
             allowed.add(r.fallback_room)
         return room_id in {self.rooms.resolved.get(a, RoomID(a)) for a in allowed}
 
-    async def _encryption_allows(self, q: QuestionRow) -> bool:
-        """False (and the question held, the asker told) for encrypted -> unencrypted."""
-        assert q.target_room is not None
-        decision = dict(q.decision or {})
-        if (
-            q.forward_event_id
-            or decision.get("forward_confirmed")
-            or not self.mx.is_encrypted(q.room_id)
-            or self.mx.is_encrypted(q.target_room)
-            or self.allows_from_encrypted(q.target_room)
-        ):
-            return True
-        decision["unencrypted_target"] = True
-        await self.store.update_question(q.event_id, state="held", decision=decision)
-        content = self.texts.plain(
-            "unencrypted_target", room=self.room_label(q.target_room)
-        ).content()
-        content["m.relates_to"] = thread_content(q.event_id, q.trigger_event_id)
-        effect = await self.store.add_effect(
-            tx_id=tx_id("unencrypted", q.revision or q.event_id),
-            kind="notice",
-            room_id=q.room_id,
-            content=content,
-            question_id=q.event_id,
-        )
-        await self.deliver(effect)
-        log.info(
-            "Question %s held: encrypted room %s -> unencrypted %s",
-            q.event_id,
-            q.room_id,
-            q.target_room,
-        )
-        return False
-
-    async def _apologise(self, q: QuestionRow) -> None:
-        """Tell the asker their question could not be forwarded (the log says why)."""
-        content = self.texts.plain("apology").content()
-        content["m.relates_to"] = thread_content(q.event_id, q.trigger_event_id)
-        effect = await self.store.add_effect(
-            tx_id=tx_id("sorry", q.event_id),
-            kind="notice",
-            room_id=q.room_id,
-            content=content,
-            question_id=q.event_id,
-        )
-        await self.deliver(effect)
-
-    async def _ack_stage(self, q: QuestionRow, fwd_event: str) -> None:
-        """Acknowledge a forwarded question in its thread."""
-        try:
-            ack = await self._ack_effect(q, fwd_event)
-            ack_event = await self.deliver(ack)
-            await self.store.update_question(
-                q.event_id,
-                ack_event_id=ack_event,
-                state="done" if ack_event else "failed",
-            )
-            if q.specialty and ack_event and q.body:
-                self.plugins.learn(q.body, q.specialty)
-        except _Stopping:
-            return
-        except MatrixError as exc:
-            log.error("Question %s could not be acknowledged: %s", q.event_id, exc)
-            await self.store.update_question(q.event_id, state="failed", error=str(exc))
-        except Exception:
-            log.exception("Acknowledging %s failed; retried later", q.event_id)
-        finally:
-            self._acking.discard(q.event_id)
-
     async def _fetch_root(self, q: QuestionRow) -> QuestionRow:
         try:
             event = await self.mx.get_event(q.room_id, q.event_id)
         except (NotFound, Forbidden) as exc:
             log.warning("The thread root %s cannot be read: %s", q.event_id, exc)
-            await self.store.update_question(q.event_id, state="failed", error=str(exc))
-            return replace(q, state="failed")
+            await self.store.update_question(q.event_id, state=FAILED, error=str(exc))
+            return replace(q, state=QuestionState.FAILED)
         msg = intake.parse_message(event)
         if msg is None or msg.sender == self.mx.user_id or msg.msgtype != "m.text":
             await self.store.update_question(
-                q.event_id, state="failed", error="the thread root is not a text message"
+                q.event_id, state=FAILED, error="the thread root is not a text message"
             )
-            return replace(q, state="failed")
+            return replace(q, state=QuestionState.FAILED)
         await self.store.update_question(
             q.event_id, sender=msg.sender, body=msg.body, created_ts=msg.ts
         )
@@ -871,84 +824,12 @@ class PeerBot:
         """The current specialties as plugins see them."""
         return [SpecialtyInfo(r.name, r.room, r.keywords) for r in self.rules.rules]
 
-    async def _run_guards(self, q: QuestionRow) -> bool:
-        """Run the guards; post their notices; False when the question is held."""
-        if not self.plugins.guards:
-            return True
-        verdicts = await self.plugins.check(self.as_question(q))
-        revision = q.revision or q.event_id
-        for plugin, verdict in verdicts:
-            if verdict.notice:
-                effect = await self.store.add_effect(
-                    tx_id=tx_id(f"notice-{plugin.name}", q.event_id),
-                    kind="notice",
-                    room_id=q.room_id,
-                    content={
-                        "msgtype": "m.notice",
-                        "body": verdict.notice,
-                        "m.mentions": {},
-                        "m.relates_to": thread_content(q.event_id, q.trigger_event_id),
-                    },
-                    question_id=q.event_id,
-                )
-                await self.deliver(effect)
-        blocking = [(p, v) for p, v in verdicts if v.action is not GuardAction.PASS]
-        if not blocking:
-            return True
-        findings = [f for _, v in blocking for f in v.findings]
-        confirmable = all(v.action is GuardAction.HOLD for _, v in blocking)
-        rendered = self.texts.guard_held(findings, confirmable)
-        content = rendered.content()
-        content["m.relates_to"] = thread_content(q.event_id, q.revision or q.trigger_event_id)
-        await self.store.update_question(
-            q.event_id,
-            state="held",
-            decision={"held": [f.kind for f in findings], "confirmable": confirmable},
-        )
-        effect = await self.store.add_effect(
-            tx_id=tx_id("guard", revision),
-            kind="guard",
-            room_id=q.room_id,
-            content=content,
-            question_id=q.event_id,
-        )
-        await self.deliver(effect)
-        log.info("Question %s held by %s", q.event_id, ", ".join(p.name for p, _ in blocking))
-        return False
-
     async def route(self, text: str, question: Question | None = None) -> routing.Decision:
         """The routing decision for a text: keywords and router plugins."""
         proposals = []
         if question is not None and self.plugins.routers:
             proposals = await self.plugins.propose(question, self.specialty_infos())
         return routing.decide(text, self.rules, self.rooms.fallback, proposals)
-
-    async def _decide(self, q: QuestionRow) -> QuestionRow:
-        assert q.body is not None and q.sender is not None
-        decision = await self.route(q.body, self.as_question(q))
-        name = self.mx.display_name(q.room_id, q.sender) or await self._profile(q.sender)
-        record = {
-            "score": round(decision.score, 4),
-            "words": [[h.keyword, h.found, h.exact] for h in decision.hits],
-            "reasons": list(decision.reasons),
-        }
-        await self.store.update_question(
-            q.event_id,
-            specialty=decision.specialty,
-            target_room=decision.room,
-            decision=record,
-            sender_name=name,
-        )
-        log.info(
-            "Question %s -> %s (%s)", q.event_id, decision.room, decision.specialty or "fallback"
-        )
-        return replace(
-            q,
-            specialty=decision.specialty,
-            target_room=decision.room,
-            decision=record,
-            sender_name=name,
-        )
 
     async def _profile(self, user_id: str) -> str:
         try:
@@ -966,29 +847,13 @@ class PeerBot:
         return list(dict.fromkeys(s for s in servers if s))
 
     def forward_content(self, q: QuestionRow, specialty: str | None) -> dict[str, Any]:
-        """The forwarded message for a question."""
-        assert q.body is not None and q.sender is not None
-        source_url = permalink(q.room_id, q.event_id, self.via(q.room_id, q.sender))
-        rendered = self.texts.forward(
-            question=q.body,
-            sender_name=q.sender_name or q.sender,
-            sender_id=q.sender,
-            source_room=self.room_label(q.room_id),
-            source_url=source_url,
-            specialty=specialty,
+        """The forwarded message for a question (as if routed to ``specialty``)."""
+        assert q.sender is not None and q.body is not None
+        moved = replace(q, specialty=specialty)
+        out = forward_outgoing(
+            moved, question=q.body, sender_id=q.sender, labels=self._labels(q), texts=self.texts
         )
-        return rendered.content()
-
-    async def _forward_effect(self, q: QuestionRow) -> Effect:
-        assert q.target_room is not None
-        return await self.store.add_effect(
-            tx_id=tx_id("fwd", q.event_id),
-            kind="forward",
-            room_id=q.target_room,
-            content=self.forward_content(q, q.specialty),
-            question_id=q.event_id,
-            question_state="forwarding",
-        )
+        return dict(out.content)
 
     def rooms_shown_in(self, room_id: str) -> set[str]:
         """The indexed rooms whose threads may be shown in this room (core.visibility's rule)."""
@@ -1024,96 +889,33 @@ class PeerBot:
             )
         return lines
 
-    async def _ack_effect(self, q: QuestionRow, forward_event: str) -> Effect:
-        assert q.target_room is not None and q.body is not None
-        existing = await self.store.effect(tx_id("ack", q.event_id))
-        if existing is not None:
-            return existing
-        decision = q.decision or {}
-        words = [(str(w[0]), str(w[1]), bool(w[2])) for w in decision.get("words", [])]
-        target = RoomID(q.target_room)
-        # Everyone who can read the asker's room, now or later, reads this list.
-        related = await self.related_lines(q.body, q.room_id, exclude=(q.event_id,))
-        rendered = self.texts.acknowledgement(
-            target_room=self.room_label(target),
-            specialty=q.specialty,
-            forward_url=permalink(target, forward_event, self.via(target)),
-            words=words,
-            reasons=[str(r) for r in decision.get("reasons", [])],
-            related=related,
-        )
-        content = rendered.content()
-        content["m.relates_to"] = thread_content(q.event_id, q.trigger_event_id)
-        effect = await self.store.add_effect(
-            tx_id=tx_id("ack", q.event_id),
-            kind="ack",
-            room_id=q.room_id,
-            content=content,
-            question_id=q.event_id,
-        )
-        # Indexed once acknowledged: the question itself is never its own related thread.
-        self.index.add(q.event_id, q.body, room_id=q.room_id, solved=q.solved)
-        return effect
-
     async def reply(
         self, room_id: str, to: intake.Message, rendered: Any, kind: str = "reply"
     ) -> None:
         """Queue a notice in the thread of the message ``to`` (a command's answer)."""
         content = rendered.content()
         root = to.thread_root or to.event_id
-        content["m.relates_to"] = thread_content(root, to.event_id)
+        content["m.relates_to"] = thread_relation(root, to.event_id)
         await self.store.add_effect(
             tx_id=tx_id(kind, to.event_id), kind=kind, room_id=room_id, content=content
         )
-        self._wake.set()
+        self.outbox.wake()
 
     async def deliver(self, effect: Effect) -> str | None:
-        """Send an effect until it is sent or cannot ever be; None when it failed for good."""
-        if effect.state == "done":
-            return effect.event_id
-        if effect.state == "failed":
-            return None
-        backoff = Backoff()
-        while True:
-            try:
-                if effect.kind == "redact":
-                    event_id = await self.mx.redact(
-                        effect.room_id,
-                        str(effect.content.get("redacts")),
-                        "redacted by its author",
-                        effect.tx_id,
-                    )
-                else:
-                    event_id = await self.mx.send(
-                        effect.room_id, effect.content, effect.tx_id, effect.event_type
-                    )
-            except Transient as exc:
-                await self.store.effect_attempt(effect.tx_id, str(exc))
-                if self._stopping.is_set():
-                    raise _Stopping() from exc
-                delay = backoff.next_delay()
-                log.warning("Sending %s failed (%s); retrying in %.1f s", effect.kind, exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                continue
-            except MatrixError as exc:
-                log.error("Sending %s to %s failed for good: %s", effect.kind, effect.room_id, exc)
-                await self.store.effect_failed(effect.tx_id, str(exc))
-                return None
-            await self.store.effect_done(effect.tx_id, event_id)
-            return event_id
+        """Send one effect now (tools and tests); the outbox does this for everything else."""
+        return await self.outbox.deliver(effect)
 
     # -- for tests and tools ----------------------------------------------------------------
 
     async def wait_idle(self, seconds: float = 10.0) -> None:
-        """Wait until the worker has nothing left to do."""
+        """Wait until the worker and the outbox have nothing left to do."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if (
                 self.idle.is_set()
                 and not self._wake.is_set()
-                and not self._ack_tasks
                 and not self._in_lane
+                and not self.outbox.busy
             ):
                 return
             await asyncio.sleep(0.02)
@@ -1122,7 +924,13 @@ class PeerBot:
     def wake(self) -> None:
         """Ask the worker to look for work now."""
         self._wake.set()
+        self.outbox.wake()
 
 
-class _Stopping(Exception):
-    """The bot is stopping in the middle of a retry."""
+_FAULT = os.environ.get("PEERBOT_TEST_FAULT", "")
+"""Fault tests only: ``exit-after-held`` makes the process die right after a hold is applied."""
+
+
+def _fault_point(where: str) -> None:
+    if f"exit-after-{where}" == _FAULT:
+        os._exit(137)

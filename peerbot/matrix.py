@@ -15,12 +15,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NewType, NoReturn
+from typing import Any, NoReturn
 
 import nio
 from nio.api import MessageDirection
 
 from .config import EncryptionConfig, MatrixConfig
+from .ids import EventID, RoomID, UserID
 from .visibility import RoomPrivacy
 
 __all__ = [
@@ -38,13 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-RoomID = NewType("RoomID", str)
-"""A room ID such as ``!abc:example.org``."""
-EventID = NewType("EventID", str)
-"""An event ID such as ``$abc``."""
-UserID = NewType("UserID", str)
-"""A user ID such as ``@alice:example.org``."""
 
 SYNC_TIMEOUT_MS = 30_000
 TIMELINE_LIMIT = 50

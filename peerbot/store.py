@@ -12,14 +12,33 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Self
 
 import aiosqlite
 
-__all__ = ["Effect", "QuestionRow", "Store", "StoreError", "UndecryptableRow"]
+from .lifecycle import Step
+from .records import (
+    Effect,
+    IntakeOverride,
+    QuestionRow,
+    QuestionState,
+    RouteOverride,
+    RouteRecord,
+    UndecryptableRow,
+)
+
+__all__ = [
+    "Effect",
+    "IntakeOverride",
+    "QuestionRow",
+    "QuestionState",
+    "RouteOverride",
+    "Store",
+    "StoreError",
+    "UndecryptableRow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,68 +61,6 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-@dataclass(frozen=True)
-class QuestionRow:
-    """A question as stored."""
-
-    seq: int
-    event_id: str
-    room_id: str
-    sender: str | None
-    sender_name: str | None
-    body: str | None
-    created_ts: int
-    trigger_event_id: str
-    state: str
-    specialty: str | None
-    target_room: str | None
-    decision: dict[str, Any] | None
-    forward_event_id: str | None
-    ack_event_id: str | None
-    replies: int = 0
-    solved: bool = False
-    solved_by: str | None = None
-    revision: str | None = None
-    guard_override: bool = False
-    corrected: bool = False
-
-
-@dataclass(frozen=True)
-class Effect:
-    """A message the bot must send (pending) or has sent (done)."""
-
-    seq: int
-    tx_id: str
-    question_id: str | None
-    kind: str
-    room_id: str
-    content: dict[str, Any]
-    state: str
-    event_id: str | None
-    attempts: int
-    event_type: str = "m.room.message"
-
-
-@dataclass(frozen=True)
-class RouteOverride:
-    """A specialty added, changed or removed in chat."""
-
-    name: str
-    room: str
-    keywords: tuple[str, ...]
-    removed: bool
-
-
-@dataclass(frozen=True)
-class IntakeOverride:
-    """Intake switched on or off in chat for a room."""
-
-    room_id: str
-    enabled: bool
-    trigger: str
-    hashtags: tuple[str, ...]
-
-
 _Q_COLS = (
     "seq, event_id, room_id, sender, sender_name, body, created_ts, trigger_event_id, state, "
     "specialty, target_room, decision, forward_event_id, ack_event_id, replies, solved, solved_by, "
@@ -123,10 +80,10 @@ def _question(row: sqlite3.Row | tuple[Any, ...]) -> QuestionRow:
         body=r[5],
         created_ts=r[6],
         trigger_event_id=r[7],
-        state=r[8],
+        state=QuestionState(r[8]),
         specialty=r[9],
         target_room=r[10],
-        decision=json.loads(r[11]) if r[11] else None,
+        decision=RouteRecord.from_json(json.loads(r[11]) if r[11] else None),
         forward_event_id=r[12],
         ack_event_id=r[13],
         replies=r[14],
@@ -152,19 +109,6 @@ def _effect(row: sqlite3.Row | tuple[Any, ...]) -> Effect:
         attempts=r[8],
         event_type=r[9],
     )
-
-
-@dataclass(frozen=True)
-class UndecryptableRow:
-    """An encrypted event the bot could not read yet."""
-
-    event_id: str
-    room_id: str
-    sender: str
-    session_id: str
-    sender_key: str
-    first_seen: int
-    attempts: int
 
 
 class Store:
@@ -469,6 +413,39 @@ class Store:
         effect = await self.effect(tx_id)
         assert effect is not None
         return effect
+
+    async def apply(self, question_id: str, step: Step) -> None:
+        """A lifecycle step in one transaction: the question's new columns and its effects.
+
+        Effects are recorded once (idempotent on tx_id), so applying a step again after a crash
+        records nothing twice; the outbox sends them.
+        """
+        now = _now_ms()
+        columns = step.columns()
+        if "decision" in columns:
+            columns["decision"] = json.dumps(columns["decision"], ensure_ascii=False)
+        columns["updated_at"] = now
+        sets = ", ".join(f"{k} = ?" for k in columns)
+        async with self._transaction():
+            await self._db.execute(
+                f"UPDATE questions SET {sets} WHERE event_id = ?", (*columns.values(), question_id)
+            )
+            for e in step.effects:
+                await self._db.execute(
+                    "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
+                    "state, created_at, updated_at, event_type) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    (
+                        e.tx_id,
+                        question_id,
+                        e.kind,
+                        e.room_id,
+                        json.dumps(dict(e.content), ensure_ascii=False),
+                        now,
+                        now,
+                        e.event_type,
+                    ),
+                )
 
     async def effect(self, tx_id: str) -> Effect | None:
         """An effect by its transaction ID."""
