@@ -226,7 +226,8 @@ _DATE = (
     r"|\d{4}-\d{2}-\d{2}\b"
     rf"|(?:1er|\d{{1,2}})\s+(?:{_FR_MONTHS})\b\.?(?:\s+\d{{4}})?"
     rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:{_EN_MONTHS})\b\.?,?(?:\s+\d{{4}})?"
-    rf"|(?:{_EN_MONTHS})\b\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}})"
+    rf"|(?:{_EN_MONTHS})\b\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"
+    rf"|\d{{1,2}}[\-/](?:{_EN_MONTHS}|{_FR_MONTHS})[\-/](?:\d{{4}}|\d{{2}})\b)"
 )
 _DATE_WITH_YEAR = (
     r"(?:(?P<d>\d{1,2})[/.\-](?P<m>\d{1,2})[/.\-](?P<y>\d{4}|\d{2})(?![\d/])"
@@ -262,7 +263,10 @@ _END = r"(?:(?![\w'’])|(?=['’]s\b))"
 _NAME_WORD = rf"(?:{_CAP_WORD}|{_CAPS_WORD}){_END}"
 # Capitalised particles start a surname ("Mme Le Goff", "M. De La Fontaine"); lower-case "le",
 # "la" after a title are articles ("M. le médecin") and never match here.
-_PARTICLES = r"(?:(?:Le|La|De|Du|Des|Van|Von|Di|Da|Del|Della|Mac|Ben)[ \u00a0]|[DL]['’])*"
+_PARTICLES = (
+    r"(?:(?:Le|La|De|Du|Des|Di|Da|Del|Della|Mac|Ben|(?:[Vv]an|[Vv]on)(?:[ \u00a0]de[rn]?)?)"
+    rf"[ \u00a0]|[DLdl]['’](?=[{_UP}]))*"
+)
 # Titles after which a name may be typed in lower case ("mme. durand", "monsieur garnier").
 # Not "ms" (multiple sclerosis), "miss" (a dose), "pt" (English notes: "pt refuses meds").
 _HONORIFIC = (
@@ -328,7 +332,15 @@ _NOT_LOWER_NAMES: frozenset[str] = _NOT_NAMES | frozenset(
     appelle appele sonne marche bouge parle repond comprend reconnait tousse vomit saigne
     arrache fugue fugué erre deambule decede meurt dit-elle dit-il va-t-il a-t-il est-il
     avait-il ira sera serait aurait pourrait voudrait devrait faudrait
-    ans an mois jours semaines heures kg cm fois
+    ans an mois jours semaines heures kg cm fois dont ou lequel laquelle lesquels
+    continue commence arrete essaie tente accepte prend porte garde perd ressent regarde ecoute
+    attend cherche appelle necessite requiert beneficie passe retourne part quitte
+    revient tient sait connait oublie confond entend voit sent pense croit raconte explique
+    hurle frappe mord griffe rit sourit gemit respire crache transpire tremble glisse leve
+    couche habille lave fume depend habite travaille conduit met rend devient redevient
+    recommence aimerait souhaiterait voudrait pourrait semblait paraissait presentait avait
+    etait allait faisait disait mangeait dormait buvait marchait parlait voulait pouvait
+    devait refusait acceptait souffrait toussait vomissait saignait tombait chutait
     je tu nous vous ils elles moi toi eux soi celui celle ceux celles ci cela ceci ca
     i you we me him her us them my your his its our their mine yours
     x1 x2 agee age agé ages confus confuse desoriente desorientee algique algique dement
@@ -347,7 +359,17 @@ _NOT_LOWER_NAMES: frozenset[str] = _NOT_NAMES | frozenset(
     """.split()
 )
 # Endings of French adjectives, participles, verbs and adverbs that surnames rarely have.
-_ADJECTIVE_END_RE = re.compile(r"(?:ée?s?|ante?s?|iques?|eux|euses?|ives?|ment|aient|ait)$")
+_ADJECTIVE_END_RE = re.compile(r"(?:ée|ées|és|ante?s?|iques?|eux|euses?|ives?|ment|aient|ait)$")
+# A masculine participle ("monsieur opéré hier") ends in -é; after a feminine title it would
+# end in -ée, so there an -é is read as a name ("mme traoré").
+_MASCULINE_TITLES = frozenset({"monsieur", "m.", "mr", "mr.", "patient"})
+# Lower-case words right after the candidate that show it was a verb: its object follows
+# ("madame garde la chambre", "monsieur porte une sonde"). Not "ce" ("mme x ce matin") nor
+# "de" ("monsieur x de la chambre 4").
+_OBJECT_AFTER_RE = re.compile(
+    r"[ \u00a0]+(?:le|la|les|l['’]|un|une|des|du|son|sa|ses|leur|leurs|mes|nos|vos|pas|plus"
+    r"|beaucoup|bien|mal|tr[eè]s|trop|peu|toujours|encore|souvent|tout|toute|tous|toutes)\b"
+)
 # "M." is also a genus ("M. tuberculosis", "M. avium"): Latin endings are not surnames there.
 _LATIN_END_RE = re.compile(r"(?:us|um|ae|ii|is|ans|ens)$")
 # Medical acronyms that follow "patient" in capitals ("patient BPCO").
@@ -381,12 +403,15 @@ class _TitleCase:
         return total >= 3 and capitalised / total >= 0.6
 
 
-def _is_lower_name(word: str, title: str, text: str, title_start: int) -> bool:
+def _is_lower_name(word: str, title: str, text: str, title_start: int, end: int) -> bool:
     """Whether a lower-case word after a title reads as a surname, not as the sentence going on."""
     key = deaccent(word).replace("’", "'")
-    if len(key) < 3 or key in _NOT_LOWER_NAMES or key.split("'")[0] in _NOT_LOWER_NAMES:
+    first = re.split(r"['\-]", key)[0]
+    if len(key) < 3 or key in _NOT_LOWER_NAMES or first in _NOT_LOWER_NAMES:
         return False
-    if _ADJECTIVE_END_RE.search(word):
+    if _ADJECTIVE_END_RE.search(word) or _OBJECT_AFTER_RE.match(text, end):
+        return False
+    if word.endswith("é") and title in _MASCULINE_TITLES:
         return False
     if title == "m." and _LATIN_END_RE.search(key):
         return False
@@ -406,7 +431,8 @@ def _find_name(text: str) -> Iterator[Detection]:
         pos = m.end("title")
         title = deaccent(m.group("title"))
         if m.group("low") is not None:
-            if m.group("particles") or not _is_lower_name(m.group("low"), title, text, m.start()):
+            low = m.group("low")
+            if m.group("particles") or not _is_lower_name(low, title, text, m.start(), m.end()):
                 continue
             # A lower-case title may only be followed by a lower-case name if it is a real
             # honorific or "patient" (not "pt", "ms", "miss").
@@ -507,12 +533,13 @@ def _find_address(text: str) -> Iterator[Detection]:
 # A cue naming a record, then an identifier with enough digits. "IPP" is also the drug class
 # (inhibiteur de la pompe à protons, "IPP 40 mg"): a dose has few digits and a unit after it.
 _RECORD_CUE = (
-    r"(?:\b(?i:ipp|nda|nip|mrn)\b"
+    r"(?:\b(?i:ipp|nda|nip|mrn)\b(?:\s+(?i:du|de la|of the)\s+(?i:patiente?))?"
     r"|\b(?i:n[°o]|num(?:[ée]ro)?\.?|no\.?)\s*(?i:de\s+|d['’]\s*)?"
     r"(?i:dossier|s[ée]jour|patient|admission|venue|hospitalisation|entr[ée]e)\b"
-    r"|\b(?i:dossier)\s*(?i:n[°o]\.?|num(?:[ée]ro)?\.?|#)"
+    r"|\b(?i:dossier)(?:\s+(?i:patient|m[ée]dical))?\s*(?i:n[°o]\.?|num(?:[ée]ro)?\.?|#)"
     r"|\b(?i:dossier)(?=\s+[A-Za-z]?\d)"
-    r"|\b(?i:(?:medical\s+)?record|hospital|chart|patient|case)\s*(?i:number|no\b\.?|#|id\b)"
+    r"|\b(?i:(?:medical\s+)?record|hosp(?:ital)?\.?|chart|patient|case)\s*"
+    r"(?i:number|no\b\.?|#|id\b)"
     r"|\b(?i:medical\s+record)\b|\b(?i:chart)(?=\s*#))"
 )
 _RECORD_RE = re.compile(
