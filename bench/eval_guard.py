@@ -55,6 +55,27 @@ BEFORE_REV = "918e8ab"
 PROMISED = ("nir", "ins", "phone", "email", "birthdate", "name")
 NEW = tuple(k for k in guard.KINDS if k not in PROMISED)
 
+# Shapes the guard has to judge, so that a low false-hold rate means something.
+TRIGGERS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "title + word",
+        re.compile(
+            r"\b(?:(?i:mme|mlle|madame|monsieur|mrs?|ms|miss|pte?|patiente?)\.?|M\.)\s*[^\W\d]"
+        ),
+    ),
+    ("run of 9+ digits", re.compile(r"(?:\d[ .\-]?){8,}\d")),
+    ("+ or 00 and digits", re.compile(r"(?:\+|\b00)\s?\d")),
+    ("birth cue", re.compile(r"\b(?i:n[ée]e?s?|born|DOB|DDN|DN|date de naissance)\b")),
+    (
+        "number + street word",
+        re.compile(
+            r"\b\d+,?\s+(?i:rue|av|avenue|bd|boulevard|place|all[ée]e|chemin|route|quai|cours|voie|impasse)\b"
+        ),
+    ),
+    ("5-digit number + capital", re.compile(r"\b\d{5}\s+[A-Z]")),
+    ("record cue", re.compile(r"\b(?i:ipp|nda|mrn|dossier|record|chart)\b")),
+    ("@", re.compile(r"@")),
+)
 Detector = Callable[[str], set[str]]
 Row = tuple[str, set[str]]
 
@@ -235,6 +256,10 @@ def section_shared(texts: list[tuple[str, str]], before: Detector | None, sample
             f"{held_halves[h]}/{halves[h]} ({100 * held_halves[h] / halves[h]:.2f} %)"
         )
     print("  per kind: " + ", ".join(f"{k} {per_kind[k]}" for k in guard.KINDS))
+    print(
+        "  texts with a shape the guard had to judge: "
+        + ", ".join(f"{name} {sum(1 for _, t in texts if rx.search(t))}" for name, rx in TRIGGERS)
+    )
     for source, total in sorted(sources.items()):
         print(f"  {source:<50} {per_source[source]:>4}/{total:<5}")
     for label, values in (("CPU", cpu), ("wall", durations)):

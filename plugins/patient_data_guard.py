@@ -11,21 +11,34 @@ Copy this file to write your own guard. In ``bot.yaml``::
           action: hold
           # Which kinds to look for (default: all of them):
           #   nir        French social security number, 13 digits + 2-digit key checked mod 97
-          #              (Corsica 2A/2B included). A wrong or missing key is flagged only right
-          #              after a cue such as "NIR", "sécu", "carte vitale".
+          #              (Corsica 2A/2B, overseas 97x/98x written "971 12" or "97 112"). A wrong
+          #              or missing key is flagged only right after a cue such as "NIR", "sécu",
+          #              "carte vitale".
           #   ins        "INS" / "INS-C" / "identifiant national de santé" followed by a long number
-          #   phone      French phone numbers: 0X XX XX XX XX, +33 X .., 0033 X .. (spaces, dots,
-          #              dashes or nothing between the pairs, the same separator throughout)
+          #   phone      French phone numbers: 0X XX XX XX XX, +33 X .., 0033 X .. (pairs with one
+          #              separator throughout, or groups of 2-4 digits: "06 123 456 78"); 08
+          #              numbers are services (0 800 ...) and are not flagged
+          #   foreign_phone  a number another country's numbering plan says is valid, after + or
+          #              00 ("+32 471 23 45 67", "00212 661 ..."), or North American in shape
+          #              ("(617) 432-1187"); checked with the phonenumbers library
           #   email      e-mail addresses
-          #   birthdate  a date (day and month at least) right after "né(e) le", "DDN",
-          #              "date de naissance", "born", "DOB", "date of birth"; a bare date
-          #              ("le 12/03/2024 ECG normal") or a year ("née en 1941") is not flagged
-          #   name       a capitalised proper name after Mme, M., Madame, Monsieur, Mlle,
-          #              Mademoiselle, Mr, Mrs, Ms, Miss, patient, patiente ("Mme Dupont",
-          #              "M. LEGRAND", "Mme Le Goff"; not "Mme X", "Mme D.", "Mme 82 ans",
-          #              "patient diabétique", "patient BPCO"). Names typed in lower case
-          #              ("mme dupont") are missed: capitals are the only cheap signal.
-          detect: [nir, ins, phone, email, birthdate, name]
+          #   birthdate  a date (day and month at least) right after "né(e) le", "née", "DDN",
+          #              "date de naissance", "born", "DOB", "date of birth"; after the short
+          #              "DN" a year must follow ("DN 24/12/37"; not the DN4 score "DN 4/10");
+          #              a bare date ("le 12/03/2024 ECG") or a year ("née en 1941") is not flagged
+          #   name       a proper name after Mme, Mme., M., Madame, Monsieur, Mlle, Mr, Mrs, Ms,
+          #              Miss, pte, Pt, patient(e) ("Mme Dupont", "M. LEGRAND", "Mme Le Goff",
+          #              "ma patiente Durand"), also typed in lower case after a French title or
+          #              Mr/Mrs ("mme. durand", "monsieur garnier", "ma patiente durand") unless
+          #              the word reads as the sentence going on ("madame refuse la toilette",
+          #              "mme âgée", "monsieur est tombé"); not "Mme X", "Mme 82 ans",
+          #              "patient BPCO", "patiente Alzheimer"
+          #   address    a French postal address: a number and a street ("14 rue des Lilas",
+          #              "3 bis av. Foch"), or a postcode and a town ("69003 Lyon")
+          #   record     a hospital record number after IPP, NDA, NIP, n° de dossier, n° de
+          #              séjour, MRN, medical record number... (5 digits at least; not the drug
+          #              class "IPP 40 mg")
+          detect: [nir, ins, phone, foreign_phone, email, birthdate, name, address, record]
 
 The detection is the pure function :func:`find_patient_data`; the plugin only words the findings.
 The bot's messages never quote what was found: a :class:`Finding` names the kind and says why it
@@ -33,7 +46,9 @@ matters, in the bot's language.
 
 Doctors' names (Dr, Pr) are not flagged on purpose: they are public professional identities (the
 RPPS directory), colleagues cite them all the time ("le protocole du Dr Martin"), and holding
-those questions would teach people to ignore the guard.
+those questions would teach people to ignore the guard. Names typed in lower case are judged
+from word lists and endings, so a surname that reads like an adverb or a participle
+("monsieur clément", "mme marie") passes.
 """
 
 from __future__ import annotations
@@ -158,9 +173,11 @@ _PHONE_RE = re.compile(
 _GROUPS_RE = re.compile(r"[ .\-\u00a0]")
 # Cheap gates before the numbering-plan library is asked: an international prefix (+, 00),
 # or a North American shape ((617) 432-1187, 617-432-1187) for English writers.
-_INTL_GATE_RE = re.compile(r"(?<![\w+])(?:\+|00[ \u00a0]?)[1-9]")
+_INTL_GATE_RE = re.compile(r"(?<![\w+])(?:\+|00[ \u00a0]?)[1-9](?:[ .\-\u00a0]?\(?\d\)?){6}")
 _NANP_GATE_RE = re.compile(r"(?<![\w(])(?:\(\d{3}\)[ \u00a0]?|\d{3}[ .\-])\d{3}[ .\-]\d{4}(?![\w])")
 _PHONE_WINDOW = 32
+# The library costs ~50 µs a call: a text full of "+" and digits gets this many at most.
+_MAX_LIBRARY_CALLS = 30
 _EMAIL_RE = re.compile(
     r"(?<![\w.+\-])[A-Za-z0-9][\w.+\-]*@[A-Za-z0-9](?:[\w\-]*[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[\w\-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}\b"
@@ -168,6 +185,10 @@ _EMAIL_RE = re.compile(
 
 
 def _find_phone(text: str) -> Iterator[Detection]:
+    # French numbers in international form that the pattern misses ("+336 12 34 56 78").
+    for start, end, country in _library_numbers(text):
+        if country == 33:
+            yield Detection("phone", start, end)
     for m in _PHONE_RE.finditer(text):
         odd = m.group("odd")
         if odd is not None and (
@@ -177,24 +198,30 @@ def _find_phone(text: str) -> Iterator[Detection]:
         yield Detection("phone", m.start(), m.end())
 
 
-def _find_foreign_phone(text: str) -> Iterator[Detection]:
+def _library_numbers(text: str) -> Iterator[tuple[int, int, int]]:
+    """(start, end, country code) of each valid number the library finds at a gate."""
     # The library knows every country's numbering plan (lengths, valid prefixes), which no
-    # hand-written pattern keeps up with; it is only asked when a gate matched, to stay fast.
-    # A window from each gate on: digits just before it (a NIR, a date) do not spoil the match.
+    # hand-written pattern keeps up with; it is only asked where a gate matched, to stay fast.
+    # It reads a window from each gate on, so digits just before (a NIR, a date) do not spoil
+    # the match.
     gates = [(m.start(), "FR") for m in _INTL_GATE_RE.finditer(text)]
     gates += [(m.start(), "US") for m in _NANP_GATE_RE.finditer(text)]
     end = -1
-    for start, region in sorted(gates):
+    for start, region in sorted(gates)[:_MAX_LIBRARY_CALLS]:
         if start < end:
             continue
         window = text[start : start + _PHONE_WINDOW]
         for match in phonenumbers.PhoneNumberMatcher(window, region, Leniency.VALID):
-            if match.start > 0:
-                break
-            end = start + match.end
-            if match.number.country_code != 33:
-                yield Detection("foreign_phone", start, end)
+            if match.start == 0:
+                end = start + match.end
+                yield start, end, match.number.country_code
             break
+
+
+def _find_foreign_phone(text: str) -> Iterator[Detection]:
+    for start, end, country in _library_numbers(text):
+        if country != 33:
+            yield Detection("foreign_phone", start, end)
 
 
 def _find_email(text: str) -> Iterator[Detection]:
