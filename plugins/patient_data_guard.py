@@ -214,7 +214,7 @@ def _library_numbers(text: str) -> Iterator[tuple[int, int, int]]:
         for match in phonenumbers.PhoneNumberMatcher(window, region, Leniency.VALID):
             if match.start == 0:
                 end = start + match.end
-                yield start, end, match.number.country_code
+                yield start, end, match.number.country_code or 0
             break
 
 
