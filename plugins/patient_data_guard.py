@@ -359,6 +359,9 @@ _NOT_LOWER_NAMES: frozenset[str] = _NOT_NAMES | frozenset(
     appelle appele sonne marche bouge parle repond comprend reconnait tousse vomit saigne
     arrache fugue fugué erre deambule decede meurt dit-elle dit-il va-t-il a-t-il est-il
     avait-il ira sera serait aurait pourrait voudrait devrait faudrait
+    bonjour bonsoir merci svp stp salut pardon excusez desole desolee ok oki okay
+    hyper super assez vraiment plutot completement totalement parfois souvent rarement
+    stable instable pale febrile apyretique sdf vih hiv somnolent conscient present absent violent
     ans an mois jours semaines heures kg cm fois dont ou lequel laquelle lesquels
     continue commence arrete essaie tente accepte prend porte garde perd ressent regarde ecoute
     attend cherche appelle necessite requiert beneficie passe retourne part quitte
@@ -386,7 +389,9 @@ _NOT_LOWER_NAMES: frozenset[str] = _NOT_NAMES | frozenset(
     """.split()
 )
 # Endings of French adjectives, participles, verbs and adverbs that surnames rarely have.
-_ADJECTIVE_END_RE = re.compile(r"(?:ée|ées|és|ante?s?|iques?|eux|euses?|ives?|ment|aient|ait)$")
+_ADJECTIVE_END_RE = re.compile(
+    r"(?:ée|ées|és|ante?s?|entes?|iques?|eux|euses?|ives?|iles?|cardes?|ues?|ment|aient|ait)$"
+)
 # A masculine participle ("monsieur opéré hier") ends in -é; after a feminine title it would
 # end in -ée, so there an -é is read as a name ("mme traoré").
 _MASCULINE_TITLES = frozenset({"monsieur", "m.", "mr", "mr.", "patient"})
@@ -459,6 +464,10 @@ def _find_name(text: str) -> Iterator[Detection]:
         title = deaccent(m.group("title"))
         if m.group("low") is not None:
             low = m.group("low")
+            # "M.Lemoine" without a space, but not "m.room.message": a lower-case name is
+            # typed after a space.
+            if not text[m.end("title")].isspace():
+                continue
             if m.group("particles") or not _is_lower_name(low, title, text, m.start(), m.end()):
                 continue
             # A lower-case title may only be followed by a lower-case name if it is a real

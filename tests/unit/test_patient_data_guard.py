@@ -338,6 +338,8 @@ def test_pain_scores_and_other_dates_are_not_birth_dates(text: str) -> None:
         ("Mme. d'Almeida, 66 ans", "Mme. d'Almeida"),
         ("Mr. Van der Berg, 81", "Mr. Van der Berg"),
         ("ma pte mme rivière a 40 de fièvre", "mme rivière"),
+        ("mme laurent a chuté", "mme laurent"),
+        ("madame blanc refuse", "madame blanc"),
     ],
 )
 def test_names_in_care_workers_forms(text: str, name: str) -> None:
@@ -369,6 +371,11 @@ def test_names_in_care_workers_forms(text: str, name: str) -> None:
         "M. pneumoniae ou M. tuberculosis chez l'enfant ?",
         "Monsieur le Maire a fermé le cabinet",
         "Madame, Monsieur, bonjour à tous",
+        "madame bonjour, monsieur merci",
+        "pte fébrile, somnolente, hypotendue",
+        "pte tachycarde, consciente et orientée",
+        "monsieur somnolent depuis la morphine",
+        "an ``m.room.message`` event from m.room.member",
     ],
 )
 def test_titles_followed_by_the_sentence_are_not_names(text: str) -> None:
