@@ -300,6 +300,32 @@ def section_phonenumbers(sets: list[tuple[str, list[Row]]], texts: list[tuple[st
         print(f"  {label:<13} " + "; ".join(cells) + f"; shared texts hit {shared}")
 
 
+COLD_CALL = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+started = time.perf_counter()
+from plugins.patient_data_guard import find_patient_data
+imported = time.perf_counter()
+find_patient_data("sa fille au +44 7911 123456")
+first = time.perf_counter()
+find_patient_data("sa fille au +44 7911 123457")
+second = time.perf_counter()
+ms = [(imported - started) * 1000, (first - imported) * 1000, (second - first) * 1000]
+print(f"{ms[0]:.0f} {ms[1]:.1f} {ms[2]:.2f}")
+"""
+
+
+def section_cold_start() -> None:
+    """What a fresh process pays: importing the guard, the first foreign number, the next one."""
+    out = subprocess.run(
+        [sys.executable, "-c", COLD_CALL, str(ROOT)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    print(
+        f"  fresh process: import {out[0]} ms; first foreign number {out[1]} ms (the library "
+        f"loads that country's metadata once); the next one {out[2]} ms"
+    )
+
+
 def section_urgent(texts: list[tuple[str, str]], sample: int) -> None:
     """How often the urgent-wording plugin fires on the shared texts."""
     fired: list[tuple[str, str, str]] = []
@@ -348,6 +374,7 @@ def main() -> None:
     section_shared(texts, before, args.sample)
     print("\n-- foreign phone numbers: phonenumbers vs a hand-written pattern")
     section_phonenumbers(sets, texts)
+    section_cold_start()
     print("\n== 2. Urgent wording ==")
     section_urgent(texts, args.sample)
 
