@@ -302,6 +302,7 @@ _HONORIFIC = (
 )
 # Not "MR", "MS" (magnetic resonance, multiple sclerosis), nor lower-case "ms", "miss", "pt".
 _CAP_ONLY_TITLE = r"(?:\b(?:Ms|Miss|Pt)\b\.?)"
+_CAP_ONLY_TITLES = frozenset({"ms", "miss", "pt"})
 _PATIENT = r"\b[Pp](?:atiente?|ATIENTE?)\b"
 _NAME_RE = re.compile(
     rf"(?P<title>{_HONORIFIC}|{_CAP_ONLY_TITLE}|{_PATIENT})(?:[ \t\u00a0]+|(?<=\.))"
@@ -468,10 +469,10 @@ def _find_name(text: str) -> Iterator[Detection]:
             # typed after a space.
             if not text[m.end("title")].isspace():
                 continue
-            if m.group("particles") or not _is_lower_name(low, title, text, m.start(), m.end()):
+            if title.rstrip(".") in _CAP_ONLY_TITLES or m.group("particles"):
                 continue
-            # A lower-case title may only be followed by a lower-case name if it is a real
-            # honorific or "patient" (not "pt", "ms", "miss").
+            if not _is_lower_name(low, title, text, m.start(), m.end()):
+                continue
             yield Detection("name", m.start(), m.end())
             pos = m.end()
             continue
@@ -520,10 +521,6 @@ _POSTCODE_RE = re.compile(
     rf"(?P<town>(?:L[ea][ \u00a0]|Les[ \u00a0])?[{_UP}][{_LOW}]+(?:-[{_UP}{_LOW}][{_LOW}]*)*"
     rf"|[{_UP}]{{3,}}(?:-[{_UP}]+)*)\b)"
 )
-_POSTCODE_CUE_RE = re.compile(
-    r"(?:\b(?i:code postal|cp|adresse|domicile|habite|vit|demeurant|domicili[ée]e?)\b|,|\bà)"
-    r"[\s:]*$"
-)
 # Capitalised words that follow a five-digit count without being a town ("15000 Plaquettes").
 _NOT_TOWNS: frozenset[str] = frozenset(
     """
@@ -555,10 +552,6 @@ def _find_address(text: str) -> Iterator[Detection]:
     for m in _POSTCODE_RE.finditer(text):
         town = m.group("town")
         if deaccent(town.split()[-1].split("-")[0]) in _NOT_TOWNS:
-            continue
-        before = text[max(0, m.start() - 25) : m.start()]
-        # A bare "75012 Paris" is an address; a count of something capitalised is not.
-        if not _POSTCODE_CUE_RE.search(before) and not town[0].isupper():
             continue
         yield Detection("address", m.start(), m.end("town"))
 

@@ -366,6 +366,8 @@ def test_names_in_care_workers_forms(text: str, name: str) -> None:
         "pt refuses meds, what now?",
         "ms flare after stopping natalizumab",
         "did I miss a dose of my insulin?",
+        "Miss doses of insulin at night?",
+        "Pt states pain 8/10",
         "MR angiography or CT angiography?",
         "MS Contin 30 mg twice a day",
         "M. pneumoniae ou M. tuberculosis chez l'enfant ?",
