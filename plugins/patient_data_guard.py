@@ -171,6 +171,9 @@ _PHONE_RE = re.compile(
 # Another grouping of the eight digits after 0X is a phone number only if no group is a single
 # digit ("06 123 456 78", not "0 5 1 2 ...").
 _GROUPS_RE = re.compile(r"[ .\-\u00a0]")
+# ... nor when it is a piece of a longer run of digit groups (a NIR with a wrong key, a lot).
+_DIGIT_GROUP_BEFORE_RE = re.compile(r"\d[ .\-\u00a0]$")
+_DIGIT_GROUP_AFTER_RE = re.compile(r"[ .\-\u00a0]\d")
 # Cheap gates before the numbering-plan library is asked: an international prefix (+, 00),
 # or a North American shape ((617) 432-1187, 617-432-1187) for English writers.
 _INTL_GATE_RE = re.compile(r"(?<![\w+])(?:\+|00[ \u00a0]?)[1-9](?:[ .\-\u00a0]?\(?\d\)?){6}")
@@ -192,7 +195,10 @@ def _find_phone(text: str) -> Iterator[Detection]:
     for m in _PHONE_RE.finditer(text):
         odd = m.group("odd")
         if odd is not None and (
-            not _GROUPS_RE.match(odd) or any(len(g) < 2 for g in _GROUPS_RE.split(odd[1:]))
+            not _GROUPS_RE.match(odd)
+            or any(len(g) < 2 for g in _GROUPS_RE.split(odd[1:]))
+            or _DIGIT_GROUP_BEFORE_RE.search(text, 0, m.start())
+            or _DIGIT_GROUP_AFTER_RE.match(text, m.end())
         ):
             continue
         yield Detection("phone", m.start(), m.end())
@@ -301,8 +307,13 @@ _HONORIFIC = (
     r"|MADEMOISELLE|[Mm]rs|MRS|[Mm]r|[Pp]te|PTE)\b\.?|(?<![\w.])[Mm]\.)"
 )
 # Not "MR", "MS" (magnetic resonance, multiple sclerosis), nor lower-case "ms", "miss", "pt".
-_CAP_ONLY_TITLE = r"(?:\b(?:Ms|Miss|Pt)\b\.?)"
+_CAP_ONLY_TITLE = rf"(?:\b(?:Ms|Miss|Pt)\b\.?|(?<![\w.])M(?=[ \u00a0][{_UP}]))"
 _CAP_ONLY_TITLES = frozenset({"ms", "miss", "pt"})
+# A bare "M" is "Monsieur" ("M Dupuis"), except as the letter of a medical term ("pic M").
+_LETTER_M_BEFORE_RE = re.compile(
+    r"\b(?i:pic|prot[ée]ine|composante?|taille|vitamine|type|classe|antig[èe]ne|mode|onde|"
+    r"stade|groupe|phase|gamme|format|lettre)[ \u00a0]+$"
+)
 _PATIENT = r"\b[Pp](?:atiente?|ATIENTE?)\b"
 _NAME_RE = re.compile(
     rf"(?P<title>{_HONORIFIC}|{_CAP_ONLY_TITLE}|{_PATIENT})(?:[ \t\u00a0]+|(?<=\.))"
@@ -469,7 +480,8 @@ def _find_name(text: str) -> Iterator[Detection]:
             # typed after a space.
             if not text[m.end("title")].isspace():
                 continue
-            if title.rstrip(".") in _CAP_ONLY_TITLES or m.group("particles"):
+            cap_only = title.rstrip(".") in _CAP_ONLY_TITLES or m.group("title") == "M"
+            if cap_only or m.group("particles"):
                 continue
             if not _is_lower_name(low, title, text, m.start(), m.end()):
                 continue
@@ -479,6 +491,8 @@ def _find_name(text: str) -> Iterator[Detection]:
         first = m.group("name").split()[0]
         key = deaccent(first).replace("’", "'")
         if key in _NOT_NAMES:
+            continue
+        if m.group("title") == "M" and _LETTER_M_BEFORE_RE.search(text, 0, m.start()):
             continue
         is_caps = first.isupper()
         is_patient = title.startswith(("patient", "pt"))
@@ -508,7 +522,7 @@ _STREET_CAP = (
     r"cit[ée]|r[ée]sidence|r[ée]s|lotissement|lot|hameau|lieu-dit|esplanade|promenade|"
     r"sentier|mail|parvis|mont[ée]e|traverse|clos|rond-point"
 )
-_STREET_PARTICLES = r"(?:(?i:de la|de l['’]|du|des|de|d['’]|la|le|les|l['’]|aux|au)\s*)?"
+_STREET_PARTICLES = r"(?:(?i:de la|du|des|de|la|le|les|aux|au)\s+|(?i:de l['’]|d['’]|l['’])\s*)?"
 _ADDRESS_RE = re.compile(
     r"(?<![\w,.\-/])\d{1,4}(?:\s?(?i:bis|ter|quater)\b|[A-Da-d]\b)?,?\s+"
     rf"(?:(?i:(?P<any>{_STREET_ANY}))|(?i:(?P<cap>{_STREET_CAP})))\.?\s+"
@@ -540,8 +554,8 @@ _NOT_STREET_WORDS: frozenset[str] = frozenset(
 def _find_address(text: str) -> Iterator[Detection]:
     for m in _ADDRESS_RE.finditer(text):
         word = m.group("word")
-        needs_capital = m.group("cap") is not None
-        if needs_capital and not (word[0].isupper() or word[0].isdigit()):
+        # "rue du 8 Mai 1945", but not "2 cours de 3 heures".
+        if m.group("cap") is not None and not word[0].isupper():
             continue
         if not m.group("part") and deaccent(word) in _NOT_STREET_WORDS:
             continue
@@ -569,6 +583,7 @@ _RECORD_CUE = (
     r"|\b(?i:dossier)(?=\s+[A-Za-z]?\d)"
     r"|\b(?i:(?:medical\s+)?record|hosp(?:ital)?\.?|chart|patient|case)\s*"
     r"(?i:number|no\b\.?|#|id\b)"
+    r"|\b(?i:identifiant\s+(?:du\s+)?patient)\b"
     r"|\b(?i:medical\s+record)\b|\b(?i:chart)(?=\s*#))"
 )
 _RECORD_RE = re.compile(

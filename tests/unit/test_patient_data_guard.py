@@ -273,6 +273,7 @@ def test_french_phone_numbers_in_other_groupings(phone: str) -> None:
         "Drogues Info Service 08 00 23 13 13",
         "0 800 858 858 numéro vert des aidants",
         "comptes 0 5 1 2 3 4 5 6 7 8 au total",
+        "code 1 85 05 78 006 084 00 du colis",
         "appeler le 15, le 112, le 3114 ou le 115",
         "SOS Médecins 3624 ou le 116 117",
         "RPPS 10101234567, FINESS 750712184, SIRET 12345678900012",
@@ -340,6 +341,7 @@ def test_pain_scores_and_other_dates_are_not_birth_dates(text: str) -> None:
         ("ma pte mme rivière a 40 de fièvre", "mme rivière"),
         ("mme laurent a chuté", "mme laurent"),
         ("madame blanc refuse", "madame blanc"),
+        ("M Dupuis refuse la toilette", "M Dupuis"),
     ],
 )
 def test_names_in_care_workers_forms(text: str, name: str) -> None:
@@ -368,6 +370,7 @@ def test_names_in_care_workers_forms(text: str, name: str) -> None:
         "did I miss a dose of my insulin?",
         "Miss doses of insulin at night?",
         "Pt states pain 8/10",
+        "pic M Monoclonal à l'électrophorèse, protéine M Kappa",
         "MR angiography or CT angiography?",
         "MS Contin 30 mg twice a day",
         "M. pneumoniae ou M. tuberculosis chez l'enfant ?",
@@ -466,6 +469,8 @@ def test_invalid_numbers_and_figures_are_not_foreign_phones(text: str) -> None:
         ("1 place de la Mairie", "1 place de la Mairie"),
         ("code postal 97410 Saint-Pierre", "97410 Saint-Pierre"),
         ("patient qui vit à 76600 Le Havre", "76600 Le Havre"),
+        ("habite 5 square Lamartine", "5 square Lamartine"),
+        ("27 rue du 8 Mai 1945", "27 rue du 8"),
     ],
 )
 def test_postal_addresses(text: str, address: str) -> None:
@@ -481,6 +486,7 @@ def test_postal_addresses(text: str, address: str) -> None:
         "2 places restantes en HDJ",
         "1 avenue thérapeutique reste",
         "en cours de bilan, 3 jours",
+        "en 2 cours de 3 heures",
         "patient SDF vivant dans la rue",
         "15000 Plaquettes après chimio",
         "10000 UI Héparine, 5000 Unités de Lovenox",
@@ -504,6 +510,7 @@ def test_counts_and_care_words_are_not_addresses(text: str) -> None:
         ("MRN 4587123, labs missing", "MRN 4587123"),
         ("medical record number 88-451-220", "medical record number 88-451-220"),
         ("IPP du patient : 4501236", "IPP du patient : 4501236"),
+        ("identifiant patient 20231145", "identifiant patient 20231145"),
     ],
 )
 def test_hospital_record_numbers(text: str, record: str) -> None:
