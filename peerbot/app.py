@@ -328,7 +328,10 @@ class PeerBot:
                 for task in late:
                     task.cancel()
             if self._ack_tasks:
-                _, late = await asyncio.wait(set(self._ack_tasks), timeout=1.0)
+                # Acknowledgements in flight get what is left of the same 4 s (a slow homeserver
+                # can take longer than a second to answer a send).
+                left = max(0.1, finish_by - time.monotonic())
+                _, late = await asyncio.wait(set(self._ack_tasks), timeout=left)
                 for task in late:
                     task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -682,7 +685,9 @@ class PeerBot:
                 q = queue.get_nowait()
                 try:
                     forwarded = await self._send_forward(q)
-                    if forwarded is not None:
+                    # Stopping: start no new message (an ack cut off mid-send would be left
+                    # half-done); the question stays "forwarding" and is acknowledged on restart.
+                    if forwarded is not None and not self._stopping.is_set():
                         self._acking.add(q.event_id)
                         await self._ack_slots.acquire()
                         task = asyncio.create_task(self._ack_stage(*forwarded), name="peerbot-ack")
