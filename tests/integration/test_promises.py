@@ -615,6 +615,7 @@ async def _sigterm_in_flight(
     status, seconds = await bot.terminate()
     assert status == 0, bot.log_tail()
     assert seconds < 5.0, f"exit took {seconds:.2f} s"
+    print(f"SIGTERM with {flying} in flight: exit after {seconds:.2f} s")
 
     # The send in flight was finished: its answer reached the bot, which recorded it.
     conn = sqlite3.connect(f"file:{world.db}?mode=ro", uri=True)
