@@ -564,16 +564,19 @@ class PeerBot:
             self.index.remove(redacts)
             erased = await self.store.erase_question(redacts)
             log.info("Question %s redacted: removed from the index and the database", redacts)
-            if erased is not None and erased.forward_event_id and erased.target_room:
-                # The forward quotes the deleted text: take it down as well.
-                await self.store.add_effect(
-                    tx_id=tx_id("redact", redacts),
-                    kind="redact",
-                    room_id=erased.target_room,
-                    content={"redacts": erased.forward_event_id},
-                    event_type="m.room.redaction",
-                )
-                self._wake.set()
+            # Every copy quotes the deleted text (the forward, and each !route move of it): take
+            # each one down, in the room it was sent to.
+            copies = await self.store.effects_for(redacts) if erased is not None else []
+            for copy in copies:
+                if copy.kind in ("forward", "move") and copy.event_id:
+                    await self.store.add_effect(
+                        tx_id=tx_id("redact", copy.event_id),
+                        kind="redact",
+                        room_id=copy.room_id,
+                        content={"redacts": copy.event_id},
+                        event_type="m.room.redaction",
+                    )
+                    self._wake.set()
             return
         solved = await self.store.question_solved_by(redacts)
         if solved is not None:
@@ -654,7 +657,7 @@ class PeerBot:
         for effect in await self.store.pending_effects(limit=50):
             if self._stopping.is_set():
                 return did
-            if effect.question_id is None:
+            if effect.question_id is None or effect.kind == "move":
                 await self.deliver(effect)
                 did = True
         for q in await self.store.questions_in_state("new", "forwarding", limit=200):
