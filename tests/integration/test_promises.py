@@ -322,6 +322,43 @@ async def test_route_move_admin_only_and_once_when_redelivered(world: World) -> 
     assert len(bot_in_thread(thread, bot_id, qid, "réservée")) == 1
 
 
+async def test_redacting_a_moved_question_takes_down_every_copy(world: World) -> None:
+    """Deleting a question after ``!route move``: both forwarded copies come down, and its text
+    leaves the database (README: "deleting it removes it from the bot's index and database at
+    once, and the bot takes down its forwarded copy")."""
+    room = world.rooms["entraide"]
+    cardio, pedia = world.rooms["cardio"], world.rooms["pedia"]
+    bot_id = world.bot_user.user_id
+    marker = words("zr", 1)[0]
+    bot = await world.start_bot()
+    qid = await world.alice.send_text(room, f"#DocTocToc ECG avec arythmie {marker} ?")
+    await world.alice.wait_for_event(room, answer_to(bot_id, qid))
+    first = await world.admin.wait_for_event(cardio, lambda e: bool(linking([e], bot_id, qid)))
+    await say(world, world.admin, "!route move Pédiatrie", thread_root=qid)
+    moved = await world.admin.wait_for_event(pedia, lambda e: bool(linking([e], bot_id, qid)))
+
+    await world.alice.redact(room, qid)
+    for room_id, copy in ((cardio, first["event_id"]), (pedia, moved["event_id"])):
+        await world.admin.wait_for_event(
+            room_id,
+            lambda e, c=copy: (
+                e["type"] == "m.room.redaction"
+                and (e.get("redacts") or e["content"].get("redacts")) == c
+            ),
+            timeout=20,
+        )
+    await bot.wait_idle()
+    await world.stop_bots()
+    conn = sqlite3.connect(f"file:{world.db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT kind FROM effects WHERE content LIKE ?", (f"%{marker}%",)
+        ).fetchall()
+    finally:
+        conn.close()
+    assert rows == [], f"the deleted question's text is still in the database: {rows}"
+
+
 # --- editing a forwarded question -----------------------------------------------------------------
 
 
