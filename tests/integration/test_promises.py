@@ -464,8 +464,8 @@ async def test_import_history_pages_interrupted_and_resumed(world: World, tmp_pa
     assert second.status == 0, second.stderr
     m = summary.search(second.stdout)
     assert m is not None, second.stdout
-    pages, found, new, known = (int(g) for g in m.groups()[1:])
-    assert pages >= 2, second.stdout
+    n_events, pages, found, new, known = (int(g) for g in m.groups())
+    assert n_events > 100 and pages >= 2, second.stdout  # pages of 100: more than one was read
     assert (found, new, known) == (n, n - 20, 20), second.stdout
     third = await _import_again(world, room)
     assert (third.rooms[0].questions, third.new) == (n, 0), third.lines()
