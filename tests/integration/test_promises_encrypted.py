@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import pytest
 import test_encrypted_rooms as enc  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -119,6 +120,7 @@ def yaml_config(w: EncWorld) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 async def test_reset_identity_from_the_command_line(enc_world: EncWorld) -> None:
     w = enc_world
     bot_id = w.bot_user.user_id
