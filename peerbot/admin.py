@@ -422,9 +422,10 @@ class ChatCommands:
         )
         await bot.store.add_effect(
             tx_id=tx_id("move", msg.event_id),
-            kind="forward",
+            kind="move",
             room_id=rule.room,
             content=bot.forward_content(q, rule.name),
+            question_id=q.event_id,  # so that deleting the question takes this copy down too
         )
         await self.say(
             room_id,

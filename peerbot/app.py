@@ -548,16 +548,19 @@ class PeerBot:
             self.index.remove(redacts)
             erased = await self.store.erase_question(redacts)
             log.info("Question %s redacted: removed from the index and the database", redacts)
-            if erased is not None and erased.forward_event_id and erased.target_room:
-                # The forward quotes the deleted text: take it down as well.
-                await self.store.add_effect(
-                    tx_id=tx_id("redact", redacts),
-                    kind="redact",
-                    room_id=erased.target_room,
-                    content={"redacts": erased.forward_event_id},
-                    event_type="m.room.redaction",
-                )
-                self.outbox.wake()
+            # Every copy quotes the deleted text (the forward, and each !route move of it): take
+            # each one down, in the room it was sent to.
+            copies = await self.store.effects_for(redacts) if erased is not None else []
+            for copy in copies:
+                if copy.kind in ("forward", "move") and copy.event_id:
+                    await self.store.add_effect(
+                        tx_id=tx_id("redact", copy.event_id),
+                        kind="redact",
+                        room_id=copy.room_id,
+                        content={"redacts": copy.event_id},
+                        event_type="m.room.redaction",
+                    )
+                    self.outbox.wake()
             return
         solved = await self.store.question_solved_by(redacts)
         if solved is not None:
@@ -768,6 +771,11 @@ class PeerBot:
         if fwd_event is None:
             await self.store.apply(q.event_id, forward_failed(q, "forward failed", self.texts))
             self.outbox.wake()
+            return
+        if self._stopping.is_set():
+            # No new acknowledgement once stopping (it could be cut off mid-send): the question
+            # stays forwarding and is acknowledged after the restart.
+            await self.store.update_question(q.event_id, forward_event_id=fwd_event)
             return
         target = RoomID(q.target_room)
         # Everyone who can read the asker's room, now or later, reads this list.
