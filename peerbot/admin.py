@@ -4,19 +4,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
-from .commands import Command, split_keywords
-from .config import Trigger, is_room_ref
-from .ids import tx_id
+from .commands import COMMAND_NAMES, Command, split_keywords
+from .config import Config, Trigger, is_room_ref
+from .ids import RoomID, tx_id
 from .intake import Message
-from .matrix import MatrixError, RoomID
+from .lifecycle import thread_relation
+from .matrix import MatrixClient, MatrixError
+from .messages import Rendered, Texts
+from .outbox import Outbox
+from .pipeline import QuestionPipeline
 from .plugin_api import Question
+from .plugins import PluginSet
 from .records import QuestionRow, QuestionState
-
-if TYPE_CHECKING:
-    from .app import PeerBot
+from .related import RelatedIndex
+from .rooms import RoomDirectory
+from .store import Store
 
 __all__ = ["ChatCommands"]
 
@@ -28,26 +33,74 @@ ADMIN_COMMANDS = frozenset({"route", "intake", "plugins"})
 class ChatCommands:
     """Runs commands; every answer goes through the outbox into the command's thread."""
 
-    def __init__(self, bot: PeerBot) -> None:
-        self.bot = bot
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        client: MatrixClient,
+        rooms: RoomDirectory,
+        pipeline: QuestionPipeline,
+        plugins: PluginSet,
+        index: RelatedIndex,
+        outbox: Outbox,
+        texts: Texts,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.mx = client
+        self.rooms = rooms
+        self.pipeline = pipeline
+        self.plugins = plugins
+        self.index = index
+        self.outbox = outbox
+        self.t = texts
+        Handler = Callable[[str, Message, Command], Awaitable[None]]
+        # Every command, once: parse_command knows the names, this table their handlers.
+        self.handlers: dict[str, Handler] = {
+            "related": self.cmd_related,
+            "solved": self.cmd_solved,
+            "unsolved": self.cmd_unsolved,
+            "confirm": self.cmd_confirm,
+            "forward": self.cmd_forward,
+            "peerbot": self.cmd_peerbot,
+            "plugins": self.cmd_plugins,
+            "intake": self.cmd_intake,
+            "route": self.cmd_route,
+        }
+        self.route_handlers: dict[str, Callable[[str, Message, str], Awaitable[None]]] = {
+            "list": self.route_list,
+            "add": self.route_add,
+            "remove": self.route_remove,
+            "keywords": self.route_keywords,
+            "test": self.route_test,
+            "move": self.route_move,
+        }
+        missing = set(COMMAND_NAMES) - set(self.handlers)
+        assert not missing, f"commands without a handler: {sorted(missing)}"
 
-    @property
-    def t(self):  # type: ignore[no-untyped-def]
-        """The bot's sentences."""
-        return self.bot.texts
+    async def reply(
+        self, room_id: str, to: Message, rendered: Rendered, kind: str = "reply"
+    ) -> None:
+        """Record a notice in the thread of the message ``to``; the outbox sends it."""
+        content = rendered.content()
+        content["m.relates_to"] = thread_relation(to.thread_root or to.event_id, to.event_id)
+        await self.store.add_effect(
+            tx_id=tx_id(kind, to.event_id), kind=kind, room_id=room_id, content=content
+        )
+        self.outbox.wake()
 
     async def say(self, room_id: str, msg: Message, *lines: str) -> None:
         """Answer in the command's thread."""
-        await self.bot.reply(room_id, msg, self.t.lines(list(lines)))
+        await self.reply(room_id, msg, self.t.lines(list(lines)))
 
     async def handle(self, room_id: str, msg: Message, cmd: Command) -> None:
         """Run one command; an unexpected failure gets an apology, never a traceback."""
         try:
-            if cmd.name in ADMIN_COMMANDS and not await self.bot.is_admin(room_id, msg.sender):
-                level = self.bot.config.admin.power_level
+            if cmd.name in ADMIN_COMMANDS and not await self.rooms.is_admin(room_id, msg.sender):
+                level = self.config.admin.power_level
                 await self.say(room_id, msg, self.t.s("not_admin", level=level))
                 return
-            handler = getattr(self, f"cmd_{cmd.name}", None)
+            handler = self.handlers.get(cmd.name)
             if handler is None:
                 await self.say(room_id, msg, self.t.s("unknown_command"))
                 return
@@ -67,22 +120,21 @@ class ChatCommands:
         if not text:
             await self.say(room_id, msg, self.t.s("related_usage"))
             return
-        bot = self.bot
-        # The answer is posted here: the rule is about who can read this room, not the asker.
-        lines = await bot.related_lines(text, room_id)
+            # The answer is posted here: the rule is about who can read this room, not the asker.
+        lines = await self.pipeline.related_lines(text, room_id)
         if not lines:
             await self.say(room_id, msg, self.t.s("related_none"))
             return
         body, html = self.t.related_list(lines)
         from .messages import Rendered
 
-        await bot.reply(room_id, msg, Rendered(body, html))
+        await self.reply(room_id, msg, Rendered(body, html))
 
     async def _thread_question(self, room_id: str, msg: Message) -> QuestionRow | None:
         root = msg.thread_root or msg.reply_to
         if root is None:
             return None
-        q = await self.bot.store.question(root)
+        q = await self.store.question(root)
         return q if q is not None and q.room_id == room_id else None
 
     async def cmd_solved(self, room_id: str, msg: Message, cmd: Command) -> None:
@@ -98,13 +150,13 @@ class ChatCommands:
         if q is None:
             await self.say(room_id, msg, self.t.s("not_in_question_thread"))
             return
-        if not await self.bot.may_moderate(room_id, msg.sender, q):
+        if not await self.rooms.may_moderate(room_id, msg.sender, q.sender):
             await self.say(room_id, msg, self.t.s("solved_denied"))
             return
-        await self.bot.store.update_question(
+        await self.store.update_question(
             q.event_id, solved=solved, solved_by=msg.event_id if solved else None
         )
-        self.bot.index.set_solved(q.event_id, solved)
+        self.index.set_solved(q.event_id, solved)
         await self.say(room_id, msg, self.t.s("solved_done" if solved else "unsolved_done"))
 
     async def cmd_confirm(self, room_id: str, msg: Message, cmd: Command) -> None:
@@ -119,7 +171,7 @@ class ChatCommands:
         if not q.decision.confirmable:
             await self.say(room_id, msg, self.t.s("guard_confirm_edit_only"))
             return
-        await self.bot.store.update_question(
+        await self.store.update_question(
             q.event_id, state=QuestionState.NEW.value, guard_override=True
         )
         log.info("Question %s confirmed by its author despite a guard", q.event_id)
@@ -134,27 +186,26 @@ class ChatCommands:
             await self.say(room_id, msg, self.t.s("forward_denied"))
             return
         decision = replace(q.decision, forward_confirmed=True)
-        await self.bot.store.update_question(
+        await self.store.update_question(
             q.event_id, state=QuestionState.NEW.value, decision=decision.to_json()
         )
         log.info("Question %s: its author confirmed forwarding to an unencrypted room", q.event_id)
 
     async def cmd_peerbot(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!peerbot help``."""
-        bot = self.bot
         lines = [self.t.s("help_intro")]
-        rule = bot.rooms.intake.get(RoomID(room_id))
+        rule = self.rooms.intake.get(RoomID(room_id))
         if rule is not None:
             tags = f" ({', '.join(rule.hashtags)})" if rule.trigger is Trigger.HASHTAG else ""
             lines.append(self.t.s("help_intake", trigger=rule.trigger.value, tags=tags))
         else:
             lines.append(self.t.s("help_not_intake"))
         lines.append(self.t.s("help_everyone"))
-        if await bot.is_admin(room_id, msg.sender):
+        if await self.rooms.is_admin(room_id, msg.sender):
             lines.append(self.t.s("help_admin"))
             states = ", ".join(
-                f"{bot.room_label(r)} {'🔒' if bot.mx.is_encrypted(r) else '—'}"
-                for r in sorted(bot.rooms.configured)
+                f"{self.rooms.label(r)} {'🔒' if self.mx.is_encrypted(r) else '—'}"
+                for r in sorted(self.rooms.configured)
             )
             lines.append(self.t.s("help_encryption", rooms=states))
         await self.say(room_id, msg, *lines)
@@ -163,14 +214,13 @@ class ChatCommands:
 
     async def cmd_plugins(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!plugins``: loaded plugins, their rooms and error counts."""
-        bot = self.bot
-        if not bot.plugins.plugins:
+        if not self.plugins.plugins:
             await self.say(room_id, msg, self.t.s("plugins_none"))
             return
         lines = []
-        for p in bot.plugins.plugins:
+        for p in self.plugins.plugins:
             rooms = (
-                ", ".join(bot.room_label(r) for r in sorted(p.rooms))
+                ", ".join(self.rooms.label(r) for r in sorted(p.rooms))
                 if p.rooms is not None
                 else self.t.s("plugins_all_intake")
             )
@@ -189,11 +239,10 @@ class ChatCommands:
 
     async def cmd_intake(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!intake on|off [hashtag|question|all]`` for the current room."""
-        bot = self.bot
         if cmd.sub not in ("on", "off"):
             await self.say(room_id, msg, self.t.s("intake_usage"))
             return
-        current = bot.rooms.intake.get(RoomID(room_id))
+        current = self.rooms.intake.get(RoomID(room_id))
         trigger = current.trigger if current else Trigger.HASHTAG
         if cmd.words:
             try:
@@ -203,15 +252,15 @@ class ChatCommands:
                 return
         hashtags: tuple[str, ...] = current.hashtags if current else ()
         if not hashtags:
-            hashtags = next((i.hashtags for i in bot.config.intake if i.hashtags), ("#DocTocToc",))
-        await bot.store.set_intake_override(
+            hashtags = next((i.hashtags for i in self.config.intake if i.hashtags), ("#DocTocToc",))
+        await self.store.set_intake_override(
             room_id,
             enabled=cmd.sub == "on",
             trigger=trigger.value,
             hashtags=hashtags,
             by=msg.sender,
         )
-        await bot.reload_overrides()
+        await self.rooms.reload_overrides()
         if cmd.sub == "on":
             await self.say(room_id, msg, self.t.s("intake_on", trigger=trigger.value))
         else:
@@ -219,7 +268,7 @@ class ChatCommands:
 
     async def cmd_route(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!route list|add|remove|keywords|test|move``."""
-        handler = getattr(self, f"route_{cmd.sub}", None)
+        handler = self.route_handlers.get(cmd.sub)
         if handler is None:
             await self.say(room_id, msg, self.t.s("route_usage"))
             return
@@ -227,23 +276,22 @@ class ChatCommands:
 
     def _rule(self, name: str):  # type: ignore[no-untyped-def]
         key = name.strip().strip('"').casefold()
-        return next((r for r in self.bot.rules.rules if r.name.casefold() == key), None)
+        return next((r for r in self.rooms.rules.rules if r.name.casefold() == key), None)
 
     async def route_list(self, room_id: str, msg: Message, rest: str) -> None:
         """List the specialties."""
-        bot = self.bot
-        fallback = bot.room_label(bot.rooms.fallback)
-        if not bot.rules.rules:
+        fallback = self.rooms.label(self.rooms.fallback)
+        if not self.rooms.rules.rules:
             await self.say(room_id, msg, self.t.s("route_list_empty", room=fallback))
             return
         lines = [self.t.s("route_list_title")]
-        for r in bot.rules.rules:
+        for r in self.rooms.rules.rules:
             lines.append(
                 "- "
                 + self.t.s(
                     "route_list_item",
                     name=r.name,
-                    room=bot.room_label(r.room),
+                    room=self.rooms.label(r.room),
                     keywords=", ".join(r.keywords) or "—",
                 )
             )
@@ -260,24 +308,12 @@ class ChatCommands:
         return name.strip(), tail.strip()
 
     async def _resolve_room(self, ref: str) -> RoomID | None:
-        bot = self.bot
         if not is_room_ref(ref):
             return None
-        if ref.startswith("#"):
-            try:
-                room_id, servers = await bot.mx.resolve_alias(ref)
-            except MatrixError:
-                return None
-            bot.rooms.labels[room_id] = ref
-            bot.rooms.via[room_id] = servers
-        else:
-            room_id = RoomID(ref)
-        if room_id not in bot.mx.joined_rooms():
-            try:
-                await bot.mx.join(ref)
-            except MatrixError as exc:
-                log.warning("Cannot join %s for a new route: %s", ref, exc)
-        return room_id
+        try:
+            return await self.rooms.resolve(ref, why="a new route")
+        except MatrixError:
+            return None
 
     async def route_add(self, room_id: str, msg: Message, rest: str) -> None:
         """Add (or replace) a specialty."""
@@ -292,18 +328,14 @@ class ChatCommands:
             return
         keywords = split_keywords(words)
         existed = self._rule(name) is not None
-        await self.bot.store.set_route_override(
-            name, target, keywords, removed=False, by=msg.sender
-        )
-        await self.bot.reload_overrides()
-        self.bot.rooms.configured.add(target)
+        await self.store.set_route_override(name, target, keywords, removed=False, by=msg.sender)
+        await self.rooms.reload_overrides()
+        self.rooms.configured.add(target)
         key = "route_updated" if existed else "route_added"
         await self.say(
             room_id,
             msg,
-            self.t.s(
-                key, name=name, room=self.bot.room_label(target), keywords=", ".join(keywords)
-            ),
+            self.t.s(key, name=name, room=self.rooms.label(target), keywords=", ".join(keywords)),
         )
 
     async def route_remove(self, room_id: str, msg: Message, rest: str) -> None:
@@ -313,10 +345,10 @@ class ChatCommands:
         if rule is None:
             await self.say(room_id, msg, self.t.s("route_unknown", name=name))
             return
-        await self.bot.store.set_route_override(
+        await self.store.set_route_override(
             rule.name, rule.room, rule.keywords, removed=True, by=msg.sender
         )
-        await self.bot.reload_overrides()
+        await self.rooms.reload_overrides()
         await self.say(room_id, msg, self.t.s("route_removed", name=rule.name))
 
     async def route_keywords(self, room_id: str, msg: Message, rest: str) -> None:
@@ -338,38 +370,37 @@ class ChatCommands:
             ]
         else:
             keywords = [k for k in rule.keywords if k.casefold() not in folded]
-        await self.bot.store.set_route_override(
+        await self.store.set_route_override(
             rule.name, rule.room, keywords, removed=False, by=msg.sender
         )
-        await self.bot.reload_overrides()
+        await self.rooms.reload_overrides()
         await self.say(
             room_id,
             msg,
             self.t.s(
                 "route_updated",
                 name=rule.name,
-                room=self.bot.room_label(rule.room),
+                room=self.rooms.label(rule.room),
                 keywords=", ".join(keywords) or "—",
             ),
         )
 
     async def route_test(self, room_id: str, msg: Message, rest: str) -> None:
         """A dry run: where this text would go and why; nothing is sent."""
-        bot = self.bot
         text = rest.strip()
         if not text:
             await self.say(room_id, msg, self.t.s("route_usage"))
             return
         question = Question(text=text, room_id=room_id, sender=msg.sender, event_id=msg.event_id)
-        decision = await bot.route(text, question)
+        decision = await self.pipeline.route(text, question)
         lines = []
         if decision.is_fallback:
-            lines.append(self.t.s("route_test_fallback", room=bot.room_label(decision.room)))
+            lines.append(self.t.s("route_test_fallback", room=self.rooms.label(decision.room)))
         else:
             lines.append(
                 self.t.s(
                     "route_test_result",
-                    room=bot.room_label(decision.room),
+                    room=self.rooms.label(decision.room),
                     specialty=decision.specialty,
                     score=f"{decision.score:.2f}",
                 )
@@ -382,14 +413,14 @@ class ChatCommands:
         others = [f"{c.name} {c.score:.2f}" for c in decision.candidates[1:]]
         if others:
             lines.append(self.t.s("route_test_candidates", candidates=", ".join(others)))
-        if bot.plugins.routers:
-            proposals = await bot.plugins.propose(question, bot.specialty_infos())
+        if self.plugins.routers:
+            proposals = await self.plugins.propose(question, self.pipeline.specialty_infos())
             shown = ", ".join(
                 f"{p.plugin}: {p.specialty} {p.score:.2f} ({p.reason})" for p in proposals
             )
             lines.append(self.t.s("route_test_plugins", proposals=shown or "—"))
-        if bot.plugins.guards:
-            verdicts = await bot.plugins.check(question)
+        if self.plugins.guards:
+            verdicts = await self.plugins.check(question)
             found = [
                 f"{p.name}: {v.action.value}"
                 + (f" ({', '.join(f.label for f in v.findings)})" if v.findings else "")
@@ -401,7 +432,6 @@ class ChatCommands:
 
     async def route_move(self, room_id: str, msg: Message, rest: str) -> None:
         """In a question's thread: send it to another specialty, and teach the routers."""
-        bot = self.bot
         q = await self._thread_question(room_id, msg)
         if q is None or q.body is None:
             await self.say(room_id, msg, self.t.s("not_in_question_thread"))
@@ -415,20 +445,20 @@ class ChatCommands:
             await self.say(room_id, msg, self.t.s("route_move_same", specialty=rule.name))
             return
         if q.specialty:
-            bot.plugins.forget(q.body, q.specialty)
-        bot.plugins.learn(q.body, rule.name)
-        await bot.store.update_question(
+            self.plugins.forget(q.body, q.specialty)
+        self.plugins.learn(q.body, rule.name)
+        await self.store.update_question(
             q.event_id, specialty=rule.name, target_room=rule.room, corrected=True
         )
-        await bot.store.add_effect(
+        await self.store.add_effect(
             tx_id=tx_id("move", msg.event_id),
             kind="move",
             room_id=rule.room,
-            content=bot.forward_content(q, rule.name),
+            content=self.pipeline.forward_content(q, rule.name),
             question_id=q.event_id,  # so that deleting the question takes this copy down too
         )
         await self.say(
             room_id,
             msg,
-            self.t.s("route_moved", room=bot.room_label(rule.room), specialty=rule.name),
+            self.t.s("route_moved", room=self.rooms.label(rule.room), specialty=rule.name),
         )

@@ -5,20 +5,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Command", "parse_command", "split_keywords"]
+__all__ = ["COMMAND_NAMES", "Command", "parse_command", "split_keywords"]
 
-_PREFIXES = (
-    "!peerbot",
-    "!route",
-    "!intake",
-    "!plugins",
-    "!related",
-    "!search",
-    "!solved",
-    "!unsolved",
-    "!confirm",
-    "!forward",
+COMMAND_NAMES = (
+    "peerbot",
+    "route",
+    "intake",
+    "plugins",
+    "related",
+    "solved",
+    "unsolved",
+    "confirm",
+    "forward",
 )
+"""Every command the bot knows (``!search`` is another name for ``!related``)."""
+_ALIASES = {"search": "related"}
+_PREFIXES = tuple(f"!{n}" for n in (*COMMAND_NAMES, *_ALIASES))
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,7 @@ def parse_command(body: str) -> Command | None:
     head = head.lower()
     if head not in _PREFIXES:
         return None
-    name = head[1:]
-    if name == "search":
-        name = "related"
+    name = _ALIASES.get(head[1:], head[1:])
     tail = tail.strip()
     if name in ("related", "solved", "unsolved", "confirm", "forward", "plugins"):
         return Command(name, "", tail)

@@ -170,6 +170,12 @@ class PluginSet:
 
     plugins: list[LoadedPlugin] = field(default_factory=list)
 
+    def scope(self, room_id: Callable[[str], str]) -> None:
+        """Resolve each plugin's ``rooms`` (aliases to room IDs); None: every intake room."""
+        for plugin in self.plugins:
+            rooms = plugin.entry.rooms
+            plugin.rooms = None if rooms is None else frozenset(room_id(r) for r in rooms)
+
     @property
     def routers(self) -> list[LoadedPlugin]:
         """Router plugins, in config order."""

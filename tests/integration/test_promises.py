@@ -303,13 +303,13 @@ async def test_route_move_admin_only_and_once_when_redelivered(world: World) -> 
     world.runners.append(runner)
     bot = await runner.start()
     delivered: list[str] = []
-    handle_event = bot.handle_event
+    handle_event = bot.events.handle_event
 
     async def spy(room_id: Any, event: Any) -> None:
         delivered.append(str(event.get("event_id")))
         await handle_event(room_id, event)
 
-    bot.handle_event = spy  # type: ignore[method-assign]
+    bot.events.handle_event = spy  # type: ignore[method-assign]
     marker = await world.alice.send_text(room, "#DocTocToc ECG après le redémarrage ?")
     await world.alice.wait_for_event(room, answer_to(bot_id, marker), timeout=30)
     await bot.wait_idle()

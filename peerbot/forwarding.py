@@ -1,0 +1,112 @@
+"""The worker's forwarding lanes: one per target room, in question order, rooms side by side.
+
+The worker takes waiting questions oldest first, has the pipeline check and route each one,
+and queues the routed ones on their target room's lane. A lane sends its room's forwards one
+at a time, in the order the questions were asked; different rooms are served side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from .matrix import MatrixError
+from .outbox import Stopping
+from .pipeline import QuestionPipeline
+from .records import WAITING, QuestionRow, QuestionState
+from .store import Store
+
+__all__ = ["Lanes"]
+
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
+
+BATCH = 200
+
+
+class Lanes:
+    """Routes waiting questions and sends their forwards, one lane per target room."""
+
+    def __init__(
+        self,
+        store: Store,
+        pipeline: QuestionPipeline,
+        stopping: asyncio.Event,
+        wake: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self._stopping = stopping
+        self._wake = wake
+        self._queues: dict[str, asyncio.Queue[QuestionRow]] = {}
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self.in_lane: set[str] = set()
+        """Questions queued or being forwarded (the worker skips them)."""
+
+    async def route_waiting(self) -> bool:
+        """Check and route the waiting questions, oldest first; True if there were any."""
+        did = False
+        for q in await self.store.questions_in_state(*WAITING, limit=BATCH):
+            if self._stopping.is_set():
+                return did
+            if q.event_id in self.in_lane:
+                continue
+            did = True
+            routed = await self._failing_on_error(q, self.pipeline.prepare(q))
+            if routed is not None:
+                assert routed.target_room is not None
+                self.in_lane.add(q.event_id)
+                self._queue(routed.target_room).put_nowait(routed)
+        return did
+
+    def _queue(self, room_id: str) -> asyncio.Queue[QuestionRow]:
+        """The queue of forwards for one room; its runner starts when work arrives."""
+        queue = self._queues.setdefault(room_id, asyncio.Queue())
+        if room_id not in self._runners:
+            task = asyncio.create_task(self._run(room_id, queue), name="peerbot-lane")
+            self._runners[room_id] = task
+        return queue
+
+    async def _run(self, room_id: str, queue: asyncio.Queue[QuestionRow]) -> None:
+        """Send one room's forwards in order; end when the queue is empty (or on stop)."""
+        try:
+            while not queue.empty() and not self._stopping.is_set():
+                q = queue.get_nowait()
+                try:
+                    await self._failing_on_error(q, self.pipeline.forward(q))
+                except Exception:
+                    log.exception("Forwarding %s failed; retried later", q.event_id)
+                finally:
+                    self.in_lane.discard(q.event_id)
+                    self._wake()
+        finally:
+            # No await between the emptiness check and here: a forward queued after it finds
+            # no runner and starts a new one.
+            del self._runners[room_id]
+            if self._stopping.is_set():
+                while not queue.empty():
+                    self.in_lane.discard(queue.get_nowait().event_id)
+
+    async def _failing_on_error(self, q: QuestionRow, step: Awaitable[_T]) -> _T | None:
+        """Run one step for ``q``; a Matrix error fails the question, a stop skips it."""
+        try:
+            return await step
+        except Stopping:
+            return None
+        except MatrixError as exc:
+            log.error("Question %s could not be handled: %s", q.event_id, exc)
+            await self.store.update_question(
+                q.event_id, state=QuestionState.FAILED.value, error=str(exc)
+            )
+            return None
+
+    async def finish(self, deadline: float) -> None:
+        """At a stop: each lane finishes the forward in flight and takes no other."""
+        if self._runners:
+            left = max(0.1, deadline - time.monotonic())
+            _, late = await asyncio.wait(set(self._runners.values()), timeout=left)
+            for task in late:
+                task.cancel()

@@ -1,0 +1,271 @@
+"""One question's way: gather the inputs, let the lifecycle decide, apply the step.
+
+:meth:`QuestionPipeline.prepare` checks and routes a waiting question (guards, routers, both
+rooms' encryption) and applies :func:`peerbot.lifecycle.route_step` in one transaction;
+:meth:`QuestionPipeline.forward` sends a routed question's forward inline and records its
+acknowledgement, with the related threads its room may show. Everything else goes out through
+the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import Any
+
+from . import intake, routing
+from .config import Config
+from .ids import RoomID
+from .lifecycle import (
+    Labels,
+    RouteInputs,
+    acknowledged,
+    forward_failed,
+    forward_outgoing,
+    route_step,
+)
+from .matrix import Forbidden, MatrixClient, NotFound
+from .messages import RelatedLine, Texts, permalink
+from .outbox import Outbox
+from .plugin_api import Question, SpecialtyInfo, Verdict
+from .plugins import PluginSet
+from .records import QuestionRow, QuestionState
+from .related import DEFAULT_MIN_SCORE, RelatedIndex
+from .rooms import RoomDirectory
+from .store import Store
+
+__all__ = ["QuestionPipeline"]
+
+log = logging.getLogger(__name__)
+
+FAILED = QuestionState.FAILED.value
+
+_FAULT = os.environ.get("PEERBOT_TEST_FAULT", "")
+"""Fault tests only: ``exit-after-held`` makes the process die right after a hold is applied."""
+
+
+def _fault_point(where: str) -> None:
+    if f"exit-after-{where}" == _FAULT:
+        os._exit(137)
+
+
+class QuestionPipeline:
+    """Decides and records what happens to one question; sends only its forward."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        client: MatrixClient,
+        rooms: RoomDirectory,
+        plugins: PluginSet,
+        index: RelatedIndex,
+        outbox: Outbox,
+        texts: Texts,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.mx = client
+        self.rooms = rooms
+        self.plugins = plugins
+        self.index = index
+        self.outbox = outbox
+        self.texts = texts
+        self._stopping = stopping
+        self.min_score = (
+            config.related.min_score if config.related.min_score is not None else DEFAULT_MIN_SCORE
+        )
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    async def prepare(self, q: QuestionRow) -> QuestionRow | None:
+        """Check and route one question; the routed question, or None (held or failed)."""
+        if q.body is None or q.sender is None:
+            q = await self._fetch_root(q)
+            if q.state == QuestionState.FAILED:
+                return None
+        assert q.body is not None and q.sender is not None
+        verdicts: list[tuple[str, Verdict]] = []
+        route: routing.Decision | None = None
+        sender_name = q.sender_name or ""
+        if q.target_room is None:
+            if not q.guard_override and self.plugins.guards:
+                checked = await self.plugins.check(self.as_question(q))
+                verdicts = [(plugin.name, verdict) for plugin, verdict in checked]
+            route = await self.route(q.body, self.as_question(q))
+            sender_name = self.mx.display_name(q.room_id, q.sender) or await self._profile(q.sender)
+        target = route.room if route is not None else q.target_room
+        assert target is not None
+        inputs = RouteInputs(
+            verdicts=verdicts,
+            route=route,
+            source_encrypted=self.mx.is_encrypted(q.room_id),
+            target_encrypted=self.mx.is_encrypted(target),
+            target_allows_from_encrypted=self.rooms.allows_from_encrypted(target),
+            labels=Labels(sender_name=sender_name, target_label=self.rooms.label(target)),
+        )
+        step = route_step(q, inputs, self.texts)
+        await self.store.apply(q.event_id, step)
+        if step.effects:
+            self.outbox.wake()
+        if step.state is QuestionState.HELD:
+            held = step.record.held if step.record else ()
+            log.info("Question %s held (%s)", q.event_id, ", ".join(held) or "encryption")
+            _fault_point("held")
+            return None
+        if not step.routed:
+            return replace(q, state=step.state)
+        log.info("Question %s -> %s (%s)", q.event_id, target, step.specialty or "fallback")
+        return replace(
+            q,
+            state=step.state,
+            specialty=step.specialty,
+            target_room=step.target_room,
+            decision=step.record or q.decision,
+            sender_name=step.sender_name or q.sender_name,
+        )
+
+    async def route(self, text: str, question: Question | None = None) -> routing.Decision:
+        """The routing decision for a text: keywords and router plugins."""
+        proposals = []
+        if question is not None and self.plugins.routers:
+            proposals = await self.plugins.propose(question, self.specialty_infos())
+        return routing.decide(text, self.rooms.rules, self.rooms.fallback, proposals)
+
+    def as_question(self, q: QuestionRow) -> Question:
+        """A stored question as plugins see it."""
+        return Question(
+            text=q.body or "", room_id=q.room_id, sender=q.sender or "", event_id=q.event_id
+        )
+
+    def specialty_infos(self) -> list[SpecialtyInfo]:
+        """The current specialties as plugins see them."""
+        return [SpecialtyInfo(r.name, r.room, r.keywords) for r in self.rooms.rules.rules]
+
+    async def _fetch_root(self, q: QuestionRow) -> QuestionRow:
+        try:
+            event = await self.mx.get_event(q.room_id, q.event_id)
+        except (NotFound, Forbidden) as exc:
+            log.warning("The thread root %s cannot be read: %s", q.event_id, exc)
+            await self.store.update_question(q.event_id, state=FAILED, error=str(exc))
+            return replace(q, state=QuestionState.FAILED)
+        msg = intake.parse_message(event)
+        if msg is None or msg.sender == self.mx.user_id or msg.msgtype != "m.text":
+            await self.store.update_question(
+                q.event_id, state=FAILED, error="the thread root is not a text message"
+            )
+            return replace(q, state=QuestionState.FAILED)
+        await self.store.update_question(
+            q.event_id, sender=msg.sender, body=msg.body, created_ts=msg.ts
+        )
+        await self.store.mark_handled(q.event_id, q.room_id)
+        return replace(q, sender=msg.sender, body=msg.body, created_ts=msg.ts)
+
+    async def _profile(self, user_id: str) -> str:
+        try:
+            return await self.mx.profile_name(user_id) or user_id
+        except Exception:
+            return user_id
+
+    # -- forwarding -----------------------------------------------------------------------------
+
+    def labels(self, q: QuestionRow) -> Labels:
+        """How a routed question's asker and rooms are shown."""
+        assert q.sender is not None and q.target_room is not None
+        return Labels(
+            sender_name=q.sender_name or q.sender,
+            target_label=self.rooms.label(q.target_room),
+            source_label=self.rooms.label(q.room_id),
+            source_url=permalink(
+                q.room_id, q.event_id, self.rooms.via_servers(q.room_id, q.sender)
+            ),
+        )
+
+    async def forward(self, q: QuestionRow) -> None:
+        """Record a routed question's forward and send it inline (the same transaction ID after
+        a crash: the server keeps one); then record the acknowledgement for the outbox."""
+        assert q.body is not None and q.sender is not None and q.target_room is not None
+        labels = self.labels(q)
+        forward = forward_outgoing(
+            q, question=q.body, sender_id=q.sender, labels=labels, texts=self.texts
+        )
+        effect = await self.store.add_effect(
+            tx_id=forward.tx_id,
+            kind=forward.kind,
+            room_id=forward.room_id,
+            content=dict(forward.content),
+            question_id=q.event_id,
+        )
+        fwd_event = await self.outbox.deliver(effect)
+        if fwd_event is None:
+            await self.store.apply(q.event_id, forward_failed(q, "forward failed", self.texts))
+            self.outbox.wake()
+            return
+        if self._stopping.is_set():
+            # No new acknowledgement once stopping (it could be cut off mid-send): the question
+            # stays forwarding and is acknowledged after the restart.
+            await self.store.update_question(q.event_id, forward_event_id=fwd_event)
+            return
+        target = RoomID(q.target_room)
+        # Everyone who can read the asker's room, now or later, reads this list.
+        related = await self.related_lines(q.body, q.room_id, exclude=(q.event_id,))
+        step = acknowledged(
+            q,
+            forward_event_id=fwd_event,
+            forward_url=permalink(target, fwd_event, self.rooms.via_servers(target)),
+            related=related,
+            labels=labels,
+            texts=self.texts,
+        )
+        await self.store.apply(q.event_id, step)
+        self.outbox.wake()
+        # Indexed once acknowledged: the question itself is never its own related thread.
+        self.index.add(q.event_id, q.body, room_id=q.room_id, solved=q.solved)
+        if q.specialty:
+            self.plugins.learn(q.body, q.specialty)
+
+    def forward_content(self, q: QuestionRow, specialty: str | None) -> dict[str, Any]:
+        """The forwarded message for a question (as if routed to ``specialty``)."""
+        assert q.sender is not None and q.body is not None
+        out = forward_outgoing(
+            replace(q, specialty=specialty),
+            question=q.body,
+            sender_id=q.sender,
+            labels=self.labels(q),
+            texts=self.texts,
+        )
+        return dict(out.content)
+
+    # -- related threads ------------------------------------------------------------------------
+
+    async def related_lines(
+        self, text: str, shown_in: str, exclude: tuple[str, ...] = ()
+    ) -> list[RelatedLine]:
+        """Related past threads for a text, from the rooms that may be shown in ``shown_in``."""
+        limit = self.config.related.max_results
+        rooms = self.rooms.shown_in(shown_in, self.index.rooms())
+        if limit <= 0 or not rooms:
+            return []
+        hits = self.index.search(
+            text, limit=limit, min_score=self.min_score, rooms=rooms, exclude=exclude
+        )
+        now = time.time() * 1000
+        lines: list[RelatedLine] = []
+        for hit in hits:
+            row = await self.store.question(hit.thread_id)
+            if row is None or row.body is None:
+                continue
+            lines.append(
+                RelatedLine(
+                    url=permalink(row.room_id, row.event_id, self.rooms.via_servers(row.room_id)),
+                    first_line=row.body,
+                    age_days=max(0.0, (now - row.created_ts) / 86_400_000) if row.created_ts else 0,
+                    replies=row.replies,
+                    solved=row.solved,
+                )
+            )
+        return lines
