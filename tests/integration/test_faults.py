@@ -501,14 +501,17 @@ class RecordingProxy:
         if status == 429:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 retry_after = int(json.loads(payload).get("retry_after_ms"))
+        # Before writing: the bot cannot have the answer earlier, so a wait measured from here
+        # is never longer than the bot's own.
+        answered = time.monotonic()
+        self.exchanges.append(
+            Exchange(sent, answered, request.method, request.path, status, retry_after)
+        )
         response = aiohttp.web.Response(
             status=status, body=payload, headers={"Content-Type": content_type}
         )
         await response.prepare(request)
         await response.write_eof()
-        self.exchanges.append(
-            Exchange(sent, time.monotonic(), request.method, request.path, status, retry_after)
-        )
         return response
 
 
@@ -697,8 +700,13 @@ async def _exempt_from_rate_limits(server: SynapseServer, admin_token: str, user
 
 
 RATE_LIMIT_QUESTIONS = int(os.environ.get("PEERBOT_RATE_LIMIT_QUESTIONS", "40"))
-MAX_429_PER_MESSAGE = 99
-MAX_429_PER_BURST = 9999
+# While throttled, sends go one at a time (the send gate): a message that comes then is refused
+# once, when its turn comes, and retried after retry_after_ms. Only those already in flight when
+# the limit hit (up to 8 acknowledgements and a forward per room) are refused more often.
+# Measured (share refused at most once; 429s in all; most for one message): with the gate
+# 97.5 %, 98, 26 and 96 %, 103, 16; without it 54 %, 229, 18 and 55 %, 266, 25.
+MOST_MESSAGES_REFUSED_AT_MOST_ONCE = 0.9
+MAX_429_PER_MESSAGE_ON_AVERAGE = 2
 # A retry may come this much before retry_after_ms has passed (clock and scheduling noise).
 RETRY_AFTER_SLACK = 0.05
 
@@ -818,18 +826,23 @@ async def test_burst_under_default_rate_limits(
         print(
             f"{total} answers 429 for {len(sends)} messages; per message (429s, messages): {spread}"
         )
+        # Not bounded: one send in flight when the limit hit may lose the slot to the gate's
+        # queue round after round (26 times, two minutes late, in one run).
+        print(f"most 429s for one message: {max(refused.values())}")
         # The bot really was throttled (else this test proves nothing about rate limits).
         assert total > 0, "the bot was never rate-limited: the test proves nothing"
         assert len(sends) == sent, f"{len(sends)} transactions for {sent} messages"
         # It waited as long as each 429 asked before trying that message again.
         early = early_retries(sends)
         assert not early, f"{len(early)} retries before retry_after_ms: {early[:5]}"
-        # Sends go one at a time while throttled: a message is refused again only if it was
-        # already in flight when the limit hit. Without that gate the waiting sends all woke
-        # at the end of the same retry_after and were refused together, again and again.
-        worst = max(refused.values())
-        assert worst <= MAX_429_PER_MESSAGE, f"a message was refused {worst} times: {spread}"
-        assert total <= MAX_429_PER_BURST, f"{total} answers 429 for {sent} messages: {spread}"
+        # Per message: with sends one at a time while throttled, nearly every message is
+        # refused at most once. Without that gate the waiting sends all woke at the end of the
+        # same retry_after and were refused together, again and again.
+        at_most_once = sum(n <= 1 for n in refused.values()) / len(refused)
+        assert at_most_once >= MOST_MESSAGES_REFUSED_AT_MOST_ONCE, (
+            f"only {at_most_once:.0%} of the messages were refused at most once: {spread}"
+        )
+        assert total <= MAX_429_PER_MESSAGE_ON_AVERAGE * sent, f"{total} answers 429: {spread}"
     finally:
         await proxy.close()
         await asyncio.gather(*(u.stop() for u in users))
