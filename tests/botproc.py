@@ -25,6 +25,8 @@ __all__ = ["REPO", "BotProcess", "CliResult", "run_cli"]
 
 REPO = Path(__file__).resolve().parent.parent
 READY_LINE = "PeerBot is running"
+# What PeerBot logs each time a handler fails inside its guard (``PeerBot.handler_errors``).
+HANDLER_ERROR_LINE = "handler failed; the bot goes on"
 
 
 def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -107,6 +109,8 @@ class BotProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._log_offset = 0
+        self.exit_seen = True
+        """False while a run that ended by itself has not been waited for by the test."""
 
     def __repr__(self) -> str:
         """Name the bot and its pid."""
@@ -129,6 +133,7 @@ class BotProcess:
         if self.pid is not None:
             raise RuntimeError(f"{self!r} is already running")
         self.starts += 1
+        self.exit_seen = False
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start {self.starts} =====\n".encode())
             log.flush()
@@ -153,6 +158,14 @@ class BotProcess:
         except FileNotFoundError:
             return ""
         return data[self._log_offset if this_run else 0 :].decode(errors="replace")
+
+    def handler_errors(self) -> int:
+        """Handler failures the bot logged, over every run (its ``handler_errors``)."""
+        return self.log_text().count(HANDLER_ERROR_LINE)
+
+    def crashed(self) -> bool:
+        """The last run ended by itself with a failure, and no test waited for that exit."""
+        return not self.exit_seen and self.returncode not in (None, 0)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the log, for failure messages."""
@@ -185,6 +198,7 @@ class BotProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self!r} still running after {timeout:.0f} s")
             await asyncio.sleep(0.01)
+        self.exit_seen = True
         return int(self.process.returncode)
 
     async def kill9(self) -> None:

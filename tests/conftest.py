@@ -31,6 +31,15 @@ _SERVERS_KEY = pytest.StashKey[list[SynapseServer]]()
 # --- markers and failure reports -------------------------------------------------------------
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers the fixtures read."""
+    config.addinivalue_line(
+        "markers",
+        "handler_errors(n): the test provokes n handler errors in the bot on purpose"
+        " (PeerBot.handler_errors); any other count fails it",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test under tests/integration as ``integration``; grouped tests go first.
 

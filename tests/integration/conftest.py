@@ -1,15 +1,20 @@
-"""A PeerBot running in-process against the session's Synapse, and a world of rooms for it."""
+"""A PeerBot running in-process against the session's Synapse, and a world of rooms for it.
+
+Every in-process bot a test starts is checked when the test ends: a loop that died with an
+exception fails the test, and so does any handler error (``PeerBot.handler_errors``) unless the
+test announces how many it provokes with ``@pytest.mark.handler_errors(n)``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from helpers import MakeUser, TestUser, unique_name
 
@@ -19,6 +24,9 @@ from peerbot.config import Config, parse_config
 from peerbot.devserver import RegisteredUser, SynapseServer
 from peerbot.matrix import MatrixClient
 from peerbot.store import Store
+
+# Every runner started during the current test, checked by ``_bots_checked`` when it ends.
+_started: list[BotRunner] = []
 
 
 class BotRunner:
@@ -31,6 +39,8 @@ class BotRunner:
         self._task: asyncio.Task[None] | None = None
         self._store: Store | None = None
         self._client: MatrixClient | None = None
+        self.crash: BaseException | None = None
+        """The exception the bot's loop ended with (kept even if a caller swallowed it)."""
 
     async def start(self) -> PeerBot:
         """Open the store, log in, resolve rooms and start syncing."""
@@ -40,6 +50,7 @@ class BotRunner:
             self.config.matrix, self.config.encryption, reset_identity=self.reset_identity
         )
         self.bot = PeerBot(self.config, self._store, self._client, plugins)
+        _started.append(self)
         try:
             await self.bot.start()
         except BaseException:
@@ -50,13 +61,18 @@ class BotRunner:
 
     async def stop(self) -> None:
         """Stop as SIGTERM would, and close everything."""
-        if self.bot is not None and self._task is not None:
-            self.bot.stop()
-            try:
-                await asyncio.wait_for(self._task, timeout=10)
-            finally:
-                self._task = None
-        await self._close()
+        try:
+            if self.bot is not None and self._task is not None:
+                self.bot.stop()
+                try:
+                    await asyncio.wait_for(self._task, timeout=10)
+                except Exception as exc:
+                    self.crash = self.crash or exc
+                    raise
+                finally:
+                    self._task = None
+        finally:
+            await self._close()
 
     async def _close(self) -> None:
         if self.bot is not None:
@@ -72,6 +88,54 @@ class BotRunner:
         """Raise the bot's own exception if its loop died."""
         if self._task is not None and self._task.done():
             self._task.result()
+
+    @property
+    def running(self) -> bool:
+        """Started and not stopped yet."""
+        return self._task is not None
+
+
+async def stop_runners(runners: list[BotRunner]) -> None:
+    """Stop every runner, then raise the first exception a bot's loop ended with."""
+    errors: list[BaseException] = []
+    for runner in runners:
+        try:
+            await runner.stop()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _bots_checked(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fail the test if a bot's loop crashed or a handler failed (unless announced by a marker).
+
+    Autouse, so it is set up before the test's other fixtures and checks after their teardown.
+    """
+    _started.clear()
+    yield
+    still = [r for r in _started if r.running]
+    stop_error: BaseException | None = None
+    try:
+        await stop_runners(still)
+    except Exception as exc:
+        stop_error = exc
+    crashes = [r.crash for r in _started if r.crash is not None]
+    marker = request.node.get_closest_marker("handler_errors")
+    expected = int(marker.args[0]) if marker is not None else 0
+    counted = sum(r.bot.handler_errors for r in _started if r.bot is not None)
+    _started.clear()
+    if crashes or stop_error is not None:
+        crash = crashes[0] if crashes else stop_error
+        pytest.fail(f"a bot's loop ended with an exception: {crash!r}", pytrace=False)
+    if counted != expected:
+        pytest.fail(
+            f"{counted} handler error(s) in the bot (PeerBot.handler_errors), {expected} expected"
+            " (a test that provokes some says so with @pytest.mark.handler_errors(n));"
+            " see the captured log for the tracebacks",
+            pytrace=False,
+        )
 
 
 @dataclass
@@ -128,11 +192,9 @@ class World:
         return await runner.start()
 
     async def stop_bots(self) -> None:
-        """Stop every bot started in this world."""
-        for runner in self.runners:
-            with contextlib.suppress(Exception):
-                await runner.stop()
-        self.runners.clear()
+        """Stop every bot started in this world; a bot's crash is raised, not swallowed."""
+        runners, self.runners = self.runners, []
+        await stop_runners(runners)
 
 
 WorldFactory = Callable[[], Awaitable[World]]

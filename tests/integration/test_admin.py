@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 from conftest import World  # type: ignore[import-not-found]
 from helpers import in_thread
@@ -66,7 +67,6 @@ async def test_route_commands_admin_only_and_persist(world: World) -> None:
     assert "retirée" in body
     body = await say(world, world.admin, "!route test Plaque de psoriasis du coude ?")
     assert "Dermatologie" in body and "rien n'a été envoyé" in body
-    assert forwards(world.admin, world.rooms["pedia"], "psoriasis") == []
 
     # Survives a restart, and routes real questions.
     await world.stop_bots()
@@ -78,6 +78,10 @@ async def test_route_commands_admin_only_and_persist(world: World) -> None:
         world.rooms["pedia"], lambda e: "Eczéma du nourrisson" in e["content"].get("body", "")
     )
     assert "Dermatologie" in fwd["content"]["body"]
+    # The barrier for "!route test sent nothing": a real question routed to the same room
+    # after it. Forwards to a room go out in question order, so a forward of the tested text
+    # would have come first.
+    assert forwards(world.admin, world.rooms["pedia"], "psoriasis") == []
 
 
 async def test_intake_on_off_and_help(world: World) -> None:
@@ -98,7 +102,17 @@ async def test_intake_on_off_and_help(world: World) -> None:
     )
     assert "n'est plus" in await say(world, world.admin, "!intake off", room=lounge)
     await world.alice.send_text(lounge, "Un ECG pour des palpitations ?")
-    await say(world, world.alice, "!peerbot help", room=lounge)  # processed after the question
+    # The answer proves the bot has handled the message before it (same room, in order); had
+    # it been taken as a question, it would now be queued before any question asked later.
+    await say(world, world.alice, "!peerbot help", room=lounge)
+    # The barrier crosses the path a forward would take: a question asked after it, forwarded
+    # to the same room, where forwards go out in question order.
+    await world.alice.send_text(
+        world.rooms["entraide"], "#DocTocToc Un ECG de contrôle, barrière ?"
+    )
+    await world.bob.wait_for_event(
+        world.rooms["cardio"], lambda e: "barrière" in e["content"].get("body", "")
+    )
     assert forwards(world.bob, world.rooms["cardio"], "palpitations") == []
 
 
@@ -135,10 +149,12 @@ async def test_patient_data_guard_holds_then_forwards(world: World) -> None:
         world.rooms["cardio"], lambda e: "82 ans" in e["content"].get("body", "")
     )
     assert "Dupont" not in fwd["content"]["body"]
+    # The forward carries the edited text and links to the question, not to the edit.
+    assert quote(qid, safe="") in fwd["content"]["body"]
+    assert quote(edit, safe="") not in fwd["content"]["body"]
     await world.alice.wait_for_event(
         room, lambda e: in_thread(qid)(e) and "transmise au salon" in e["content"].get("body", "")
     )
-    assert edit
 
     # Held again; Bob may not confirm, Alice may.
     q2 = await world.alice.send_text(room, "#DocTocToc M. Martin né le 12/03/1941, ECG ?")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import html.parser
+import itertools
+import json
 import os
 import re
 import sqlite3
@@ -25,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import aiohttp.web
 import pytest
 import pytest_asyncio
 from conftest import World  # type: ignore[import-not-found]
@@ -110,8 +114,14 @@ async def make_site(server: SynapseServer, make_user: MakeUser) -> Site:
 
 
 @pytest_asyncio.fixture
-async def bots(tmp_path: Path) -> AsyncIterator[Callable[..., BotProcess]]:
-    """A factory of bot subprocesses; every one still running is stopped at the end."""
+async def bots(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., BotProcess]]:
+    """A factory of bot subprocesses; every one still running is stopped at the end.
+
+    The test fails if a bot exited with an error nobody waited for, or logged a handler error
+    (unless the test announces how many with ``@pytest.mark.handler_errors(n)``).
+    """
     made: list[BotProcess] = []
 
     def make(config: dict[str, Any], name: str = "bot") -> BotProcess:
@@ -120,8 +130,19 @@ async def bots(tmp_path: Path) -> AsyncIterator[Callable[..., BotProcess]]:
         return bot
 
     yield make
+    crashed = [bot for bot in made if bot.crashed()]
     for bot in made:
         await bot.stop()
+    for bot in crashed:
+        pytest.fail(f"{bot!r} exited with {bot.returncode}:\n{bot.log_tail()}", pytrace=False)
+    marker = request.node.get_closest_marker("handler_errors")
+    expected = int(marker.args[0]) if marker is not None else 0
+    counted = sum(bot.handler_errors() for bot in made)
+    if counted != expected:
+        logs = "\n".join(bot.log_tail() for bot in made)
+        pytest.fail(
+            f"{counted} handler error(s) logged, {expected} expected:\n{logs}", pytrace=False
+        )
 
 
 # --- reading the rooms back ---------------------------------------------------------------------
@@ -270,6 +291,7 @@ async def test_exactly_once_across_two_sigkills(
             )
 
     posting = asyncio.gather(*(post(i) for i in range(100)))
+    at_kill: list[int] = []
     for threshold in (15, 55):
         await wait_until(
             lambda t=threshold: live_count(site.bob, targets, bot_id) >= t,  # type: ignore[misc]
@@ -277,6 +299,7 @@ async def test_exactly_once_across_two_sigkills(
             lambda: f"fewer forwards than expected before a kill\n{bot.log_tail()}",
         )
         await bot.kill9()
+        at_kill.append(live_count(site.bob, targets, bot_id))
         await bot.start_ready()
     questions = list(await posting)
     await wait_all_acked(site, questions, 180, bot)
@@ -287,7 +310,8 @@ async def test_exactly_once_across_two_sigkills(
     fwd_events = [e for r in targets for e in await history(site.bob, r)]
     ack_events = await history(site.alice, entraide)
     assert_exactly_once(questions, fwd_events, ack_events, bot_id)
-    assert bot.starts == 3
+    # Both kills came in the middle of the work, as the rooms showed it then.
+    assert all(n < len(questions) for n in at_kill), at_kill
 
 
 # --- 2. outages, 5xx and HTML error pages ---------------------------------------------------------
@@ -405,6 +429,92 @@ class FaultProxy:
             await writer.drain()
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One request through the :class:`RecordingProxy` and the answer it got."""
+
+    sent: float
+    """When the request arrived (monotonic clock)."""
+    answered: float
+    """When its answer went back."""
+    method: str
+    path: str
+    status: int
+    retry_after_ms: int | None
+
+
+class RecordingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of Synapse, recording every request and its answer.
+
+    What the bot asked and when, as the homeserver saw it: a 429 and the retry that follows it
+    are two exchanges on the same path (the transaction ID is in the path of a send).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.exchanges: list[Exchange] = []
+        self._runner: aiohttp.web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """The proxy's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+        )
+        app = aiohttp.web.Application(client_max_size=1 << 22)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = aiohttp.web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
+
+    async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        assert self._http is not None
+        sent = time.monotonic()
+        body = await request.read()
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("host", "content-length", "transfer-encoding", "connection")
+        }
+        async with self._http.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body
+        ) as upstream:
+            payload = await upstream.read()
+            status = upstream.status
+            content_type = upstream.headers.get("Content-Type", "application/json")
+        retry_after: int | None = None
+        if status == 429:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                retry_after = int(json.loads(payload).get("retry_after_ms"))
+        # Before writing: the bot cannot have the answer earlier, so a wait measured from here
+        # is never longer than the bot's own.
+        answered = time.monotonic()
+        self.exchanges.append(
+            Exchange(sent, answered, request.method, request.path, status, retry_after)
+        )
+        response = aiohttp.web.Response(
+            status=status, body=payload, headers={"Content-Type": content_type}
+        )
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+
 @pytest_asyncio.fixture
 async def proxy_site(
     start_synapse: StartSynapse, make_user: MakeUser
@@ -435,6 +545,37 @@ async def ask_and_wait(site: Site, text: str, bot: BotProcess, timeout: float = 
     return qid
 
 
+def bursts(times: list[float], within: float = 0.5) -> list[float]:
+    """The first time of each run of times less than ``within`` seconds apart."""
+    starts: list[float] = []
+    last = float("-inf")
+    for t in sorted(times):
+        if t - last > within:
+            starts.append(t)
+        last = t
+    return starts
+
+
+def gaps_between(times: list[float]) -> list[float]:
+    """Seconds between consecutive attempts."""
+    return [round(b - a, 2) for a, b in itertools.pairwise(sorted(times))]
+
+
+def assert_doubling(gaps: list[float], what: str) -> None:
+    """Each wait is about twice the one before (±20 % jitter each), up to the 60 s cap.
+
+    Waits under half a second are a connection just cut being reopened, not back-off.
+    """
+    waits = [g for g in gaps if g >= 0.5]
+    assert waits, f"{what}: no wait of half a second or more between attempts: {gaps}"
+    # 1 s for the bot's own back-off (5xx, error pages); nio's reconnection starts at 2 s.
+    assert 0.7 <= waits[0] <= 2.5, f"{what}: the first wait is {waits[0]} s: {gaps}"
+    for before, after in itertools.pairwise(waits):
+        # Doubling with ±20 % jitter: the next wait is at least 2 × 0.8 / 1.2 = 1.33 times longer.
+        if before < 0.8 * 60:
+            assert after >= 1.3 * before, f"{what}: waits do not double: {gaps}"
+
+
 @pytest.mark.slow
 async def test_synapse_outage_backs_off_and_reconnects(
     proxy_site: tuple[Site, FaultProxy], bots: Callable[..., BotProcess], tmp_path: Path
@@ -448,12 +589,17 @@ async def test_synapse_outage_backs_off_and_reconnects(
     down_at = time.monotonic()
     await asyncio.sleep(20)  # the outage itself: 20 s of no homeserver
     up_at = time.monotonic()
-    attempts = proxy.connections_between(down_at, up_at)
+    connections = [t for t in proxy.connections if down_at <= t <= up_at]
     await site.server.restart()
     assert bot.returncode is None, f"the bot died during the outage:\n{bot.log_tail()}"
-    print(f"outage: {attempts} connection attempts by the bot in 20 s")
-    # A hot loop makes hundreds of attempts a second; backing off makes a handful.
-    assert 1 <= attempts <= 20, f"{attempts} connection attempts in 20 s of outage"
+    # The HTTP client reconnects a refused connection once at once: one try is one burst.
+    tries = bursts(connections)
+    gaps = gaps_between(tries)
+    print(f"outage: {len(connections)} connections, {len(tries)} tries in 20 s, gaps {gaps}")
+    # Doubling waits: tries at about 0, 2, 6 and 14 s. A retry every second would make 20 (and
+    # a hot loop thousands).
+    assert 1 <= len(tries) <= 6, f"{len(tries)} tries in 20 s of outage: {gaps}"
+    assert_doubling(gaps, "connection attempts during the outage")
 
     after = await ask_and_wait(site, "#DocTocToc ECG après la panne ?", bot, timeout=90)
     status, _ = await bot.terminate()
@@ -484,8 +630,12 @@ async def test_proxy_502_html_pages_do_not_make_the_bot_spin(
     syncs = [r for r in window if "/sync" in r[2]]
     print(f"502 pages: {len(syncs)} sync requests, {len(window)} requests in all, in 15 s")
     assert bot.returncode is None, f"the bot died on 502 pages:\n{bot.log_tail()}"
-    assert 1 <= len(syncs) <= 15, f"{len(syncs)} sync requests in 15 s of 502 pages: {window[:20]}"
-    assert len(window) <= 30, f"{len(window)} requests in 15 s of 502 pages"
+    gaps = gaps_between([r[0] for r in syncs])
+    print(f"502 pages: gaps between syncs {gaps}")
+    # 1 s doubling: syncs at about 0, 1, 3 and 7 s (and 15); every second would make 15.
+    assert 1 <= len(syncs) <= 6, f"{len(syncs)} sync requests in 15 s of 502 pages: {gaps}"
+    assert_doubling(gaps, "syncs answered by 502 pages")
+    assert len(window) <= 2 * len(syncs) + 4, f"{len(window)} requests in 15 s: {window[:20]}"
 
     await site.alice.wait_for_event(
         site.rooms["entraide"],
@@ -550,6 +700,42 @@ async def _exempt_from_rate_limits(server: SynapseServer, admin_token: str, user
 
 
 RATE_LIMIT_QUESTIONS = int(os.environ.get("PEERBOT_RATE_LIMIT_QUESTIONS", "40"))
+# While throttled, sends go one at a time (the send gate): a message that comes then is refused
+# once, when its turn comes, and retried after retry_after_ms. Only those already in flight when
+# the limit hit (up to 8 acknowledgements and a forward per room) are refused more often.
+# Measured (share refused at most once; 429s in all; most for one message): with the gate
+# 97.5 %, 98, 26 and 96 %, 103, 16; without it 54 %, 229, 18 and 55 %, 266, 25.
+MOST_MESSAGES_REFUSED_AT_MOST_ONCE = 0.9
+MAX_429_PER_MESSAGE_ON_AVERAGE = 2
+# A retry may come this much before retry_after_ms has passed (clock and scheduling noise).
+RETRY_AFTER_SLACK = 0.05
+
+
+def sends_by_transaction(exchanges: list[Exchange]) -> dict[str, list[Exchange]]:
+    """The bot's message sends (``PUT .../send/<type>/<txn>``) grouped by transaction ID."""
+    sends: dict[str, list[Exchange]] = {}
+    for x in sorted(exchanges, key=lambda x: x.sent):
+        parts = x.path.split("/")
+        if x.method == "PUT" and len(parts) >= 3 and parts[-3] == "send":
+            sends.setdefault(parts[-1], []).append(x)
+    return sends
+
+
+def early_retries(sends: dict[str, list[Exchange]]) -> list[tuple[str, float, float]]:
+    """Retries that came before the ``retry_after_ms`` of the 429 just before them.
+
+    Each as (transaction, seconds waited, seconds asked); nio's default is 5 s without one.
+    """
+    early = []
+    for txn, xs in sends.items():
+        for refused, retry in itertools.pairwise(xs):
+            if refused.status != 429:
+                continue
+            asked = (refused.retry_after_ms or 5000) / 1000
+            waited = retry.sent - refused.answered
+            if waited < asked - RETRY_AFTER_SLACK:
+                early.append((txn, round(waited, 3), asked))
+    return early
 
 
 @pytest.mark.slow
@@ -576,6 +762,7 @@ async def test_burst_under_default_rate_limits(
         await user.start()
         users.append(user)
     admin, alice, bob = users
+    proxy = RecordingProxy(server.base_url)
     try:
         bot_user = await server.register(unique_name("peerbot"))
         rooms: dict[str, str] = {}
@@ -589,7 +776,10 @@ async def test_burst_under_default_rate_limits(
         await alice.join(rooms["entraide"])
         await bob.join(rooms["cardio"])
         site = Site(server, admin, alice, bob, bot_user, rooms, aliases)
-        bot = bots(site.config(tmp_path / "peerbot.db"))
+        # The bot talks to Synapse through a recording proxy: every send, its 429s and the
+        # retry_after_ms each gave, and when the retry came.
+        await proxy.start()
+        bot = bots(site.config(tmp_path / "peerbot.db", homeserver=proxy.url))
         await bot.start_ready()
 
         run = unique_name("burst")
@@ -625,21 +815,36 @@ async def test_burst_under_default_rate_limits(
             if root_id in position:
                 assert position[root_id] < position[e["event_id"]]
         assert "failed for good" not in bot.log_text(), bot.log_tail()
-        # The bot really was throttled (else this test proves nothing about rate limits).
-        synapse_log = (server.directory / "homeserver.log").read_text(errors="replace")
-        throttled = [
-            line
-            for line in synapse_log.splitlines()
-            if "429 - Too Many Requests" in line and "/send/m.room.message/peerbot." in line
-        ]
-        assert throttled, "the bot was never rate-limited: the test proves nothing"
-        # It waited as asked: a bot retrying without waiting would collect 429s by the hundred
-        # for every message. Sends go one at a time while throttled, so only those already in
-        # flight when the limit hit are refused more than once (145 for 80 here; 249 without).
+        # Kept for a look after a failure: every request, its answer and when.
+        dump = tmp_path / "exchanges.json"
+        dump.write_text(json.dumps([dataclasses.asdict(x) for x in proxy.exchanges]))
+        sends = sends_by_transaction(proxy.exchanges)
+        refused = {txn: sum(x.status == 429 for x in xs) for txn, xs in sends.items()}
+        total = sum(refused.values())
         sent = 2 * RATE_LIMIT_QUESTIONS
-        assert len(throttled) <= 4 * sent, f"{len(throttled)} 429s for {sent} messages"
-        print(f"{len(throttled)} 429 answers for {sent} messages")
+        spread = sorted(Counter(refused.values()).items())
+        print(
+            f"{total} answers 429 for {len(sends)} messages; per message (429s, messages): {spread}"
+        )
+        # Not bounded: one send in flight when the limit hit may lose the slot to the gate's
+        # queue round after round (26 times, two minutes late, in one run).
+        print(f"most 429s for one message: {max(refused.values())}")
+        # The bot really was throttled (else this test proves nothing about rate limits).
+        assert total > 0, "the bot was never rate-limited: the test proves nothing"
+        assert len(sends) == sent, f"{len(sends)} transactions for {sent} messages"
+        # It waited as long as each 429 asked before trying that message again.
+        early = early_retries(sends)
+        assert not early, f"{len(early)} retries before retry_after_ms: {early[:5]}"
+        # Per message: with sends one at a time while throttled, nearly every message is
+        # refused at most once. Without that gate the waiting sends all woke at the end of the
+        # same retry_after and were refused together, again and again.
+        at_most_once = sum(n <= 1 for n in refused.values()) / len(refused)
+        assert at_most_once >= MOST_MESSAGES_REFUSED_AT_MOST_ONCE, (
+            f"only {at_most_once:.0%} of the messages were refused at most once: {spread}"
+        )
+        assert total <= MAX_429_PER_MESSAGE_ON_AVERAGE * sent, f"{total} answers 429: {spread}"
     finally:
+        await proxy.close()
         await asyncio.gather(*(u.stop() for u in users))
 
 
@@ -770,8 +975,6 @@ def _offline_config(db: Path) -> dict[str, Any]:
 
 
 async def _run_offline(tmp_path: Path, db: Path, **kwargs: Any) -> Any:
-    import json
-
     path = tmp_path / f"bot-{unique_name('db')}.yaml"
     path.write_text(json.dumps(_offline_config(db)), encoding="utf-8")
     return await run_cli(["run", "--config", str(path)], timeout=30, **kwargs)

@@ -7,7 +7,9 @@ import importlib.util
 import socket
 import time
 from pathlib import Path
+from urllib.parse import quote
 
+import aiohttp
 import pytest
 from helpers import (
     MakeUser,
@@ -140,7 +142,22 @@ async def test_register_admin_and_errors(synapse: SynapseServer) -> None:
     name = unique_name("admin")
     admin = await synapse.register(name, "secret-pw", admin=True)
     assert admin.user_id == f"@{name}:{synapse.server_name}"
-    assert admin.password == "secret-pw"
+    # What the server says: the password logs in, and the account is an admin.
+    async with aiohttp.ClientSession() as http:
+        login = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": name},
+            "password": "secret-pw",
+        }
+        async with http.post(f"{synapse.base_url}/_matrix/client/v3/login", json=login) as resp:
+            assert resp.status == 200, await resp.text()
+            logged_in = await resp.json()
+        assert logged_in["user_id"] == admin.user_id
+        url = f"{synapse.base_url}/_synapse/admin/v2/users/{quote(admin.user_id, safe='')}"
+        headers = {"Authorization": f"Bearer {logged_in['access_token']}"}
+        async with http.get(url, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["admin"] is True
     with pytest.raises(DevServerError, match="M_USER_IN_USE"):
         await synapse.register(name)
 

@@ -4,8 +4,8 @@ Thousands of generated event dicts (missing fields, wrong types, huge or empty b
 Unicode, deep relations, unknown msgtypes) go through a real :class:`Store` in a temporary
 folder. Only the network is replaced, by a stand-in that records what would be sent (and
 nothing is sent while handling events: the worker sends). No exception may escape, no handler
-may even fail inside its guard (``handler_errors`` stays 0), and a valid question afterwards is
-still recorded and then forwarded.
+may even fail inside its guard (``handler_errors`` stays 0), and a valid question after the
+storm (in the same test, on the same bot) is still recorded and then forwarded.
 """
 
 from __future__ import annotations
@@ -402,15 +402,41 @@ def _feed(harness: Harness, batch: list[tuple[RoomID, Any]], inv: list[Invite]) 
     assert harness.bot.handler_errors == before, "a handler failed on this batch (see the log)"
 
 
-@HOSTILE
-@given(
-    batch=st.lists(st.tuples(room_ids(), events(surrogates=False)), min_size=1, max_size=25),
-    inv=st.lists(invites(), max_size=2),
-)
-def test_hostile_events_never_raise(
-    harness: Harness, batch: list[tuple[RoomID, Any]], inv: list[Invite]
-) -> None:
-    _feed(harness, batch, inv)
+def test_hostile_storm_then_a_valid_question_is_forwarded(tmp_path: Path) -> None:
+    """One test, in this order on one bot: the storm, then a valid question that still works.
+
+    (Two tests sharing a fixture would rely on file order, which ``-n 2 --dist loadgroup``
+    does not keep.)
+    """
+    harness = Harness(tmp_path)
+    try:
+
+        @HOSTILE
+        @given(
+            batch=st.lists(
+                st.tuples(room_ids(), events(surrogates=False)), min_size=1, max_size=25
+            ),
+            inv=st.lists(invites(), max_size=2),
+        )
+        def storm(batch: list[tuple[RoomID, Any]], inv: list[Invite]) -> None:
+            _feed(harness, batch, inv)
+
+        storm()
+        stormed = harness.run(harness.store.questions_in_state("new", "forwarding", limit=10))
+        assert stormed, "the storm recorded no question: the check after it would prove little"
+
+        event = _question("$after-storm", "#DocTocToc Patiente avec arythmie à l'ECG, que faire ?")
+        harness.batch([(INTAKE, event)])
+        assert harness.bot.handler_errors == 0
+        # Drain the work left by the storm, then the question: the worker path stays healthy.
+        harness.drain()
+        row = harness.run(harness.store.question("$after-storm"))
+        assert row is not None and row.state == "done", row
+        fwd = [c for r, c, _ in harness.mx.sent if r == CARDIO and "arythmie" in c["body"]]
+        assert len(fwd) == 1, fwd
+        assert "$after-storm" in fwd[0]["body"] or "%24after-storm" in fwd[0]["body"], fwd[0]
+    finally:
+        harness.close()
 
 
 @settings(HOSTILE, max_examples=60)
@@ -456,21 +482,6 @@ def test_deep_relations_and_non_dict_events(harness: Harness) -> None:
     before = harness.bot.handler_errors
     harness.batch([(INTAKE, e) for e in weird])
     assert harness.bot.handler_errors == before
-
-
-def test_valid_question_after_the_storm_is_recorded_and_forwarded(harness: Harness) -> None:
-    """Runs after the property tests (file order): the bot still works."""
-    event = _question("$after-storm", "#DocTocToc Patiente avec arythmie à l'ECG, que faire ?")
-    harness.batch([(INTAKE, event)])
-    row = harness.run(harness.store.question("$after-storm"))
-    assert row is not None and row.state == "new"
-    harness.mx.sent.clear()
-    # Drain the work left by the storm, then the question: the worker path stays healthy.
-    harness.drain()
-    row = harness.run(harness.store.question("$after-storm"))
-    assert row is not None and row.state == "done", row
-    fwd = [c for r, c, _ in harness.mx.sent if r == CARDIO and "arythmie" in c["body"]]
-    assert len(fwd) == 1
 
 
 def test_100kB_question_is_forwarded_shortened_with_marker(harness: Harness) -> None:
