@@ -10,8 +10,8 @@ import itertools
 
 import pytest
 
-from peerbot import app
-from peerbot.app import MAX_BACKOFF, Backoff
+from peerbot import outbox
+from peerbot.outbox import MAX_BACKOFF, Backoff
 
 NOMINAL = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0]
 
@@ -22,7 +22,7 @@ def _delays(backoff: Backoff, n: int) -> list[float]:
 
 @pytest.mark.parametrize("jitter", [0.8, 1.0, 1.2])
 def test_one_second_doubling_to_sixty(monkeypatch: pytest.MonkeyPatch, jitter: float) -> None:
-    monkeypatch.setattr(app.random, "uniform", lambda low, high: jitter)
+    monkeypatch.setattr(outbox.random, "uniform", lambda low, high: jitter)
     got = _delays(Backoff(), len(NOMINAL))
     assert got == pytest.approx([d * jitter for d in NOMINAL]), got
 
@@ -49,7 +49,7 @@ def test_jitter_stays_within_twenty_percent_and_varies() -> None:
 
 
 def test_reset_goes_back_to_one_second(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app.random, "uniform", lambda low, high: 1.0)
+    monkeypatch.setattr(outbox.random, "uniform", lambda low, high: 1.0)
     backoff = Backoff()
     _delays(backoff, 5)
     backoff.reset()
