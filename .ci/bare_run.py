@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from peerbot.config import MatrixConfig
-from peerbot.devserver import SynapseServer
+from peerbot.dev.devserver import SynapseServer
 from peerbot.matrix import MatrixClient
 
 QUESTION = "#DocTocToc ECG avec arythmie chez une patiente de 82 ans, faut-il anticoaguler ?"

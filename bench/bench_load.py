@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from botproc import BotProcess  # noqa: E402
 
-from peerbot.devserver import RegisteredUser, SynapseServer  # noqa: E402
+from peerbot.dev.devserver import RegisteredUser, SynapseServer  # noqa: E402
 
 HASHTAG = "#DocTocToc"
 _PERMALINK_EVENT = re.compile(r"https://matrix\.to/#/[^/\s]+/([^?\s]+)")

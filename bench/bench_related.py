@@ -120,8 +120,8 @@ def worker(
     import numpy as np
     from rapidfuzz import fuzz, process, utils
 
-    from peerbot.related import DEFAULT_MIN_SCORE, RelatedIndex
-    from peerbot.textnorm import content_tokens
+    from peerbot.core.related import DEFAULT_MIN_SCORE, RelatedIndex
+    from peerbot.core.textnorm import content_tokens
 
     gc.collect()
     rss0 = _rss_kb()

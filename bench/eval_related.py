@@ -36,9 +36,9 @@ from rapidfuzz import fuzz, process, utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peerbot import related
-from peerbot.related import RelatedIndex
-from peerbot.textnorm import STOPWORDS, content_tokens
+from peerbot.core import related
+from peerbot.core.related import RelatedIndex
+from peerbot.core.textnorm import STOPWORDS, content_tokens
 
 EVAL_ROOT = Path(__file__).resolve().parents[2] / "shared/eval"
 DEFAULT_SETS = ("mqp_curai", "rqe_clinical_doctor_questions")

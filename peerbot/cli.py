@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import Config, ConfigError, load_config
+from peerbot.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from .plugins import PluginSet
+    from peerbot.bot.plugins import PluginSet
 
 __all__ = ["main"]
 
@@ -88,7 +88,7 @@ def _load(path: Path) -> Config | None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate bot.yaml without connecting."""
-    from .plugins import PluginLoadError
+    from peerbot.bot.plugins import PluginLoadError
 
     config = _load(Path(args.config_file or args.config))
     if config is None:
@@ -115,7 +115,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _report_keys(config: Config) -> bool:
     """Say whether the cross-signing keys can be read (encryption on); False when they cannot."""
-    from .crosssign import KeysMissing, KeyStoreError, key_file_info, load_keys
+    from peerbot.matrix.crosssign import KeysMissing, KeyStoreError, key_file_info, load_keys
 
     enc = config.encryption
     if not enc.enabled:
@@ -143,7 +143,7 @@ def _report_keys(config: Config) -> bool:
 
 def load_plugin_set(config: Config) -> PluginSet:
     """Load the plugins named in bot.yaml (before any login); PluginLoadError on a problem."""
-    from .plugins import PluginSet, load_plugins
+    from peerbot.bot.plugins import PluginSet, load_plugins
 
     data_root = config.storage.database.parent / "plugins"
     return PluginSet(load_plugins(config.plugins, language=config.language, data_root=data_root))
@@ -153,11 +153,11 @@ async def run_bot(
     config: Config, *, ready: asyncio.Event | None = None, reset_identity: bool = False
 ) -> int:
     """Run until SIGINT/SIGTERM; return an exit status."""
-    from .app import PeerBot, StartupError
-    from .crosssign import CrossSigningError, IdentityMismatch, KeysLost
-    from .matrix import MatrixClient, MatrixError
-    from .plugins import PluginLoadError, ensure_data_dirs
-    from .store import Store, StoreError
+    from peerbot.bot.app import PeerBot, StartupError
+    from peerbot.bot.plugins import PluginLoadError, ensure_data_dirs
+    from peerbot.matrix import MatrixClient, MatrixError
+    from peerbot.matrix.crosssign import CrossSigningError, IdentityMismatch, KeysLost
+    from peerbot.store import Store, StoreError
 
     SECRETS.add(config.matrix.password)
     SECRETS.add(config.matrix.access_token)
@@ -219,10 +219,10 @@ async def run_bot(
 
 async def run_import(config: Config, rooms: list[str]) -> int:
     """Backfill the index from room history; return an exit status."""
-    from .app import PeerBot
-    from .history import import_history
-    from .matrix import MatrixClient, MatrixError
-    from .store import Store, StoreError
+    from peerbot.bot.app import PeerBot
+    from peerbot.bot.history import import_history
+    from peerbot.matrix import MatrixClient, MatrixError
+    from peerbot.store import Store, StoreError
 
     SECRETS.add(config.matrix.password)
     SECRETS.add(config.matrix.access_token)
@@ -265,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start a throwaway Synapse, rooms, users and the bot; post a few questions."""
-    from .demo import run_demo
+    from peerbot.dev.demo import run_demo
 
     setup_logging("WARNING" if not args.verbose else "INFO")
     return asyncio.run(run_demo(Path(args.dir), once=args.once, language=args.language))

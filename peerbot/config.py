@@ -7,11 +7,12 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from peerbot.core.intake import Trigger
 
 __all__ = [
     "AdminConfig",
@@ -46,14 +47,6 @@ _PLUGIN_USE = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
 def is_room_ref(value: str) -> bool:
     """True for a room alias (``#a:b``) or a room ID (``!x:b``, or ``!x`` in room v12)."""
     return bool(_ROOM_ALIAS.match(value) or _ROOM_ID.match(value))
-
-
-class Trigger(StrEnum):
-    """What makes a message in an intake room a question."""
-
-    HASHTAG = "hashtag"
-    QUESTION = "question"
-    ALL = "all"
 
 
 @dataclass(frozen=True)

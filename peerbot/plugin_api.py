@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 # Text normalisation for plugins: they import it from here, so the core can move freely.
-from .textnorm import STOPWORDS, content_tokens, deaccent, fold, tokens
+from peerbot.core.textnorm import STOPWORDS, content_tokens, deaccent, fold, tokens
 
 __all__ = [
     "STOPWORDS",

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from helpers import MakeUser, NetworkAccessDenied, StartSynapse, TestUser, unique_name
 
-from peerbot.devserver import SynapseServer
+from peerbot.dev.devserver import SynapseServer
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 _SERVERS_KEY = pytest.StashKey[list[SynapseServer]]()

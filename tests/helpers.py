@@ -32,7 +32,7 @@ from nio import (
     WhoamiResponse,
 )
 
-from peerbot.devserver import RegisteredUser, SynapseServer
+from peerbot.dev.devserver import RegisteredUser, SynapseServer
 
 __all__ = [
     "MakeUser",

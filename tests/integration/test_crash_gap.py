@@ -23,7 +23,7 @@ from test_faults import (  # type: ignore[import-not-found]
     make_site,
 )
 
-from peerbot.devserver import SynapseServer
+from peerbot.dev.devserver import SynapseServer
 
 HELD_BY_GUARD = "#DocTocToc ECG de la patiente, son e-mail marie.durand{run}@example.org, avis ?"
 CLEAN = "#DocTocToc ECG avec arythmie chez un patient de 70 ans {run}, faut-il anticoaguler ?"

@@ -33,7 +33,8 @@ from nio import (
     SyncResponse,
 )
 
-from peerbot.crosssign import (
+from peerbot.dev.devserver import RegisteredUser, SynapseServer
+from peerbot.matrix.crosssign import (
     IdentityMismatch,
     KeysLost,
     ServerError,
@@ -41,7 +42,6 @@ from peerbot.crosssign import (
     device_signed_by_owner,
     load_keys,
 )
-from peerbot.devserver import RegisteredUser, SynapseServer
 
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
 PASSPHRASE = "correct horse battery staple"

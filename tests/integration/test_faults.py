@@ -37,7 +37,7 @@ from helpers import MakeUser, StartSynapse, TestUser, in_thread, unique_name
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from botproc import BotProcess, run_cli
 
-from peerbot.devserver import RegisteredUser, SynapseServer
+from peerbot.dev.devserver import RegisteredUser, SynapseServer
 
 Event = dict[str, Any]
 

@@ -11,7 +11,7 @@ from conftest import BotRunner  # type: ignore[import-not-found]
 from helpers import TestUser, in_thread, unique_name
 
 from peerbot.config import parse_config
-from peerbot.devserver import start_federation_pair
+from peerbot.dev.devserver import start_federation_pair
 
 pytestmark = pytest.mark.slow
 

@@ -179,7 +179,7 @@ async def test_restart_handles_missed_question_once(world: World) -> None:
 async def test_alias_that_does_not_exist_stops_start(world: World) -> None:
     import pytest
 
-    from peerbot.app import StartupError
+    from peerbot.bot.app import StartupError
 
     cfg = world.config(
         routing={"fallback_room": f"#nope-missing:{world.synapse.server_name}", "specialties": []}

@@ -21,7 +21,7 @@ from helpers import (
     unique_name,
 )
 
-from peerbot.devserver import DevServerError, SynapseServer, start_federation_pair
+from peerbot.dev.devserver import DevServerError, SynapseServer, start_federation_pair
 
 
 async def test_invite_join_and_threaded_reply(make_user: MakeUser) -> None:

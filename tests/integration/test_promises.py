@@ -32,8 +32,8 @@ from helpers import TestUser, in_thread
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from botproc import BotProcess, run_cli
 
-from peerbot.app import PeerBot
-from peerbot.history import import_history
+from peerbot.bot.app import PeerBot
+from peerbot.bot.history import import_history
 from peerbot.matrix import MatrixClient
 from peerbot.store import Store
 

@@ -20,7 +20,7 @@ import test_encrypted_rooms as enc  # type: ignore[import-not-found]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from botproc import REPO, BotProcess, _env
 
-from peerbot.crosssign import device_signed_by_owner, load_keys
+from peerbot.matrix.crosssign import device_signed_by_owner, load_keys
 
 EncWorld = enc.EncWorld
 human = enc.human  # fixtures, reused

@@ -9,7 +9,7 @@ from urllib.parse import quote
 from conftest import World  # type: ignore[import-not-found]
 from helpers import in_thread
 
-from peerbot.history import import_history
+from peerbot.bot.history import import_history
 from peerbot.matrix import MatrixClient
 from peerbot.store import Store
 
@@ -176,7 +176,7 @@ async def test_import_history_indexes_once(world: World) -> None:
         store = await Store.open(config.storage.database)
         client = MatrixClient(config.matrix)
         try:
-            from peerbot.app import PeerBot
+            from peerbot.bot.app import PeerBot
 
             await PeerBot(config, store, client).login()
             out = io.StringIO()

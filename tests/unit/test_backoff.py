@@ -10,8 +10,8 @@ import itertools
 
 import pytest
 
-from peerbot import outbox
-from peerbot.outbox import MAX_BACKOFF, Backoff
+from peerbot.bot import outbox
+from peerbot.bot.outbox import MAX_BACKOFF, Backoff
 
 NOMINAL = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0]
 

@@ -214,7 +214,7 @@ def test_allow_from_encrypted_on_specialty_and_fallback() -> None:
 
 
 def test_check_config_reports_cross_signing_keys(tmp_path: Path) -> None:
-    from peerbot.crosssign import CrossSigningKeys, save_keys
+    from peerbot.matrix.crosssign import CrossSigningKeys, save_keys
 
     bot = tmp_path / "bot.yaml"
     bot.write_text(

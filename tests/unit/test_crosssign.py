@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from peerbot.crosssign import (
+from peerbot.matrix.crosssign import (
     CrossSigningKeys,
     KeysMissing,
     KeyStoreError,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from peerbot.app import PeerBot
+from peerbot.bot.app import PeerBot
 from peerbot.config import IntakeRoom, Trigger, parse_config
 from peerbot.matrix import RoomID, SyncBatch
 from peerbot.store import Store

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peerbot.app import PeerBot
+from peerbot.bot.app import PeerBot
 from peerbot.config import IntakeRoom, Trigger, parse_config
+from peerbot.core.visibility import RoomPrivacy
 from peerbot.matrix import Invite, RoomID, SyncBatch, UserID
 from peerbot.store import Store
-from peerbot.visibility import RoomPrivacy
 
 T = TypeVar("T")
 
@@ -143,7 +143,7 @@ class Harness:
         # What start() resolves from the server.
         bot.rooms.intake = {INTAKE: IntakeRoom(INTAKE, Trigger.HASHTAG, ("#DocTocToc",))}
         bot.rooms.fallback = TRIAGE
-        from peerbot import routing
+        from peerbot.core import routing
 
         bot.rules = routing.RuleSet([routing.Rule("Cardiologie", CARDIO, ("ecg", "arythmie"))])
         return bot

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from peerbot.config import Trigger
-from peerbot.intake import detect_question, has_hashtag, parse_message
-from peerbot.routing import PluginProposal, Rule, RuleSet, decide
-from peerbot.textnorm import fold
+from peerbot.core.intake import detect_question, has_hashtag, parse_message
+from peerbot.core.routing import PluginProposal, Rule, RuleSet, decide
+from peerbot.core.textnorm import fold
 
 
 def ev(

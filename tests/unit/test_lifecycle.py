@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from peerbot.ids import tx_id
-from peerbot.lifecycle import (
+from peerbot.core.ids import tx_id
+from peerbot.core.lifecycle import (
     Labels,
     RouteInputs,
     acknowledged,
@@ -13,10 +13,10 @@ from peerbot.lifecycle import (
     forward_outgoing,
     route_step,
 )
-from peerbot.messages import RelatedLine, texts_for
+from peerbot.core.messages import RelatedLine, texts_for
+from peerbot.core.records import QuestionRow, QuestionState, RouteRecord
+from peerbot.core.routing import Decision, KeywordHit
 from peerbot.plugin_api import Finding, GuardAction, Verdict
-from peerbot.records import QuestionRow, QuestionState, RouteRecord
-from peerbot.routing import Decision, KeywordHit
 
 FR = texts_for("fr")
 EN = texts_for("en")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from peerbot.messages import WORD_JOINER, defang, permalink, shorten, texts_for
+from peerbot.core.messages import WORD_JOINER, defang, permalink, shorten, texts_for
 
 
 def test_permalink_quotes_and_via() -> None:
@@ -69,6 +69,6 @@ def test_ack_lists_words_and_typos() -> None:
 
 
 def test_catalogues_have_same_keys() -> None:
-    from peerbot import messages
+    from peerbot.core import messages
 
     assert set(messages._FR) == set(messages._EN)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from peerbot.bot.plugins import PluginLoadError, PluginSet, load_plugins
 from peerbot.config import PluginEntry, parse_config
-from peerbot.permissions import CREATOR_POWER, power_level
+from peerbot.core.permissions import CREATOR_POWER, power_level
 from peerbot.plugin_api import GuardAction, Question, SpecialtyInfo
-from peerbot.plugins import PluginLoadError, PluginSet, load_plugins
 
 
 def entry(use: str, **options: object) -> PluginEntry:

@@ -7,7 +7,7 @@ from array import array
 
 import pytest
 
-from peerbot.related import DEFAULT_MIN_SCORE, Hit, RelatedIndex, normalise
+from peerbot.core.related import DEFAULT_MIN_SCORE, Hit, RelatedIndex, normalise
 
 ROOM = "!intake:example.org"
 OTHER = "!cardio:example.org"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from peerbot.config import ConfigError, parse_config
-from peerbot.visibility import Communities, RoomPrivacy, is_public, may_show, shown_rooms
+from peerbot.core.visibility import Communities, RoomPrivacy, is_public, may_show, shown_rooms
 
 NONE = Communities()
 

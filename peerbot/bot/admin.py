@@ -7,21 +7,21 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from .commands import COMMAND_NAMES, Command, split_keywords
-from .config import Config, Trigger, is_room_ref
-from .ids import RoomID, tx_id
-from .intake import Message
-from .lifecycle import thread_relation
-from .matrix import MatrixClient, MatrixError
-from .messages import Rendered, Texts
-from .outbox import Outbox
-from .pipeline import QuestionPipeline
-from .plugin_api import Question
-from .plugins import PluginSet
-from .records import QuestionRow, QuestionState
-from .related import RelatedIndex
-from .rooms import RoomDirectory
-from .store import Store
+from peerbot.bot.outbox import Outbox
+from peerbot.bot.pipeline import QuestionPipeline
+from peerbot.bot.plugins import PluginSet
+from peerbot.bot.rooms import RoomDirectory
+from peerbot.config import Config, Trigger, is_room_ref
+from peerbot.core.commands import COMMAND_NAMES, Command, split_keywords
+from peerbot.core.ids import RoomID, tx_id
+from peerbot.core.intake import Message
+from peerbot.core.lifecycle import thread_relation
+from peerbot.core.messages import Rendered, Texts
+from peerbot.core.records import QuestionRow, QuestionState
+from peerbot.core.related import RelatedIndex
+from peerbot.matrix import MatrixClient, MatrixError
+from peerbot.plugin_api import Question
+from peerbot.store import Store
 
 __all__ = ["ChatCommands"]
 
@@ -126,7 +126,7 @@ class ChatCommands:
             await self.say(room_id, msg, self.t.s("related_none"))
             return
         body, html = self.t.related_list(lines)
-        from .messages import Rendered
+        from peerbot.core.messages import Rendered
 
         await self.reply(room_id, msg, Rendered(body, html))
 

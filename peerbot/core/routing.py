@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from rapidfuzz.distance import Levenshtein
 
-from .textnorm import tokens
+from peerbot.core.textnorm import tokens
 
 __all__ = [
     "Decision",

@@ -13,18 +13,18 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import intake
-from .admin import ChatCommands
-from .commands import parse_command
-from .config import Config
-from .ids import RoomID, tx_id
-from .matrix import Forbidden, Invite, MatrixClient, MatrixError, NotFound, Undecryptable
-from .messages import Texts
-from .outbox import Outbox
-from .records import QuestionState
-from .related import RelatedIndex
-from .rooms import RoomDirectory
-from .store import Store
+from peerbot.bot.admin import ChatCommands
+from peerbot.bot.outbox import Outbox
+from peerbot.bot.rooms import RoomDirectory
+from peerbot.config import Config
+from peerbot.core import intake
+from peerbot.core.commands import parse_command
+from peerbot.core.ids import RoomID, tx_id
+from peerbot.core.messages import Texts
+from peerbot.core.records import QuestionState
+from peerbot.core.related import RelatedIndex
+from peerbot.matrix import Forbidden, Invite, MatrixClient, MatrixError, NotFound, Undecryptable
+from peerbot.store import Store
 
 __all__ = ["SOLVED_KEYS", "EventHandlers"]
 

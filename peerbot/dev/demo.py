@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, MatrixConfig, load_config
-from .devserver import DevServerError, SynapseServer
-from .matrix import MatrixClient, MatrixError, RoomID
+from peerbot.config import Config, MatrixConfig, load_config
+from peerbot.dev.devserver import DevServerError, SynapseServer
+from peerbot.matrix import MatrixClient, MatrixError, RoomID
 
 __all__ = ["DEMO_QUESTIONS", "run_demo"]
 
@@ -168,7 +168,7 @@ async def _ask(world: DemoWorld, out: list[str]) -> bool:
 
 async def run_demo(directory: Path, *, once: bool, language: str = "fr") -> int:
     """Run the demo; with ``once``, exit after the scripted part."""
-    from .cli import run_bot
+    from peerbot.cli import run_bot
 
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)

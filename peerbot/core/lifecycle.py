@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .ids import tx_id
-from .messages import RelatedLine, Rendered, Texts
-from .plugin_api import Finding, GuardAction, Verdict
-from .records import QuestionRow, QuestionState, RouteRecord
-from .routing import Decision
+from peerbot.core.ids import tx_id
+from peerbot.core.messages import RelatedLine, Rendered, Texts
+from peerbot.core.records import QuestionRow, QuestionState, RouteRecord
+from peerbot.core.routing import Decision
+from peerbot.plugin_api import Finding, GuardAction, Verdict
 
 __all__ = [
     "Labels",

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from . import intake
-from .config import Config, Trigger, is_room_ref
-from .matrix import Forbidden, MatrixClient, MatrixError, RoomID
-from .store import Store
+from peerbot.config import Config, Trigger, is_room_ref
+from peerbot.core import intake
+from peerbot.matrix import Forbidden, MatrixClient, MatrixError, RoomID
+from peerbot.store import Store
 
 __all__ = ["ImportSummary", "import_history"]
 

@@ -15,20 +15,20 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import routing
-from .admin import ChatCommands
-from .config import Config
-from .events import EventHandlers
-from .forwarding import Lanes
-from .ids import RoomID, tx_id
-from .matrix import Forbidden, MatrixClient, MatrixError, SyncBatch, Transient
-from .messages import Texts, texts_for
-from .outbox import Backoff, Outbox
-from .pipeline import QuestionPipeline
-from .plugins import PluginSet
-from .related import RelatedIndex
-from .rooms import RoomDirectory, StartupError
-from .store import Effect, Store
+from peerbot.bot.admin import ChatCommands
+from peerbot.bot.events import EventHandlers
+from peerbot.bot.forwarding import Lanes
+from peerbot.bot.outbox import Backoff, Outbox
+from peerbot.bot.pipeline import QuestionPipeline
+from peerbot.bot.plugins import PluginSet
+from peerbot.bot.rooms import RoomDirectory, StartupError
+from peerbot.config import Config
+from peerbot.core import routing
+from peerbot.core.ids import RoomID, tx_id
+from peerbot.core.messages import Texts, texts_for
+from peerbot.core.related import RelatedIndex
+from peerbot.matrix import Forbidden, MatrixClient, MatrixError, SyncBatch, Transient
+from peerbot.store import Effect, Store
 
 __all__ = ["Backoff", "PeerBot", "StartupError", "tx_id"]
 

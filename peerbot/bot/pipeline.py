@@ -16,10 +16,13 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from . import intake, routing
-from .config import Config
-from .ids import RoomID
-from .lifecycle import (
+from peerbot.bot.outbox import Outbox
+from peerbot.bot.plugins import PluginSet
+from peerbot.bot.rooms import RoomDirectory
+from peerbot.config import Config
+from peerbot.core import intake, routing
+from peerbot.core.ids import RoomID
+from peerbot.core.lifecycle import (
     Labels,
     RouteInputs,
     acknowledged,
@@ -27,15 +30,12 @@ from .lifecycle import (
     forward_outgoing,
     route_step,
 )
-from .matrix import Forbidden, MatrixClient, NotFound
-from .messages import RelatedLine, Texts, permalink
-from .outbox import Outbox
-from .plugin_api import Question, SpecialtyInfo, Verdict
-from .plugins import PluginSet
-from .records import QuestionRow, QuestionState
-from .related import DEFAULT_MIN_SCORE, RelatedIndex
-from .rooms import RoomDirectory
-from .store import Store
+from peerbot.core.messages import RelatedLine, Texts, permalink
+from peerbot.core.records import QuestionRow, QuestionState
+from peerbot.core.related import DEFAULT_MIN_SCORE, RelatedIndex
+from peerbot.matrix import Forbidden, MatrixClient, NotFound
+from peerbot.plugin_api import Question, SpecialtyInfo, Verdict
+from peerbot.store import Store
 
 __all__ = ["QuestionPipeline"]
 

@@ -28,7 +28,7 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
-from peerbot.textnorm import STOPWORDS
+from peerbot.core.textnorm import STOPWORDS
 
 __all__ = ["DEFAULT_MIN_SCORE", "Hit", "RelatedIndex", "normalise"]
 

@@ -18,9 +18,9 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from .matrix import MatrixClient, MatrixError, Transient
-from .records import Effect, QuestionState
-from .store import Store
+from peerbot.core.records import Effect, QuestionState
+from peerbot.matrix import MatrixClient, MatrixError, Transient
+from peerbot.store import Store
 
 __all__ = ["MAX_BACKOFF", "Backoff", "Outbox", "Stopping"]
 

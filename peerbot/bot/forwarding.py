@@ -13,11 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .matrix import MatrixError
-from .outbox import Stopping
-from .pipeline import QuestionPipeline
-from .records import WAITING, QuestionRow, QuestionState
-from .store import Store
+from peerbot.bot.outbox import Stopping
+from peerbot.bot.pipeline import QuestionPipeline
+from peerbot.core.records import WAITING, QuestionRow, QuestionState
+from peerbot.matrix import MatrixError
+from peerbot.store import Store
 
 __all__ = ["Lanes"]
 

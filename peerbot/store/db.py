@@ -18,8 +18,8 @@ from typing import Any, Self
 
 import aiosqlite
 
-from .lifecycle import Step
-from .records import (
+from peerbot.core.lifecycle import Step
+from peerbot.core.records import (
     Effect,
     IntakeOverride,
     QuestionRow,
@@ -52,7 +52,7 @@ def _now_ms() -> int:
 
 
 def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("peerbot") / "migrations"
+    folder = resources.files("peerbot.store") / "migrations"
     found: list[tuple[int, str]] = []
     for entry in folder.iterdir():
         name = entry.name

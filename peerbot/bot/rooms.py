@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from . import routing
-from .config import Config, IntakeRoom, Trigger, is_room_ref
-from .ids import RoomID, server_of
-from .matrix import MatrixClient, MatrixError, NotFound
-from .permissions import power_level
-from .store import Store
-from .visibility import Communities, shown_rooms
+from peerbot.config import Config, IntakeRoom, Trigger, is_room_ref
+from peerbot.core import routing
+from peerbot.core.ids import RoomID, server_of
+from peerbot.core.permissions import power_level
+from peerbot.core.visibility import Communities, shown_rooms
+from peerbot.matrix import MatrixClient, MatrixError, NotFound
+from peerbot.store import Store
 
 __all__ = ["RoomDirectory", "StartupError"]
 

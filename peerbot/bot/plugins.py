@@ -12,8 +12,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import PluginEntry
-from .plugin_api import (
+from peerbot.config import PluginEntry
+from peerbot.core.routing import PluginProposal
+from peerbot.plugin_api import (
     Guard,
     Plugin,
     PluginContext,
@@ -23,7 +24,6 @@ from .plugin_api import (
     SpecialtyInfo,
     Verdict,
 )
-from .routing import PluginProposal
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -5,12 +5,27 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from .config import Trigger
-from .textnorm import deaccent
+from peerbot.core.textnorm import deaccent
 
-__all__ = ["Message", "detect_question", "has_hashtag", "parse_message"]
+__all__ = [
+    "Message",
+    "Trigger",
+    "detect_question",
+    "has_hashtag",
+    "parse_message",
+]
+
+
+class Trigger(StrEnum):
+    """What makes a message in an intake room a question."""
+
+    HASHTAG = "hashtag"
+    QUESTION = "question"
+    ALL = "all"
+
 
 _TEXT_TYPES = ("m.text",)
 

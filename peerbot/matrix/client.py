@@ -20,9 +20,9 @@ from typing import Any, NoReturn
 import nio
 from nio.api import MessageDirection
 
-from .config import EncryptionConfig, MatrixConfig
-from .ids import EventID, RoomID, UserID
-from .visibility import RoomPrivacy
+from peerbot.config import EncryptionConfig, MatrixConfig
+from peerbot.core.ids import EventID, RoomID, UserID
+from peerbot.core.visibility import RoomPrivacy
 
 __all__ = [
     "EventID",
@@ -272,13 +272,13 @@ class MatrixClient:
     async def setup_encryption(self) -> Any:
         """Upload the device keys and run the cross-signing bootstrap (encryption only).
 
-        Returns the :class:`peerbot.crosssign.BootstrapReport`, or None without encryption.
+        Returns the :class:`peerbot.matrix.crosssign.BootstrapReport`, or None without encryption.
         Raises ``crosssign.KeysLost`` / ``IdentityMismatch`` unless ``reset_identity``.
         """
         enc = self.encryption
         if enc is None:
             return None
-        from . import crosssign
+        import peerbot.matrix.crosssign as crosssign
 
         if self._client.olm is None:
             raise crosssign.CrossSigningError(

@@ -1,0 +1,1 @@
+"""Development tools: the throwaway Synapse (devserver) and ``peerbot demo``."""
