@@ -15,7 +15,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import quote
 
+import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -42,6 +44,7 @@ __all__ = [
     "TestUser",
     "body_is",
     "in_thread",
+    "room_messages",
     "unique_name",
 ]
 
@@ -471,3 +474,25 @@ class TestUser:
         response = await self.client.room_put_state(room_id, "m.room.power_levels", content)
         put: RoomPutStateResponse = _check(response, RoomPutStateResponse, "set power levels")
         return str(put.event_id)
+
+
+async def room_messages(base_url: str, token: str, room_id: str) -> list[Event]:
+    """Every event of a room this token can see, oldest first (``/messages``, all pages)."""
+    url = f"{base_url}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages"
+    headers = {"Authorization": f"Bearer {token}"}
+    events: list[Event] = []
+    start: str | None = None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        while True:
+            params = {"dir": "b", "limit": "500"}
+            if start:
+                params["from"] = start
+            async with http.get(url, headers=headers, params=params) as resp:
+                assert resp.status == 200, await resp.text()
+                page = await resp.json()
+            events += page.get("chunk", [])
+            start = page.get("end")
+            if not page.get("chunk") or not start:
+                break
+    events.reverse()
+    return events

@@ -32,7 +32,7 @@ import aiohttp.web
 import pytest
 import pytest_asyncio
 from conftest import World  # type: ignore[import-not-found]
-from helpers import MakeUser, StartSynapse, TestUser, in_thread, unique_name
+from helpers import MakeUser, StartSynapse, TestUser, in_thread, room_messages, unique_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from botproc import BotProcess, run_cli
@@ -150,24 +150,7 @@ async def bots(
 
 async def history(user: TestUser, room_id: str) -> list[Event]:
     """Every event of a room the user can see, oldest first (``/messages``, all pages)."""
-    url = f"{user.server.base_url}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages"
-    headers = {"Authorization": f"Bearer {user.client.access_token}"}
-    events: list[Event] = []
-    token: str | None = None
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-        while True:
-            params = {"dir": "b", "limit": "500"}
-            if token:
-                params["from"] = token
-            async with http.get(url, headers=headers, params=params) as resp:
-                assert resp.status == 200, await resp.text()
-                page = await resp.json()
-            events += page.get("chunk", [])
-            token = page.get("end")
-            if not page.get("chunk") or not token:
-                break
-    events.reverse()
-    return events
+    return await room_messages(user.server.base_url, user.client.access_token, room_id)
 
 
 def bot_messages(events: list[Event], bot_id: str) -> list[Event]:

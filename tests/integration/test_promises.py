@@ -27,7 +27,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from conftest import BotRunner, World  # type: ignore[import-not-found]
-from helpers import TestUser, in_thread
+from helpers import TestUser, in_thread, room_messages
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from botproc import BotProcess, run_cli
@@ -62,28 +62,6 @@ async def say(world: World, user: TestUser, text: str, room: str | None = None, 
     eid = await user.send_text(room, text, **kw)
     reply = await user.wait_for_event(room, answer_to(world.bot_user.user_id, eid))
     return str(reply["content"]["body"])
-
-
-async def room_messages(base_url: str, token: str, room_id: str) -> list[Event]:
-    """Every event of a room this token can see, oldest first (``/messages``, all pages)."""
-    url = f"{base_url}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages"
-    headers = {"Authorization": f"Bearer {token}"}
-    events: list[Event] = []
-    start: str | None = None
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-        while True:
-            params = {"dir": "b", "limit": "500"}
-            if start:
-                params["from"] = start
-            async with http.get(url, headers=headers, params=params) as resp:
-                assert resp.status == 200, await resp.text()
-                page = await resp.json()
-            events += page.get("chunk", [])
-            start = page.get("end")
-            if not page.get("chunk") or not start:
-                break
-    events.reverse()
-    return events
 
 
 async def read_room(user: TestUser, room_id: str) -> list[Event]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import pytest
 import test_encrypted_rooms as enc  # type: ignore[import-not-found]
+from helpers import room_messages
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from botproc import REPO, BotProcess, _env
@@ -27,28 +27,6 @@ human = enc.human  # fixtures, reused
 enc_world = enc.enc_world
 
 Event = dict[str, Any]
-
-
-async def room_messages(base_url: str, token: str, room_id: str) -> list[Event]:
-    """Every event of a room this token can see, oldest first (``/messages``, all pages)."""
-    url = f"{base_url}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages"
-    headers = {"Authorization": f"Bearer {token}"}
-    events: list[Event] = []
-    start: str | None = None
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-        while True:
-            params = {"dir": "b", "limit": "500"}
-            if start:
-                params["from"] = start
-            async with http.get(url, headers=headers, params=params) as resp:
-                assert resp.status == 200, await resp.text()
-                page = await resp.json()
-            events += page.get("chunk", [])
-            start = page.get("end")
-            if not page.get("chunk") or not start:
-                break
-    events.reverse()
-    return events
 
 
 async def forwards_in(w: EncWorld, room_id: str, question: str) -> list[Event]:
