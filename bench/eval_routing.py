@@ -1,25 +1,28 @@
-"""Score the learned-router plugin against two baselines on real routing data (../shared/eval).
+"""Score the learned-router plugin against the standard baseline on real data (../shared/eval).
 
-For each data folder (routing_eval.jsonl: id, text, label, labels, split) the plugin learns every
-``train`` row through its ``learn()`` API, is trained once, and is asked every ``test`` row.
-Printed per set, one line:
+For each data folder (routing_eval.jsonl: id, text, label, labels, split), in one run:
 
-- plugin: accuracy of its top answer whatever the confidence (``any`` counts any gold label,
-  which matters for multi-label sets such as morfitt);
+- baseline: the standard text classifier, TF-IDF of word 1–2-grams plus char_wb 3–5-grams
+  (accents stripped, sublinear tf) and ``LinearSVC(C=0.5)``, trained on ``train``, scored on
+  ``test``;
 - 1nn: 1-nearest-neighbour over the train split with rapidfuzz (``utils.default_process``),
   the scorer ../shared/eval/README.md found best for that set (token_set_ratio elsewhere);
-- linear: the standard text classifier, TF-IDF of word 1–2-grams plus char_wb 3–5-grams
-  (accents stripped, sublinear tf) and ``LinearSVC(C=0.5)``;
-- confident: accuracy when only the plugin's proposals count (``propose()`` at its
-  ``min_confidence``), and how many test questions got one;
-- off-topic answered: the share of the other sets' test questions (the first 200 of each)
-  that got a proposal, standing for questions about something else;
-- train: the plugin's training time (vectorising, calibration and the final fit).
+- then one line per plugin configuration (``--embeddings``; by default the plugin's default
+  embeddings, then ``none``, the TF-IDF-only ablation). The plugin learns every ``train`` row
+  through its ``learn()`` API, is trained once, and is asked every ``test`` row:
+  accuracy of its top answer whatever the confidence (``any`` counts any gold label, which
+  matters for multi-label sets such as morfitt) and its difference from the baseline in points;
+  confident: accuracy when only its proposals count (``propose()`` at its ``min_confidence``),
+  and how many test questions got one; off-topic answered: the share of the other sets' test
+  questions (the first 200 of each) that got a proposal, standing for questions about something
+  else; retrain: the training time (embedding, vectorising, calibration and the final fit);
+  rank p50/p95: the time to rank one test question, embedding it included.
 
 ``--sweep`` adds a coverage/accuracy table over confidence thresholds, to choose
 ``min_confidence``.
 
-    .venv/bin/python bench/eval_routing.py [--data DIR]... [--min-confidence X] [--sweep]
+    .venv/bin/python bench/eval_routing.py [--data DIR]... [--embeddings use|none]...
+        [--min-confidence X] [--sweep]
 """
 
 from __future__ import annotations
