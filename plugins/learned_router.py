@@ -60,7 +60,19 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["LearnedModel", "LearnedRouter", "RouterSettings", "TrainingExample", "train_model"]
+__all__ = [
+    "DEFAULT_EMBEDDINGS",
+    "EMBEDDING_MODELS",
+    "EmbeddingModel",
+    "Features",
+    "LearnedModel",
+    "LearnedRouter",
+    "RouterSettings",
+    "SentenceEmbedder",
+    "TrainingExample",
+    "load_embedder",
+    "train_model",
+]
 
 INSTALL_HINT = "pip install 'peerbot[learned]'"
 
