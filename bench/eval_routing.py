@@ -1,25 +1,30 @@
-"""Score the learned-router plugin against two baselines on real routing data (../shared/eval).
+"""Score the learned-router plugin against the standard baseline on real data (../shared/eval).
 
-For each data folder (routing_eval.jsonl: id, text, label, labels, split) the plugin learns every
-``train`` row through its ``learn()`` API, is trained once, and is asked every ``test`` row.
-Printed per set, one line:
+For each data folder (routing_eval.jsonl: id, text, label, labels, split), in one run:
 
-- plugin: accuracy of its top answer whatever the confidence (``any`` counts any gold label,
-  which matters for multi-label sets such as morfitt);
+- baseline: the standard text classifier, TF-IDF of word 1–2-grams plus char_wb 3–5-grams
+  (accents stripped, sublinear tf) and ``LinearSVC(C=0.5)``, trained on ``train``, scored on
+  ``test``;
 - 1nn: 1-nearest-neighbour over the train split with rapidfuzz (``utils.default_process``),
   the scorer ../shared/eval/README.md found best for that set (token_set_ratio elsewhere);
-- linear: the standard text classifier, TF-IDF of word 1–2-grams plus char_wb 3–5-grams
-  (accents stripped, sublinear tf) and ``LinearSVC(C=0.5)``;
-- confident: accuracy when only the plugin's proposals count (``propose()`` at its
-  ``min_confidence``), and how many test questions got one;
-- off-topic answered: the share of the other sets' test questions (the first 200 of each)
-  that got a proposal, standing for questions about something else;
-- train: the plugin's training time (vectorising, calibration and the final fit).
+- then one line per plugin configuration (``--embeddings``; by default the plugin's default
+  embeddings, then ``none``, the TF-IDF-only ablation). The plugin learns every ``train`` row
+  through its ``learn()`` API, is trained once, and is asked every ``test`` row:
+  accuracy of its top answer whatever the confidence (``any`` counts any gold label, which
+  matters for multi-label sets such as morfitt) and its difference from the baseline in points;
+  confident: accuracy when only its proposals count (``propose()`` at its ``min_confidence``),
+  and how many test questions got one; off-topic answered: the share of the other sets' test
+  questions (the first 200 of each) that got a proposal, standing for questions about something
+  else; train: the first training on all but the last 20 train rows (embedding, vectorising,
+  calibration and the final fit); retrain +20: training again once those 20 are learned, as
+  the bot does every ``retrain_every`` changes (only new texts are embedded);
+  rank p50/p95: the time to rank one test question, embedding it included.
 
 ``--sweep`` adds a coverage/accuracy table over confidence thresholds, to choose
 ``min_confidence``.
 
-    .venv/bin/python bench/eval_routing.py [--data DIR]... [--min-confidence X] [--sweep]
+    .venv/bin/python bench/eval_routing.py [--data DIR]... [--embeddings use|none]...
+        [--min-confidence X] [--sweep]
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from rapidfuzz import fuzz, process, utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peerbot.plugin_api import PluginContext, Question, SpecialtyInfo
-from plugins.learned_router import LearnedRouter
+from plugins.learned_router import DEFAULT_EMBEDDINGS, EMBEDDING_MODELS, LearnedRouter
 
 EVAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "eval"
 DEFAULT_SETS = (
@@ -56,6 +61,7 @@ NN_SCORERS: dict[str, Any] = {
     "morfitt_fr_specialty": fuzz.token_ratio,
 }
 OFFTOPIC = 200  # questions taken from each other set
+RETRAIN_AFTER = 20  # new questions before the timed retrain (the default retrain_every)
 SWEEP = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)
 
 
@@ -131,67 +137,134 @@ async def ask_all(
     return results
 
 
-def evaluate(
-    folder: Path, options: dict[str, Any], sweep: bool, others: Sequence[Row] = ()
-) -> None:
-    """Print one line of figures for this data folder (and the sweep table if asked)."""
-    train, test = load(folder)
-    labels = sorted({r.label for r in train} | {label for r in test for label in r.labels})
-    specialties = [SpecialtyInfo(name=label, room_id=f"!{i}") for i, label in enumerate(labels)]
+@dataclass(frozen=True)
+class PluginRun:
+    """What one configuration of the plugin scored on one set."""
+
+    top: list[str | None]
+    confidences: list[float]
+    confident: list[str | None]
+    offtopic: list[str | None]
+    train_seconds: float
+    retrain_seconds: float
+    rank_ms: list[float]
+    temperature: float
+    embeddings: str
+    min_confidence: float
+
+
+def run_plugin(
+    train: Sequence[Row],
+    test: Sequence[Row],
+    others: Sequence[Row],
+    specialties: Sequence[SpecialtyInfo],
+    options: dict[str, Any],
+) -> PluginRun | None:
+    """Teach the plugin every train row, train it once, and ask it every test row."""
     with tempfile.TemporaryDirectory() as data_dir:
         context = PluginContext("en", Path(data_dir), logging.getLogger("bench.learned_router"))
         router = LearnedRouter(options, context)
-        for row in train:
+        held = min(RETRAIN_AFTER, len(train) // 2)
+        for row in train[: len(train) - held]:
+            router.learn(row.text, row.label)
+        started = time.perf_counter()
+        router.fit()
+        train_seconds = time.perf_counter() - started
+        # A retrain as the bot does it: a few new questions, the others' embeddings cached.
+        for row in train[len(train) - held :]:
             router.learn(row.text, row.label)
         started = time.perf_counter()
         model = router.fit()
-        train_seconds = time.perf_counter() - started
+        retrain_seconds = time.perf_counter() - started
         if model is None:
-            print(f"{folder.name}: too few training examples", flush=True)
-            return
-        ranked = [router.rank(row.text) for row in test]
-        top = [r[0][0] if r else None for r in ranked]
+            return None
+        ranked = []
+        rank_ms = []
+        for row in test:
+            started = time.perf_counter()
+            ranked.append(router.rank(row.text))
+            rank_ms.append((time.perf_counter() - started) * 1000)
         confident, offtopic = asyncio.run(ask_all(router, [test, others], specialties))
+    return PluginRun(
+        top=[r[0][0] if r else None for r in ranked],
+        confidences=[r[0][1] if r else 0.0 for r in ranked],
+        confident=confident,
+        offtopic=offtopic,
+        train_seconds=train_seconds,
+        retrain_seconds=retrain_seconds,
+        rank_ms=rank_ms,
+        temperature=model.temperature,
+        embeddings=router.embeddings,
+        min_confidence=router.settings.min_confidence,
+    )
 
-    plugin_acc, plugin_any = accuracy(top, test)
-    scorer = NN_SCORERS.get(folder.name, fuzz.token_set_ratio)
-    nn_acc, nn_any = accuracy(nearest_neighbour(train, test, scorer), test)
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def evaluate(
+    folder: Path,
+    variants: Sequence[dict[str, Any]],
+    sweep: bool,
+    others: Sequence[Row] = (),
+) -> None:
+    """Print the baseline, then one line per plugin configuration, for this data folder."""
+    train, test = load(folder)
+    labels = sorted({r.label for r in train} | {label for r in test for label in r.labels})
+    specialties = [SpecialtyInfo(name=label, room_id=f"!{i}") for i, label in enumerate(labels)]
+
     started = time.perf_counter()
     lin_acc, lin_any = accuracy(linear_baseline(train, test), test)
     lin_seconds = time.perf_counter() - started
-    answered = [(p, row) for p, row in zip(confident, test, strict=True) if p is not None]
-    conf_acc = sum(p == row.label for p, row in answered) / len(answered) if answered else 0.0
-    share = len(answered) / len(test) if test else 0.0
-    offtopic_share = (
-        f"{sum(p is not None for p in offtopic) / len(offtopic):.0%} of {len(offtopic)}"
-        if offtopic
-        else "-"
-    )
+    scorer = NN_SCORERS.get(folder.name, fuzz.token_set_ratio)
+    nn_acc, nn_any = accuracy(nearest_neighbour(train, test, scorer), test)
     print(
-        f"{folder.name:34} train {len(train):5} test {len(test):5} | "
-        f"plugin {plugin_acc:.3f} (any {plugin_any:.3f}) | "
-        f"1nn[{scorer.__name__}] {nn_acc:.3f} (any {nn_any:.3f}) | "
-        f"linear {lin_acc:.3f} (any {lin_any:.3f}) | "
-        f"confident@{router.settings.min_confidence:g} {conf_acc:.3f} "
-        f"on {len(answered)}/{len(test)} ({share:.0%}) | "
-        f"off-topic answered {offtopic_share} | "
-        f"train {train_seconds:.1f} s (linear {lin_seconds:.1f} s), T={model.temperature:.3f}",
+        f"{folder.name} (train {len(train)}, test {len(test)})\n"
+        f"  {'baseline TF-IDF + LinearSVC(C=0.5)':44} {lin_acc:.3f} (any {lin_any:.3f}) "
+        f"| fit + predict {lin_seconds:.1f} s\n"
+        f"  {'1nn ' + scorer.__name__:44} {nn_acc:.3f} (any {nn_any:.3f})",
         flush=True,
     )
-    if sweep:
-        confidences = [r[0][1] if r else 0.0 for r in ranked]
-        for threshold in SWEEP:
-            kept = [
-                (p, row)
-                for p, c, row in zip(top, confidences, test, strict=True)
-                if p is not None and c >= threshold
-            ]
-            acc = sum(p == row.label for p, row in kept) / len(kept) if kept else 0.0
-            print(
-                f"    min_confidence {threshold:.2f}: accuracy {acc:.3f} "
-                f"on {len(kept)}/{len(test)} ({len(kept) / max(len(test), 1):.0%})",
-                flush=True,
-            )
+    for options in variants:
+        run = run_plugin(train, test, others, specialties, options)
+        if run is None:
+            print("  learned router: too few training examples", flush=True)
+            continue
+        acc, acc_any = accuracy(run.top, test)
+        answered = [(p, row) for p, row in zip(run.confident, test, strict=True) if p is not None]
+        conf_acc = sum(p == row.label for p, row in answered) / len(answered) if answered else 0.0
+        offtopic_share = (
+            f"{sum(p is not None for p in run.offtopic) / len(run.offtopic):.0%}"
+            f" of {len(run.offtopic)}"
+            if run.offtopic
+            else "-"
+        )
+        label = f"learned router, embeddings {run.embeddings}"
+        print(
+            f"  {label:44} {acc:.3f} (any {acc_any:.3f}) "
+            f"| {100 * (acc - lin_acc):+.1f} points vs baseline "
+            f"| confident@{run.min_confidence:g} {conf_acc:.3f} on {len(answered)}/{len(test)} "
+            f"| off-topic answered {offtopic_share} "
+            f"| train {run.train_seconds:.1f} s, retrain +{RETRAIN_AFTER} "
+            f"{run.retrain_seconds:.1f} s, rank p50 {_percentile(run.rank_ms, 0.5):.1f} ms "
+            f"p95 {_percentile(run.rank_ms, 0.95):.1f} ms, T={run.temperature:.3f}",
+            flush=True,
+        )
+        if sweep:
+            for threshold in SWEEP:
+                kept = [
+                    (p, row)
+                    for p, c, row in zip(run.top, run.confidences, test, strict=True)
+                    if p is not None and c >= threshold
+                ]
+                hit = sum(p == row.label for p, row in kept) / len(kept) if kept else 0.0
+                print(
+                    f"    min_confidence {threshold:.2f}: accuracy {hit:.3f} "
+                    f"on {len(kept)}/{len(test)} ({len(kept) / max(len(test), 1):.0%})",
+                    flush=True,
+                )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,6 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--min-confidence", type=float, help="the plugin's min_confidence")
     parser.add_argument("--sweep", action="store_true", help="print a threshold table per set")
+    parser.add_argument(
+        "--embeddings",
+        action="append",
+        choices=[*EMBEDDING_MODELS, "none"],
+        help="plugin configurations to compare (repeatable; default: the plugin's default, "
+        "then none as the ablation)",
+    )
     args = parser.parse_args(argv)
     folders = args.data or [EVAL_ROOT / name for name in DEFAULT_SETS]
     missing = [f for f in folders if not (f / "routing_eval.jsonl").is_file()]
@@ -214,11 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     options: dict[str, Any] = {}
     if args.min_confidence is not None:
         options["min_confidence"] = args.min_confidence
+    variants = [
+        {**options, "embeddings": name} for name in args.embeddings or [DEFAULT_EMBEDDINGS, "none"]
+    ]
     tests = {folder: load(folder)[1] for folder in folders}
     for folder in folders:
         # Other sets' questions stand for off-topic ones: few should get a proposal.
         others = [row for other in folders if other != folder for row in tests[other][:OFFTOPIC]]
-        evaluate(folder, options, args.sweep, others)
+        evaluate(folder, variants, args.sweep, others)
     return 0
 
 

