@@ -12,7 +12,7 @@ cosine similarity with the lexical score. A thread or a query without a vector i
 lexical engine alone, so the index degrades to today's behaviour whenever vectors are missing.
 
 Vectors travel to and from the database as compact BLOBs (:func:`encode_vector`,
-:func:`decode_vector`): a 9-byte header naming the model, then one signed byte per dimension.
+:func:`decode_vector`): an 8-byte header naming the model, then one signed byte per dimension.
 """
 
 from __future__ import annotations
