@@ -267,13 +267,19 @@ def crosslang(
     for model in models:
         cache = caches[model]
         cvecs = cache.get([t for _, t in corpus])
-        _, ranks = rankers(model, corpus, cvecs, depth)
+        hindex, ranks = rankers(model, corpus, cvecs, depth)
         for direction, qs in queries.items():
             qvecs = cache.get([q for _, q, _ in qs])
             for label, rank in ranks.items():
                 if label == "lexical" and model != models[0]:
                     continue
                 print(fmt(label, f"crosslang {direction}", *run(rank, qs, qvecs, first_gold)))
+
+            def shown(q: str, qv: np.ndarray, index: HybridIndex = hindex) -> list[str]:
+                return [h.thread_id for h in index.search(q, query_vector=qv, limit=3)]
+
+            label = f"hybrid {model}, min_score default"
+            print(fmt(label, f"crosslang {direction}", *run(shown, qs, qvecs, first_gold)))
         sys.stdout.flush()
 
 

@@ -434,19 +434,18 @@ class HybridIndex(RelatedIndex):
         *,
         query_vector: np.ndarray | None = None,
         limit: int = 3,
-        min_score: float = HYBRID_MIN_SCORE,
+        min_score: float | None = None,
         rooms: Collection[str] | None = None,
         exclude: Collection[str] = (),
     ) -> list[Hit]:
         """The threads most related to a query, best first, each scoring at least min_score.
 
-        Without ``query_vector`` (or with no vector indexed) this is the lexical engine's search,
-        and ``min_score`` keeps the lexical meaning (related.DEFAULT_MIN_SCORE is its default).
+        Without ``query_vector`` (or with no vector indexed) this is the lexical engine's search.
+        ``min_score`` None means the calibrated default of whichever scoring ran:
+        HYBRID_MIN_SCORE for the hybrid, related.DEFAULT_MIN_SCORE for the lexical fallback.
         """
         if query_vector is None or self._nvec == 0:
-            return super().search(
-                query, limit=limit, min_score=min_score, rooms=rooms, exclude=exclude
-            )
+            return self._lexical_search(query, limit, min_score, rooms, exclude)
         if limit <= 0 or not self._slot_of:
             return []
         q = np.asarray(query_vector, dtype=np.float32).reshape(-1)
@@ -454,15 +453,25 @@ class HybridIndex(RelatedIndex):
             raise VectorFormatError(f"the query vector is not a {self.spec.name} vector")
         norm = float(np.linalg.norm(q))
         if norm == 0.0:
-            return super().search(
-                query, limit=limit, min_score=min_score, rooms=rooms, exclude=exclude
-            )
+            return self._lexical_search(query, limit, min_score, rooms, exclude)
         found = self._fusion_inputs(query, q / norm, rooms, exclude, limit)
         if found is None:
             return []
         slots, overlap, lexical, cos, inv = found
         scores = self._fuse(lexical, cos, inv, self.spec)
-        return self._ranked(slots, scores, overlap, limit, min_score)
+        threshold = HYBRID_MIN_SCORE if min_score is None else min_score
+        return self._ranked(slots, scores, overlap, limit, threshold)
+
+    def _lexical_search(
+        self,
+        query: str,
+        limit: int,
+        min_score: float | None,
+        rooms: Collection[str] | None,
+        exclude: Collection[str],
+    ) -> list[Hit]:
+        threshold = related.DEFAULT_MIN_SCORE if min_score is None else min_score
+        return super().search(query, limit=limit, min_score=threshold, rooms=rooms, exclude=exclude)
 
     def _fusion_inputs(
         self,

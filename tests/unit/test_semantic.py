@@ -188,7 +188,7 @@ def test_without_vectors_it_is_the_lexical_engine(embedder: Embedder) -> None:
         assert no_vectors.search(q, min_score=0.0, limit=8) == expected
         qv = embedder.embed([q])[0]
         assert no_vectors.search(q, query_vector=qv, min_score=0.0, limit=8) == expected
-        assert plain.search(q) == no_vectors.search(q, min_score=DEFAULT_MIN_SCORE)
+        assert plain.search(q) == no_vectors.search(q)  # and the lexical default threshold
 
 
 def test_thread_without_vector_keeps_its_lexical_score(
