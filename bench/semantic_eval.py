@@ -195,9 +195,8 @@ def tune(
                 if found is None:
                     ranks.append(None)
                     continue
-                slots, overlap, lexical, cos, inv = found
-                scores = HybridIndex._fuse(lexical, cos, inv, spec)
-                hits = index._ranked(slots, scores, overlap, depth, 0.0)
+                scores, raw = HybridIndex._fuse(*found[2:], spec)
+                hits = index._ranked(found[0], scores, raw, depth, 0.0)
                 ranks.append(first_gold([h.thread_id for h in hits], gold))
             return metrics(ranks)
 

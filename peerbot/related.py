@@ -431,7 +431,9 @@ class RelatedIndex:
         limit: int,
         min_score: float,
     ) -> list[Hit]:
-        """Hits for the slots scoring at least min_score, best first, solved threads nudged up."""
+        """Hits for the slots scoring at least min_score, best first, solved threads nudged up.
+
+        ``overlap`` is the second sort key (the IDF overlap here; the hybrid passes its own)."""
         ranked: list[tuple[float, float, str, int, float]] = []
         for i, slot in enumerate(slots):
             score = float(scores[i])

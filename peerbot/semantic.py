@@ -45,6 +45,7 @@ __all__ = [
     "VectorFormatError",
     "decode_vector",
     "encode_vector",
+    "guess_language",
     "load_embedder",
 ]
 
@@ -264,6 +265,40 @@ def _normalise_rows(m: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
+# -- language ---------------------------------------------------------------------------------
+
+# Frequent words of one language and not the other (accents folded, as related._words gives).
+_FRENCH = frozenset(
+    """
+    le la les des du de une est et pour avec dans que qui pas sur au aux je il elle nous vous ce
+    cette ces mon ma mes son sa ses peut faut quel quelle quels quelles chez depuis sont etre
+    avoir fait comment pourquoi quand leur tres apres avant sans donc mais
+    """.split()
+)
+_ENGLISH = frozenset(
+    """
+    the is and of to in for with what how can should my this that it are do does have has you he
+    she after when be was why which there will would from his her been any about your them
+    """.split()
+)
+UNKNOWN, FRENCH, ENGLISH = 0, 1, 2
+
+
+def guess_language(text: str) -> int:
+    """FRENCH, ENGLISH or UNKNOWN, from the frequent words of each (pure, cheap, no model)."""
+    fr = en = 0
+    for word in related._words(text):
+        if word in _FRENCH:
+            fr += 1
+        elif word in _ENGLISH:
+            en += 1
+    if fr > 2 * en:
+        return FRENCH
+    if en > 2 * fr:
+        return ENGLISH
+    return UNKNOWN
+
+
 # -- the hybrid index ---------------------------------------------------------------------------
 
 
@@ -277,6 +312,9 @@ class HybridIndex(RelatedIndex):
     binary-code prefilter above ``EXACT_MAX`` vectors), so a thread sharing no word with the
     query (another language, a paraphrase) can still be found.
 
+    Across languages (a French query, an English thread, or the reverse, as guess_language
+    tells) word overlap means nothing, so such a pair is scored by its semantic part alone.
+
     Privacy: a vector is erased (its row zeroed) when its thread is removed or its text edited.
     """
 
@@ -289,6 +327,7 @@ class HybridIndex(RelatedIndex):
         self._inv = np.zeros(0, dtype=np.float32)  # 1 / norm of the int8 row; 0: no vector
         self._codes = np.zeros((0, self._words64), dtype=np.uint64)
         self._gen: list[int] = []
+        self._lang = bytearray()  # guess_language of each slot's text
         self._nvec = 0
         # Binary codes are signs of (vector - centre); the centre is the mean vector when the
         # codes were last rebuilt, which happens each time the number of vectors doubles.
@@ -328,6 +367,7 @@ class HybridIndex(RelatedIndex):
         slot = self._slot_of[thread_id]
         self._grow(slot + 1)
         self._gen[slot] = gen
+        self._lang[slot] = guess_language(text)
         self._drop_vector(slot)
         if vector is not None:
             self._put_vector(slot, vector)
@@ -339,6 +379,7 @@ class HybridIndex(RelatedIndex):
             return
         super().update_text(thread_id, text)
         self._gen[slot] += 1
+        self._lang[slot] = guess_language(text)
         self._drop_vector(slot)
         if vector is not None:
             self._put_vector(slot, vector)
@@ -368,6 +409,7 @@ class HybridIndex(RelatedIndex):
         have = self._inv.shape[0]
         if size <= have:
             if len(self._gen) < size:
+                self._lang.extend(bytes(size - len(self._gen)))
                 self._gen.extend([0] * (size - len(self._gen)))
             return
         cap = max(size, 2 * have, 64)
@@ -378,6 +420,7 @@ class HybridIndex(RelatedIndex):
         codes = np.zeros((cap, self._words64), dtype=np.uint64)
         codes[:have] = self._codes
         self._vec, self._inv, self._codes = vec, inv, codes
+        self._lang.extend(bytes(size - len(self._gen)))
         self._gen.extend([0] * (size - len(self._gen)))
 
     def _put_vector(self, slot: int, vector: np.ndarray) -> None:
@@ -457,10 +500,9 @@ class HybridIndex(RelatedIndex):
         found = self._fusion_inputs(query, q / norm, rooms, exclude, limit)
         if found is None:
             return []
-        slots, overlap, lexical, cos, inv = found
-        scores = self._fuse(lexical, cos, inv, self.spec)
+        scores, raw = self._fuse(*found[2:], self.spec)
         threshold = HYBRID_MIN_SCORE if min_score is None else min_score
-        return self._ranked(slots, scores, overlap, limit, threshold)
+        return self._ranked(found[0], scores, raw, limit, threshold)
 
     def _lexical_search(
         self,
@@ -480,8 +522,8 @@ class HybridIndex(RelatedIndex):
         rooms: Collection[str] | None,
         exclude: Collection[str],
         limit: int,
-    ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-        """Candidate slots with their IDF overlap, lexical score, cosine and vector presence."""
+    ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Candidate slots: IDF overlap, lexical score, cosine, vector presence, other language."""
         k = max(related.CANDIDATES, limit)
         terms, missing, qwords = self._query_terms(related.normalise(query))
         lex_slots = self._candidates(terms, rooms, exclude, k) if terms else []
@@ -496,15 +538,26 @@ class HybridIndex(RelatedIndex):
         idx = np.asarray(slots, dtype=np.intp)
         inv = self._inv[idx]
         cos = (self._vec[idx].astype(np.float32) @ q) * inv
-        return slots, overlap, lexical, cos, inv
+        qlang = guess_language(query)
+        langs = np.frombuffer(self._lang, dtype=np.uint8)[idx]
+        other = (
+            (langs != qlang) & (langs != UNKNOWN) if qlang != UNKNOWN else np.zeros(idx.size, bool)
+        )
+        return slots, overlap, lexical, cos, inv, other
 
     @staticmethod
-    def _fuse(lexical: np.ndarray, cos: np.ndarray, inv: np.ndarray, spec: ModelSpec) -> np.ndarray:
-        """Hybrid scores in [0, 1]; slots without a vector keep their lexical score."""
-        span = spec.cos_ceiling - spec.cos_floor
-        semantic = np.clip((cos - spec.cos_floor) / span, 0.0, 1.0)
+    def _fuse(
+        lexical: np.ndarray, cos: np.ndarray, inv: np.ndarray, other: np.ndarray, spec: ModelSpec
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Hybrid scores in [0, 1], and the same before clipping to break ties at 1.
+
+        Slots without a vector keep their lexical score; slots in the other language get their
+        semantic score alone."""
+        semantic = np.maximum((cos - spec.cos_floor) / (spec.cos_ceiling - spec.cos_floor), 0.0)
         fused = spec.weight * semantic + (1.0 - spec.weight) * lexical
-        return np.where(inv > 0, fused, lexical)
+        fused = np.where(other, semantic, fused)
+        raw = np.where(inv > 0, fused, lexical)
+        return np.clip(raw, 0.0, 1.0), raw
 
     def _dense(
         self, q: np.ndarray, rooms: Collection[str] | None, exclude: Collection[str], k: int

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from peerbot import semantic
-from peerbot.related import DEFAULT_MIN_SCORE, RelatedIndex
+from peerbot.related import RelatedIndex
 from peerbot.semantic import (
     DEFAULT_MODEL,
     MODELS,
@@ -292,3 +292,17 @@ def test_bad_query_vector_is_a_clear_error(vectors: dict[str, np.ndarray]) -> No
     # A zero vector carries no meaning: lexical search.
     zero = np.zeros(MODELS[DEFAULT_MODEL].dim, dtype=np.float32)
     assert index.search("asthma inhaler", query_vector=zero) == index.search("asthma inhaler")
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("Comment lire un ÉCG avec un bloc de branche droit ?", semantic.FRENCH),
+        ("Which inhaler should a child with asthma use before exercise?", semantic.ENGLISH),
+        ("bonjour. donc. pourquoi venez-vous aux urgences?", semantic.FRENCH),
+        ("ECG?", semantic.UNKNOWN),
+        ("", semantic.UNKNOWN),
+    ],
+)
+def test_guess_language(text: str, lang: int) -> None:
+    assert semantic.guess_language(text) == lang
