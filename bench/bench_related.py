@@ -247,7 +247,7 @@ def semantic_worker(
     sys.path.insert(0, str(REPO / "bench"))
     from semantic_eval import VectorCache
 
-    from peerbot.semantic import HYBRID_MIN_SCORE, HybridIndex, load_embedder
+    from peerbot.semantic import HybridIndex, load_embedder
 
     cache = VectorCache(model, cache_dir)
     pool = np.stack(list(cache.vecs.values())).astype(np.float32)
@@ -301,7 +301,7 @@ def semantic_worker(
         w, c = time.perf_counter(), time.thread_time()
         qv = embedder.embed([q])[0]
         we = time.perf_counter()
-        hits = index.search(q, query_vector=qv, limit=3, min_score=HYBRID_MIN_SCORE)
+        hits = index.search(q, query_vector=qv, limit=3)
         total_w.append(time.perf_counter() - w)
         total_c.append(time.thread_time() - c)
         embed_w.append(we - w)

@@ -72,6 +72,8 @@ class ModelSpec:
     """Cosine from which two questions count as fully related: semantic 1 above it."""
     weight: float
     """Weight of the semantic part in the hybrid score; the rest is the lexical score."""
+    min_score: float
+    """The hybrid's "related enough to show" threshold with it (bench/RESULTS-related.md)."""
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -87,6 +89,7 @@ MODELS: dict[str, ModelSpec] = {
             cos_floor=0.80,
             cos_ceiling=0.95,
             weight=0.5,
+            min_score=0.45,
         ),
         ModelSpec(
             name="use-m3-q6",
@@ -98,13 +101,14 @@ MODELS: dict[str, ModelSpec] = {
             cos_floor=0.35,
             cos_ceiling=0.90,
             weight=0.3,
+            min_score=0.45,
         ),
     )
 }
 DEFAULT_MODEL = "e5-small-q4"
 
-HYBRID_MIN_SCORE: float = 0.45
-"""The hybrid's "related enough to show" threshold (calibration: bench/RESULTS-related.md)."""
+HYBRID_MIN_SCORE: float = MODELS[DEFAULT_MODEL].min_score
+"""The hybrid's default threshold with the default model (each ModelSpec has its own)."""
 
 MAX_CHARS = 1000
 """Only the start of a long text is embedded: it bounds the cost; the question is at the start."""
@@ -484,8 +488,8 @@ class HybridIndex(RelatedIndex):
         """The threads most related to a query, best first, each scoring at least min_score.
 
         Without ``query_vector`` (or with no vector indexed) this is the lexical engine's search.
-        ``min_score`` None means the calibrated default of whichever scoring ran:
-        HYBRID_MIN_SCORE for the hybrid, related.DEFAULT_MIN_SCORE for the lexical fallback.
+        ``min_score`` None means the calibrated default of whichever scoring ran: the model's
+        ``min_score`` for the hybrid, related.DEFAULT_MIN_SCORE for the lexical fallback.
         """
         if query_vector is None or self._nvec == 0:
             return self._lexical_search(query, limit, min_score, rooms, exclude)
@@ -501,7 +505,7 @@ class HybridIndex(RelatedIndex):
         if found is None:
             return []
         scores, raw = self._fuse(*found[2:], self.spec)
-        threshold = HYBRID_MIN_SCORE if min_score is None else min_score
+        threshold = self.spec.min_score if min_score is None else min_score
         return self._ranked(found[0], scores, raw, limit, threshold)
 
     def _lexical_search(
