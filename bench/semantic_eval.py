@@ -186,26 +186,34 @@ def tune(
         rows = []
         for (_, q, gold), qv in zip(qa, qvecs, strict=True):
             found = index._fusion_inputs(q, qv, None, (), depth)
+            if found is not None:
+                is_gold = np.array([index._thread[s] in gold for s in found[0]])
+                found = (is_gold, *found[2:])
             rows.append((found, gold))
         inputs[name] = rows
 
-        def evaluate(spec: ModelSpec, rows: list[Any] = rows, index: HybridIndex = index) -> Any:
-            ranks = []
-            for found, gold in rows:
-                if found is None:
+        def evaluate(spec: ModelSpec, rows: list[Any] = rows) -> Any:
+            # The gold's rank among the candidates, as _ranked sorts them (but for thread-id ties).
+            ranks: list[int | None] = []
+            for found, _gold in rows:
+                if found is None or not found[0].any():
                     ranks.append(None)
                     continue
-                scores, raw = HybridIndex._fuse(*found[2:], spec)
-                hits = index._ranked(found[0], scores, raw, depth, 0.0)
-                ranks.append(first_gold([h.thread_id for h in hits], gold))
+                scores, raw = HybridIndex._fuse(*found[1:], spec)
+                scores = np.round(scores, 4)
+                g = np.flatnonzero(found[0])
+                best = g[np.lexsort((-raw[g], -scores[g]))[0]]
+                above = (scores > scores[best]) | ((scores == scores[best]) & (raw > raw[best]))
+                rank = 1 + int(above.sum())
+                ranks.append(rank if rank <= depth else None)
             return metrics(ranks)
 
         inputs[name + ":eval"] = evaluate  # type: ignore[assignment]
     base = MODELS[model]
     results = []
-    floors = np.round(np.arange(base.cos_floor - 0.15, base.cos_floor + 0.151, 0.05), 3)
-    ceilings = (0.9, 0.95, 1.0) if model.startswith("e5") else (0.8, 0.9, 1.0)
-    for w, lo, hi in itertools.product((0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), floors, ceilings):
+    floors = np.round(np.arange(base.cos_floor - 0.1, base.cos_floor + 0.101, 0.05), 3)
+    ceilings = (0.95, 1.0) if model.startswith("e5") else (0.8, 0.9, 1.0)
+    for w, lo, hi in itertools.product((0.3, 0.4, 0.5, 0.6, 0.7), floors, ceilings):
         if hi <= lo:
             continue
         spec = dataclasses.replace(base, weight=float(w), cos_floor=float(lo), cos_ceiling=hi)

