@@ -124,7 +124,7 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 DEFAULT_MODEL = "use-m3-q6"
-"""USE: as good as e5 in the hybrid, 5x faster per query, any platform (bench/RESULTS-related.md)."""
+"""USE: about as good as e5 in the hybrid, 4-5x faster per query, any platform (see bench/)."""
 
 HYBRID_MIN_SCORE: float = MODELS[DEFAULT_MODEL].min_score
 """The hybrid's default threshold with the default model (each ModelSpec has its own)."""
