@@ -107,7 +107,7 @@ MODELS: dict[str, ModelSpec] = {
             cos_floor=0.90,
             cos_ceiling=0.95,
             weight=0.5,
-            min_score=0.45,
+            min_score=0.30,
         ),
         ModelSpec(
             name="use-m3-q6",
