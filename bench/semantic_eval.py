@@ -3,7 +3,7 @@
 Imported by eval_related.py (``--semantic``, on by default when the models are installed).
 Vectors of the eval texts are computed once per model with peerbot.semantic.Embedder and kept in
 ``--cache`` (default /tmp/peerbot-emb/<model>.npz, keyed by a hash of the text), since the e5
-model embeds about 50 texts/s on one core.
+model embeds about 10 texts/s on one core of this machine.
 """
 
 from __future__ import annotations
