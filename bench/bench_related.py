@@ -9,6 +9,18 @@ the same subprocess, the same queries go through brute-force rapidfuzz token_set
 queries) and SQLite FTS5 BM25 for the ratios. Build rate counts the add() calls only.
 
     .venv/bin/python bench/bench_related.py [--sizes 10000,100000,1000000] [--queries 1000]
+
+With ``--semantic MODEL`` (e5-small-q4 or use-m3-q6, from peerbot[semantic]) it measures the
+hybrid index instead, at ``--sizes`` (default 100000): per query, the query embedding plus
+HybridIndex.search, and the lexical stage alone on the same index; the indexing rate including
+the embedding (on a sample of the synthetic texts, one at a time and in batches of 32); RSS before
+the model, with the model, and with the index. Wall time and the thread's CPU time are both
+printed, since the machine is shared. Embedding 100k synthetic threads with e5 would take over
+half an hour, so the index's vectors are the cached real vectors of the eval texts
+(bench/semantic_eval.VectorCache) with a little noise, one per thread: the search cost does not
+depend on what the vectors say, only on how many there are.
+
+    .venv/bin/python bench/bench_related.py --semantic e5-small-q4 [--sizes 100000] [--queries 300]
 """
 
 from __future__ import annotations
@@ -224,6 +236,168 @@ def worker(
     }
 
 
+def semantic_worker(
+    path: Path, n: int, queries: list[str], model: str, cache_dir: Path, nio: bool
+) -> dict[str, Any]:
+    """Runs in a fresh process: the hybrid index at n threads, query embedding included."""
+    if nio:
+        import nio as _nio  # noqa: F401  (the bot's own footprint, for the absolute RSS)
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from semantic_eval import VectorCache
+
+    from peerbot.core.semantic import HybridIndex, load_embedder
+
+    cache = VectorCache(model, cache_dir)
+    pool = np.stack(list(cache.vecs.values())).astype(np.float32)
+    del cache
+    gc.collect()
+    rss0 = _rss_kb()
+    embedder, reason = load_embedder(model)
+    if embedder is None:
+        raise SystemExit(reason)
+    embedder.warm()
+    embedder.embed(["warm up"])
+    rss_model = _rss_kb()
+
+    # Indexing rate including the embedding, on the first synthetic texts.
+    with path.open(encoding="utf-8") as f:
+        sample = [json.loads(line) for _, line in zip(range(256), f, strict=False)]
+    one_cpu = one_wall = 0.0
+    for text in sample[:96]:
+        w, c = time.perf_counter(), time.thread_time()
+        embedder.embed([text])
+        one_wall += time.perf_counter() - w
+        one_cpu += time.thread_time() - c
+    w, c = time.perf_counter(), time.thread_time()
+    for i in range(0, len(sample), 32):
+        embedder.embed(sample[i : i + 32])
+    batch_wall = time.perf_counter() - w
+    batch_cpu = time.thread_time() - c
+
+    rng = np.random.default_rng(1)
+    index = HybridIndex(model)
+    rooms = [f"!room{i}:example.org" for i in range(20)]
+    add_s = 0.0
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            text = json.loads(line)
+            v = pool[i % len(pool)] + rng.standard_normal(pool.shape[1]).astype(np.float32) * 0.01
+            t0 = time.perf_counter()
+            index.add(_tid(i), text, room_id=rooms[i % 20], solved=i % 7 == 0, vector=v)
+            add_s += time.perf_counter() - t0
+    del pool
+    gc.collect()
+    rss_index = _rss_kb()
+
+    total_w: list[float] = []
+    total_c: list[float] = []
+    embed_w: list[float] = []
+    lex_w: list[float] = []
+    lex_c: list[float] = []
+    answered = 0
+    for q in queries:
+        w, c = time.perf_counter(), time.thread_time()
+        qv = embedder.embed([q])[0]
+        we = time.perf_counter()
+        hits = index.search(q, query_vector=qv, limit=3)
+        total_w.append(time.perf_counter() - w)
+        total_c.append(time.thread_time() - c)
+        embed_w.append(we - w)
+        answered += bool(hits)
+        w, c = time.perf_counter(), time.thread_time()
+        index.search(q, limit=3)
+        lex_w.append(time.perf_counter() - w)
+        lex_c.append(time.thread_time() - c)
+    ms = 1e3
+    return {
+        "n": n,
+        "model": model,
+        "vectors": index.vector_count,
+        "add_per_s_vector_given": n / add_s,
+        "embed_one_per_s_cpu": 96 / one_cpu,
+        "embed_one_per_s_wall": 96 / one_wall,
+        "embed_batch32_per_s_cpu": len(sample) / batch_cpu,
+        "embed_batch32_per_s_wall": len(sample) / batch_wall,
+        "p50_wall": statistics.median(total_w) * ms,
+        "p99_wall": pct(total_w, 0.99) * ms,
+        "p50_cpu": statistics.median(total_c) * ms,
+        "p99_cpu": pct(total_c, 0.99) * ms,
+        "embed_p50_wall": statistics.median(embed_w) * ms,
+        "lex_p50_wall": statistics.median(lex_w) * ms,
+        "lex_p99_wall": pct(lex_w, 0.99) * ms,
+        "lex_p50_cpu": statistics.median(lex_c) * ms,
+        "lex_p99_cpu": pct(lex_c, 0.99) * ms,
+        "answered": answered / len(queries),
+        "rss_before_mb": rss0 / 1024,
+        "rss_model_mb": rss_model / 1024,
+        "rss_index_mb": rss_index / 1024,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main_semantic(args: argparse.Namespace) -> int:
+    texts, pool = source_texts()
+    rng = random.Random(11)
+    queries = rng.sample(pool, args.queries)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_related_"))
+    qpath = tmp / "queries.json"
+    qpath.write_text(json.dumps(queries), encoding="utf-8")
+    pin = ["taskset", "-c", args.pin] if args.pin and shutil.which("taskset") else []
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    rows = []
+    try:
+        for n in (int(s) for s in args.sizes.split(",")):
+            path = tmp / f"corpus_{n}.jsonl"
+            make_corpus(n, texts, path)
+            cmd = [*pin, sys.executable, __file__, "--semantic-worker", str(path), str(n)]
+            cmd += [str(qpath), args.semantic, str(args.cache)]
+            if args.no_nio:
+                cmd.append("--no-nio")
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            path.unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"hybrid {args.semantic}: {len(queries)} queries, one thread, pinned: {args.pin or 'no'};"
+        " ms are wall / thread CPU"
+    )
+    head = (
+        "threads",
+        "query+embed p50",
+        "query+embed p99",
+        "embed p50 (wall)",
+        "lexical alone p50",
+        "lexical alone p99",
+        "answered",
+        "embed texts/s (1 at a time)",
+        "embed texts/s (batches of 32)",
+        "add/s, vector given",
+        "RSS base / +model / +index MB",
+    )
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        cells = (
+            f"{r['n']:,}",
+            f"{r['p50_wall']:.1f} / {r['p50_cpu']:.1f}",
+            f"{r['p99_wall']:.1f} / {r['p99_cpu']:.1f}",
+            f"{r['embed_p50_wall']:.1f}",
+            f"{r['lex_p50_wall']:.2f} / {r['lex_p50_cpu']:.2f}",
+            f"{r['lex_p99_wall']:.2f} / {r['lex_p99_cpu']:.2f}",
+            f"{r['answered']:.2f}",
+            f"{r['embed_one_per_s_wall']:.0f} / {r['embed_one_per_s_cpu']:.0f}",
+            f"{r['embed_batch32_per_s_wall']:.0f} / {r['embed_batch32_per_s_cpu']:.0f}",
+            f"{r['add_per_s_vector_given']:,.0f}",
+            f"{r['rss_before_mb']:.0f} / {r['rss_model_mb']:.0f} / {r['rss_index_mb']:.0f}",
+        )
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
@@ -231,7 +405,20 @@ def main() -> int:
     ap.add_argument("--pin", help="run the workers under taskset -c PIN (e.g. 1)")
     ap.add_argument("--no-nio", action="store_true", help="do not import nio in the worker")
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--semantic", metavar="MODEL", help="measure the hybrid index with MODEL")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/peerbot-emb"), help="vector cache")
+    ap.add_argument("--semantic-worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.semantic_worker:
+        path, n, qpath, model, cache = args.semantic_worker
+        queries = json.loads(Path(qpath).read_text(encoding="utf-8"))
+        res = semantic_worker(Path(path), int(n), queries, model, Path(cache), not args.no_nio)
+        print(json.dumps(res))
+        return 0
+    if args.semantic:
+        if args.sizes == "10000,100000,1000000":
+            args.sizes = "100000"
+        return main_semantic(args)
     if args.worker:
         path, n, qpath, brute_n, fts_n = args.worker
         queries = json.loads(Path(qpath).read_text(encoding="utf-8"))

@@ -4,7 +4,7 @@ For each data folder (corpus.jsonl + related_eval.jsonl) the whole corpus is ind
 query is asked. Printed per set: hit@1, hit@3 and MRR (reciprocal rank of the first gold item in
 the top 50, 0 beyond) for
 
-- engine: peerbot.related.RelatedIndex (min_score=0, so it is scored as a ranker);
+- engine: peerbot.core.related.RelatedIndex (min_score=0, so it is scored as a ranker);
 - tsr: brute-force rapidfuzz token_set_ratio with utils.default_process over the whole corpus,
   ties broken by the plain ratio of the processed strings, then corpus order;
 - bm25: SQLite FTS5 (tokenize 'unicode61 remove_diacritics 2'), the query's words OR-ed, best 50
@@ -15,7 +15,14 @@ the top 50, 0 beyond) for
 Then the same for a typo'd variant of a fixed-seed sample of queries (engine and bm25), and a
 min_score calibration table.
 
+With the semantic extras installed (``pip install 'peerbot[semantic,semantic-e5]'``), each set is
+also ranked, in the same run, by each embedding model alone (exact cosine over the whole corpus)
+and by peerbot.core.semantic.HybridIndex (lexical + that model), each split into the fixed halves A
+(the half the fusion settings were tuned on, ``--tune``) and B (held out); then the cross-language
+check of bench/crosslang.jsonl (see bench/CROSSLANG.md).
+
     .venv/bin/python bench/eval_related.py [--data DIR]... [--quick] [--no-tsr] [--set NAME=VALUE]
+        [--models e5-small-q4,use-m3-q6 | --no-semantic] [--cache DIR] [--tune] [--calibrate]
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ from rapidfuzz import fuzz, process, utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peerbot.core import related
+import semantic_eval as sem
+
+from peerbot.core import related, semantic
 from peerbot.core.related import RelatedIndex
 from peerbot.core.textnorm import STOPWORDS, content_tokens
 
@@ -264,13 +273,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--calibrate", action="store_true", help="print the min_score table")
     ap.add_argument("--ablations", action="store_true", help="engine only, each choice varied")
     ap.add_argument("--typo-n", type=int, default=300)
+    ap.add_argument("--models", default=",".join(semantic.MODELS), help="embedding models")
+    ap.add_argument("--no-semantic", action="store_true", help="lexical figures only")
+    ap.add_argument("--no-crosslang", action="store_true")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/peerbot-emb"), help="vector cache")
+    ap.add_argument("--tune", action="store_true", help="grid the fusion settings on half A")
+    ap.add_argument(
+        "--sset",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a tunable of peerbot.core.semantic (e.g. EXACT_MAX=0, DENSE_CANDIDATES=100)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a tunable of peerbot.related (e.g. STEM=0, BLEND=0.5)",
+        help="override a tunable of peerbot.core.related (e.g. STEM=0, BLEND=0.5)",
     )
     args = ap.parse_args(argv)
     for item in args.set:
@@ -280,12 +301,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(related, name, value.lower() in ("1", "true", "yes"))
         else:
             setattr(related, name, type(old)(float(value)))
+    for item in args.sset:
+        name, _, value = item.partition("=")
+        setattr(semantic, name, type(getattr(semantic, name))(float(value)))
     folders = args.data or [EVAL_ROOT / s for s in DEFAULT_SETS]
     loaded = {f.name: load(f) for f in folders}
-    if args.set:
-        print("overrides:", ", ".join(args.set))
+    if args.set or args.sset:
+        print("overrides:", ", ".join(args.set + args.sset))
     if args.ablations:
         ablations(folders, loaded, args.quick)
+        return 0
+    models = [] if args.no_semantic else sem.models_available(args.models.split(","))
+    caches = {m: sem.VectorCache(m, args.cache) for m in models}
+    if args.tune:
+        for model in models:
+            sem.tune(model, loaded, caches[model], first_gold, metrics, DEPTH)
         return 0
     for folder in folders:
         name = folder.name
@@ -317,10 +347,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             for label, qs in (("clean", clean), ("typo", typod)):
                 print(fmt(f"engine {label}", name, *run_ranker(engine, qs)))
                 print(fmt(f"bm25 {label}", name, *run_ranker(bm25.rank, qs)))
+        others = [q for other, (_, qs) in loaded.items() if other != name for _, q, _ in qs]
         if args.calibrate:
-            others = [q for other, (_, qs) in loaded.items() if other != name for _, q, _ in qs]
             calibrate(index, queries, others[:1000], name)
+        for model in models:
+            cache = caches[model]
+            cvecs = cache.get([t for _, t in corpus])
+            qvecs = cache.get([q for _, q, _ in queries])
+            hindex, ranks = sem.rankers(model, corpus, cvecs, DEPTH)
+            for label, rank in ranks.items():
+                if label == "lexical" and model != models[0]:
+                    continue
+                got = sem.run(rank, queries, qvecs, first_gold)
+                print("\n".join(sem.split_rows(label, name, queries, *got, fmt)))
+            if args.calibrate:
+                sem.calibrate_hybrid(
+                    hindex,
+                    queries,
+                    qvecs,
+                    others[:1000],
+                    cache.get(others[:1000]),
+                    name,
+                    (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65),
+                )
+            sys.stdout.flush()
         sys.stdout.flush()
+    if models and not args.no_crosslang:
+        sem.crosslang(models, EVAL_ROOT, caches, load, fmt, first_gold, DEPTH)
     return 0
 
 

@@ -420,8 +420,28 @@ class RelatedIndex:
         slots = self._candidates(terms, rooms, exclude, max(CANDIDATES, limit))
         if not slots:
             return []
+        overlap, scores = self._lexical_scores(terms, missing, qwords, slots)
+        return self._ranked(slots, scores, overlap, limit, min_score)
+
+    def _lexical_scores(
+        self, terms: dict[int, float], missing: float, qwords: list[str], slots: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """IDF overlap and final lexical score in [0, 1] of each slot (for hybrid rankers too)."""
         overlap, set_ratio = self._features(terms, missing, " ".join(qwords), slots)
         scores = np.clip(BLEND * overlap + (1.0 - BLEND) * set_ratio, 0.0, 1.0)
+        return overlap, scores
+
+    def _ranked(
+        self,
+        slots: list[int],
+        scores: np.ndarray,
+        overlap: np.ndarray,
+        limit: int,
+        min_score: float,
+    ) -> list[Hit]:
+        """Hits for the slots scoring at least min_score, best first, solved threads nudged up.
+
+        ``overlap`` is the second sort key (the IDF overlap here; the hybrid passes its own)."""
         ranked: list[tuple[float, float, str, int, float]] = []
         for i, slot in enumerate(slots):
             score = float(scores[i])
