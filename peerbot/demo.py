@@ -16,6 +16,7 @@ from typing import Any
 from .config import Config, MatrixConfig, load_config
 from .devserver import DevServerError, SynapseServer
 from .matrix import MatrixClient, MatrixError, RoomID
+from .runner import run_bot
 
 __all__ = ["DEMO_QUESTIONS", "run_demo"]
 
@@ -168,8 +169,6 @@ async def _ask(world: DemoWorld, out: list[str]) -> bool:
 
 async def run_demo(directory: Path, *, once: bool, language: str = "fr") -> int:
     """Run the demo; with ``once``, exit after the scripted part."""
-    from .cli import run_bot
-
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     try:

@@ -14,10 +14,10 @@ import pytest_asyncio
 from helpers import MakeUser, TestUser, unique_name
 
 from peerbot.app import PeerBot
-from peerbot.cli import load_plugin_set
 from peerbot.config import Config, parse_config
 from peerbot.devserver import RegisteredUser, SynapseServer
 from peerbot.matrix import MatrixClient
+from peerbot.runner import load_plugin_set
 from peerbot.store import Store
 
 

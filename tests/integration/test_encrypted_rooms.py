@@ -36,10 +36,10 @@ from nio import (
 from test_crosssign_synapse import JsClient, _node_ready  # type: ignore[import-not-found]
 
 from peerbot.app import PeerBot
-from peerbot.cli import run_bot
 from peerbot.config import Config, EncryptionConfig, parse_config
 from peerbot.crosssign import KeysLost, device_signed_by_owner, load_keys
 from peerbot.devserver import RegisteredUser, SynapseServer
+from peerbot.runner import run_bot
 
 PASSPHRASE = "correct horse battery staple"
 QUESTION = "#DocTocToc Patiente de 82 ans, ECG avec arythmie, faut-il anticoaguler ?"
