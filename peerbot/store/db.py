@@ -1,0 +1,258 @@
+"""The connection core of the store: opening, the instance lock, migrations, transactions, kv.
+
+The query groups (``questions``, ``effects``, ``threads``, ``overrides``, ``undecryptable``) are
+mixins over :class:`Connection`; :class:`peerbot.store.Store` puts them together. This package is
+the only place that imports aiosqlite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Self
+
+import aiosqlite
+
+__all__ = ["Connection", "Database", "StoreError", "now_ms"]
+
+log = logging.getLogger("peerbot.store")
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message says why and what to do."""
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, as the tables store times."""
+    return int(time.time() * 1000)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("peerbot") / "migrations"
+    found: list[tuple[int, str]] = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class Connection:
+    """The one shared aiosqlite connection and the two ways to write on it."""
+
+    _db: aiosqlite.Connection
+    # One connection is shared by the sync handlers, the worker and the parallel
+    # acknowledgements: a transaction must not interleave with another one, and a lone
+    # write must not land inside (and be rolled back with) someone else's transaction.
+    _write_lock: asyncio.Lock
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, alone on the connection; ROLLBACK on any error."""
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+        """One write statement in its own (autocommit) transaction, never inside another."""
+        async with self._write_lock:
+            return await self._db.execute(sql, params)
+
+
+class Database(Connection):
+    """Opening and closing, migrations, the key/value table and the handled events."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, lock_fd: int) -> None:
+        self._db = db
+        self.path = path
+        self._lock_fd = lock_fd
+        self._write_lock = asyncio.Lock()
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> Self:
+        """Open (creating if needed) and migrate the database; refuse a second instance."""
+        lock_fd = cls._prepare(path)
+        try:
+            try:
+                db = await aiosqlite.connect(path, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise StoreError(f"storage.database: cannot open {path}: {exc}") from exc
+            store = cls(db, path, lock_fd)
+            try:
+                await store._setup()
+            except sqlite3.DatabaseError as exc:
+                await db.close()
+                raise StoreError(f"storage.database: cannot use {path}: {_hint(exc)}") from exc
+            cls._restrict(path)
+            return store
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @staticmethod
+    def _prepare(path: Path) -> int:
+        """Check the folder, take the instance lock, create the file owner-only."""
+        if not path.parent.is_dir():
+            raise StoreError(
+                f"storage.database: the folder {path.parent} does not exist; create it first"
+            )
+        lock_path = Path(str(path) + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise StoreError(
+                f"storage.database: cannot create the lock file {lock_path}: {exc}"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"storage.database: {path} is in use by another PeerBot instance; "
+                "only one may run on a database"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        exists = path.exists()
+        try:
+            # Created owner-only before SQLite touches it: it holds health information.
+            os.close(os.open(path, os.O_RDWR if exists else os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            os.close(fd)
+            if exists and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise StoreError(
+                    f"storage.database: {path} is read-only for this user ({exc.strerror}); "
+                    "PeerBot must be able to write its database"
+                ) from exc
+            raise StoreError(f"storage.database: cannot create {path}: {exc.strerror}") from exc
+        return fd
+
+    @staticmethod
+    def _restrict(path: Path) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(str(path) + suffix, 0o600)
+
+    async def _setup(self) -> None:
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        async with self._db.execute("PRAGMA quick_check") as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {row}")
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        migrations = _migrations()
+        latest = migrations[-1][0] if migrations else 0
+        if current > latest:
+            raise StoreError(
+                f"storage.database: schema version {current} is newer than this PeerBot "
+                f"knows ({latest}); upgrade PeerBot"
+            )
+        for version, sql in migrations:
+            if version <= current:
+                continue
+            log.info("Applying database migration %04d", version)
+            async with self._transaction():
+                for statement in _split_sql(sql):
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version={version}")
+
+    async def close(self) -> None:
+        """Close the connection and release the instance lock."""
+        try:
+            await self._db.close()
+        finally:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def schema_version(self) -> int:
+        """The applied schema version."""
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- key/value ---------------------------------------------------------------------------
+
+    async def get(self, key: str) -> str | None:
+        """A stored value (sync token, device ID...)."""
+        async with self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def put(self, key: str, value: str) -> None:
+        """Store a value."""
+        await self._write(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    async def delete(self, key: str) -> None:
+        """Forget a value."""
+        await self._write("DELETE FROM kv WHERE key = ?", (key,))
+
+    # -- handled events ----------------------------------------------------------------------
+
+    async def is_handled(self, event_id: str) -> bool:
+        """True when this event was already acted on."""
+        async with self._db.execute(
+            "SELECT 1 FROM handled_events WHERE event_id = ?", (event_id,)
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def mark_handled(self, event_id: str, room_id: str) -> None:
+        """Remember that this event was acted on."""
+        await self._write(
+            "INSERT OR IGNORE INTO handled_events (event_id, room_id, handled_at) VALUES (?, ?, ?)",
+            (event_id, room_id, now_ms()),
+        )
+
+    async def execute_script(self, statements: Sequence[str]) -> None:
+        """Run maintenance statements (tests and tools only)."""
+        async with self._write_lock:
+            for statement in statements:
+                await self._db.execute(statement)
+
+
+def _hint(exc: sqlite3.DatabaseError) -> str:
+    msg = str(exc)
+    if "readonly" in msg or "read-only" in msg:
+        return f"the file or its folder is read-only for this user ({msg})"
+    if "not a database" in msg or "malformed" in msg:
+        return f"the file is not a PeerBot database or is corrupt; restore a backup ({msg})"
+    if "locked" in msg:
+        return f"another program holds a lock on it ({msg})"
+    return msg
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Statements of a migration file (no semicolons inside literals in our files)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
