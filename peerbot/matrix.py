@@ -2,6 +2,9 @@
 
 The rest of PeerBot sees plain event dicts (``event.source``) and the exceptions below, never nio's
 response objects.
+
+long: every nio call and its error mapping live here on purpose (one boundary); the natural cut,
+sync and gap filling apart from rooms and sends, is left to the ``peerbot/matrix/`` package.
 """
 
 from __future__ import annotations
