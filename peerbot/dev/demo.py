@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peerbot.bot.runner import run_bot
 from peerbot.config import Config, MatrixConfig, load_config
 from peerbot.dev.devserver import DevServerError, SynapseServer
 from peerbot.matrix import MatrixClient, MatrixError, RoomID
@@ -168,8 +169,6 @@ async def _ask(world: DemoWorld, out: list[str]) -> bool:
 
 async def run_demo(directory: Path, *, once: bool, language: str = "fr") -> int:
     """Run the demo; with ``once``, exit after the scripted part."""
-    from peerbot.cli import run_bot
-
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     try:

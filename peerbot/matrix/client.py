@@ -2,6 +2,9 @@
 
 The rest of PeerBot sees plain event dicts (``event.source``) and the exceptions below, never nio's
 response objects.
+
+long: every nio call and its error mapping live here on purpose (one boundary); the natural cut,
+sync and gap filling apart from rooms and sends, is left to the ``peerbot/matrix/`` package.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import os
 import time
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import aiohttp
 import nio
 from nio.api import MessageDirection
 
@@ -46,6 +51,9 @@ THROTTLE_GRACE = 2.0
 """Seconds after a rate limit's end during which sends still go one at a time."""
 GAP_PAGE = 100
 GAP_MAX_EVENTS = 5_000
+RAW_RATE_LIMIT_RETRIES = 5
+"""How many times :meth:`MatrixClient.raw` waits out a 429 before giving up."""
+RAW_MAX_WAIT_MS = 30_000
 
 
 class MatrixError(Exception):
@@ -74,7 +82,11 @@ def _raise(what: str, resp: Any) -> NoReturn:
     transport = getattr(resp, "transport_response", None)
     status = getattr(transport, "status", None)
     code = resp.status_code if isinstance(resp.status_code, str) else None
-    message = resp.message or ""
+    _raise_for(what, code, resp.message or "", status)
+
+
+def _raise_for(what: str, code: str | None, message: str, status: int | None) -> NoReturn:
+    """The one mapping from a refusal to Forbidden / NotFound / Transient / MatrixError."""
     if code in ("M_FORBIDDEN", "M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_USER_DEACTIVATED"):
         raise Forbidden(what, code, message, status)
     if code == "M_NOT_FOUND" or status == 404:
@@ -144,6 +156,7 @@ class MatrixClient:
         encryption: EncryptionConfig | None = None,
         *,
         reset_identity: bool = False,
+        nio_client: nio.AsyncClient | None = None,
     ) -> None:
         self.config = config
         self.encryption = encryption if encryption is not None and encryption.enabled else None
@@ -163,8 +176,12 @@ class MatrixClient:
             request_timeout=SYNC_TIMEOUT_MS / 1000 + 30,
             **extra,
         )
-        self._client = _NioClient(
-            config.homeserver, config.user_id, store_path=store_path, config=client_config
+        self._client = (
+            nio_client
+            if nio_client is not None
+            else _NioClient(
+                config.homeserver, config.user_id, store_path=store_path, config=client_config
+            )
         )
         self.user_id = UserID(config.user_id)
         self._requested_keys: set[str] = set()
@@ -173,7 +190,21 @@ class MatrixClient:
         # refused together, again and again. (nio itself sleeps retry_after_ms and retries.)
         self._send_gate = asyncio.Lock()
         self._throttled_until = 0.0
-        self._client.add_response_callback(self._on_error_response, nio.ErrorResponse)
+        if nio_client is None:
+            self._client.add_response_callback(self._on_error_response, nio.ErrorResponse)
+
+    @classmethod
+    def wrap(cls, client: nio.AsyncClient) -> MatrixClient:
+        """A MatrixClient over an nio client that is already logged in (tests and tools only).
+
+        No encryption set-up and no rate-limit tracking of its own; :meth:`close` closes it.
+        """
+        config = MatrixConfig(
+            homeserver=str(client.homeserver),
+            user_id=str(client.user_id),
+            device_id=client.device_id,
+        )
+        return cls(config, nio_client=client)
 
     async def _on_error_response(self, resp: Any) -> None:
         if getattr(resp, "status_code", None) == "M_LIMIT_EXCEEDED":
@@ -288,13 +319,17 @@ class MatrixClient:
             resp = await self._client.keys_upload()
             if isinstance(resp, nio.ErrorResponse):
                 _raise("upload device keys", resp)
-        return await crosssign.bootstrap(
-            self._client,
-            key_path=enc.key_file,
-            passphrase=enc.passphrase or "",
-            password=self.config.password,
-            reset=self.reset_identity,
-        )
+        try:
+            return await crosssign.bootstrap(
+                self,
+                key_path=enc.key_file,
+                passphrase=enc.passphrase or "",
+                password=self.config.password,
+                reset=self.reset_identity,
+            )
+        except MatrixError as exc:
+            # An unreachable or throttling server during the set-up: still a set-up failure.
+            raise crosssign.ServerError(str(exc), status=exc.status, errcode=exc.errcode) from exc
 
     async def _keys_housekeeping(self) -> None:
         """What nio's sync_forever does after a sync: to-device sends, key upload, query, claim."""
@@ -335,7 +370,7 @@ class MatrixClient:
             # Before the handlers run: sends from them need the members' device keys.
             await self._keys_housekeeping()
         batch = SyncBatch(next_batch=resp.next_batch)
-        raw_invites = self._client.last_invites or {}
+        raw_invites = getattr(self._client, "last_invites", None) or {}
         for room_id in resp.rooms.invite:
             state = ((raw_invites.get(room_id) or {}).get("invite_state") or {}).get("events")
             batch.invites.append(self._invite(RoomID(room_id), state or []))
@@ -619,28 +654,62 @@ class MatrixClient:
             _raise(f"send to {room_id}", resp)
         return EventID(resp.event_id)
 
-    async def _raw(
-        self, method: str, path: str, body: Mapping[str, Any] | None, what: str
-    ) -> dict[str, Any]:
-        import json
+    async def raw(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        *,
+        what: str | None = None,
+    ) -> tuple[int, dict[str, Any] | None]:
+        """One authenticated client-server API call, 429s waited out (``retry_after_ms``).
 
-        headers = {"Authorization": f"Bearer {self._client.access_token}"}
+        Returns the HTTP status and the JSON object answered (None when the answer is not a
+        JSON object, e.g. a proxy's error page). Raises :class:`Transient` when the server
+        cannot be reached or is still rate-limiting after a few waits, :class:`Forbidden`
+        before a login.
+        """
+        what = what or f"{method} {path}"
+        token = self._client.access_token
+        if not token:
+            raise Forbidden(what, None, "the Matrix client is not logged in", None)
+        headers = {"Authorization": f"Bearer {token}"}
         data = json.dumps(body) if body is not None else None
         if data is not None:
             headers["Content-Type"] = "application/json"
-        resp = await self._client.send(method, path, data, headers)
-        try:
-            payload = await resp.json(content_type=None)
-        except Exception:  # an HTML error page from a proxy
-            payload = {}
-        if resp.status >= 400:
-            err = nio.ErrorResponse(
-                str(payload.get("error", "")) if isinstance(payload, dict) else "",
-                payload.get("errcode") if isinstance(payload, dict) else None,
+        for _ in range(RAW_RATE_LIMIT_RETRIES + 1):
+            try:
+                resp = await self._client.send(method, path, data, headers)
+                try:
+                    status = int(resp.status)
+                    try:
+                        payload = await resp.json(content_type=None)
+                    except ValueError:  # an HTML error page from a proxy
+                        payload = None
+                finally:
+                    resp.release()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise Transient(what, None, f"cannot reach the homeserver: {exc!r}", None) from exc
+            answer = payload if isinstance(payload, dict) else None
+            if status != 429:
+                return status, answer
+            delay_ms = (answer or {}).get("retry_after_ms")
+            delay_ms = delay_ms if isinstance(delay_ms, int) else 1000
+            await asyncio.sleep(min(max(delay_ms, 0), RAW_MAX_WAIT_MS) / 1000)
+        raise Transient(what, "M_LIMIT_EXCEEDED", "still rate-limited", 429)
+
+    async def _raw(
+        self, method: str, path: str, body: Mapping[str, Any] | None, what: str
+    ) -> dict[str, Any]:
+        """:meth:`raw`, a refusal (HTTP 400 and up) raised as one of the errors above."""
+        status, answer = await self.raw(method, path, body, what=what)
+        if status >= 400:
+            payload = answer or {}
+            code = payload.get("errcode")
+            _raise_for(
+                what, code if isinstance(code, str) else None, str(payload.get("error", "")), status
             )
-            err.transport_response = resp
-            _raise(what, err)
-        return payload if isinstance(payload, dict) else {}
+        return answer or {}
 
 
 def _private_dir(path: Path) -> Path:

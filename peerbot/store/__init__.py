@@ -1,15 +1,25 @@
-"""The database: the only package that imports aiosqlite (migrations/ beside it)."""
+"""The only package that talks to the database (aiosqlite, WAL, versioned migrations).
 
-from peerbot.store.db import (
+:class:`Store` is the connection core (:mod:`.db`) with the query groups mixed in; every group
+uses the one connection and write lock the core holds.
+"""
+
+from __future__ import annotations
+
+from peerbot.core.records import (
     Effect,
     IntakeOverride,
     QuestionRow,
     QuestionState,
     RouteOverride,
-    Store,
-    StoreError,
     UndecryptableRow,
 )
+from peerbot.store.db import Database, StoreError
+from peerbot.store.effects import EffectQueries
+from peerbot.store.overrides import OverrideQueries
+from peerbot.store.questions import QuestionQueries
+from peerbot.store.threads import ThreadQueries
+from peerbot.store.undecryptable import UndecryptableQueries
 
 __all__ = [
     "Effect",
@@ -21,3 +31,14 @@ __all__ = [
     "StoreError",
     "UndecryptableRow",
 ]
+
+
+class Store(
+    QuestionQueries,
+    EffectQueries,
+    ThreadQueries,
+    OverrideQueries,
+    UndecryptableQueries,
+    Database,
+):
+    """PeerBot's SQLite database: open with ``async with Store.open(path) as store``."""

@@ -19,7 +19,7 @@ import pytest_asyncio
 from helpers import MakeUser, TestUser, unique_name
 
 from peerbot.bot.app import PeerBot
-from peerbot.cli import load_plugin_set
+from peerbot.bot.runner import load_plugin_set
 from peerbot.config import Config, parse_config
 from peerbot.dev.devserver import RegisteredUser, SynapseServer
 from peerbot.matrix import MatrixClient

@@ -34,6 +34,7 @@ from nio import (
 )
 
 from peerbot.dev.devserver import RegisteredUser, SynapseServer
+from peerbot.matrix import MatrixClient
 from peerbot.matrix.crosssign import (
     IdentityMismatch,
     KeysLost,
@@ -56,6 +57,8 @@ class E2EClient:
 
     user: RegisteredUser
     client: AsyncClient
+    mx: MatrixClient
+    """The same client as PeerBot's raw-call side sees it (what the bootstrap takes)."""
     texts: list[RoomMessageText] = field(default_factory=list)
     undecrypted: list[MegolmEvent] = field(default_factory=list)
 
@@ -108,7 +111,7 @@ async def e2e_client(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[Cl
         assert client.device_id == device_id
         if client.should_upload_keys:
             await client.keys_upload()
-        e2e = E2EClient(user, client)
+        e2e = E2EClient(user, client, MatrixClient.wrap(client))
         client.add_event_callback(_recorder(e2e.texts), RoomMessageText)
         client.add_event_callback(_recorder(e2e.undecrypted), MegolmEvent)
         return e2e
@@ -137,7 +140,7 @@ async def test_first_bootstrap_then_noop(
     bot = await e2e_client(await _register(synapse, "bot"), "BOTDEVICE1")
     key_path = tmp_path / "keys" / "cross-signing.json"
 
-    first = await bootstrap(bot.client, key_path=key_path, passphrase=PASSPHRASE, password=None)
+    first = await bootstrap(bot.mx, key_path=key_path, passphrase=PASSPHRASE, password=None)
     assert first.keys_created and first.keys_uploaded and first.device_signed_now
     assert not first.identity_reset
     assert key_path.stat().st_mode & 0o777 == 0o600
@@ -145,9 +148,11 @@ async def test_first_bootstrap_then_noop(
 
     # Seen by someone else: device <- self-signing key <- master key.
     other = await make_user("observer")
-    assert await device_signed_by_owner(other.client, bot.user.user_id, "BOTDEVICE1")
+    assert await device_signed_by_owner(
+        MatrixClient.wrap(other.client), bot.user.user_id, "BOTDEVICE1"
+    )
 
-    again = await bootstrap(bot.client, key_path=key_path, passphrase=PASSPHRASE, password=None)
+    again = await bootstrap(bot.mx, key_path=key_path, passphrase=PASSPHRASE, password=None)
     assert not (again.keys_created or again.keys_uploaded or again.device_signed_now)
     assert again.master_key == first.master_key
 
@@ -158,18 +163,18 @@ async def test_store_lost_keys_kept_signs_new_device(
     user = await _register(synapse, "bot")
     key_path = tmp_path / "cross-signing.json"
     old = await e2e_client(user, "OLDDEVICE")
-    first = await bootstrap(old.client, key_path=key_path, passphrase=PASSPHRASE, password=None)
+    first = await bootstrap(old.mx, key_path=key_path, passphrase=PASSPHRASE, password=None)
 
     # A new device with an empty store, the key file kept.
     new = await e2e_client(user, "NEWDEVICE", store="fresh-store")
-    report = await bootstrap(new.client, key_path=key_path, passphrase=PASSPHRASE, password=None)
+    report = await bootstrap(new.mx, key_path=key_path, passphrase=PASSPHRASE, password=None)
     assert report.device_signed_now
     assert not (report.keys_created or report.keys_uploaded or report.identity_reset)
     assert report.master_key == first.master_key
 
     other = await make_user("observer")
-    assert await device_signed_by_owner(other.client, user.user_id, "NEWDEVICE")
-    assert await device_signed_by_owner(other.client, user.user_id, "OLDDEVICE")
+    assert await device_signed_by_owner(MatrixClient.wrap(other.client), user.user_id, "NEWDEVICE")
+    assert await device_signed_by_owner(MatrixClient.wrap(other.client), user.user_id, "OLDDEVICE")
 
 
 async def test_keys_lost_needs_reset(
@@ -178,34 +183,34 @@ async def test_keys_lost_needs_reset(
     user = await _register(synapse, "bot")
     bot = await e2e_client(user, "BOTDEVICE")
     kept = tmp_path / "kept.json"
-    first = await bootstrap(bot.client, key_path=kept, passphrase=PASSPHRASE, password=None)
+    first = await bootstrap(bot.mx, key_path=kept, passphrase=PASSPHRASE, password=None)
 
     lost = tmp_path / "elsewhere" / "cross-signing.json"
     with pytest.raises(KeysLost, match="--reset-identity"):
-        await bootstrap(bot.client, key_path=lost, passphrase=PASSPHRASE, password=None)
+        await bootstrap(bot.mx, key_path=lost, passphrase=PASSPHRASE, password=None)
     assert not lost.exists()
 
     # Replacing the master key needs the password (user-interactive auth): without it, the
     # reset stops after saving the new keys, and the next reset uploads those.
     with pytest.raises(ServerError, match="password"):
-        await bootstrap(bot.client, key_path=lost, passphrase=PASSPHRASE, password=None, reset=True)
+        await bootstrap(bot.mx, key_path=lost, passphrase=PASSPHRASE, password=None, reset=True)
     new_master = load_keys(lost, PASSPHRASE).master_public
     reset = await bootstrap(
-        bot.client, key_path=lost, passphrase=PASSPHRASE, password=user.password, reset=True
+        bot.mx, key_path=lost, passphrase=PASSPHRASE, password=user.password, reset=True
     )
     assert reset.keys_uploaded and reset.identity_reset and not reset.keys_created
     assert reset.device_signed_now and reset.master_key == new_master != first.master_key
     other = await make_user("observer")
-    assert await device_signed_by_owner(other.client, user.user_id, "BOTDEVICE")
+    assert await device_signed_by_owner(MatrixClient.wrap(other.client), user.user_id, "BOTDEVICE")
 
     # The old key file no longer matches the server.
     with pytest.raises(IdentityMismatch, match="another cross-signing master key"):
-        await bootstrap(bot.client, key_path=kept, passphrase=PASSPHRASE, password=None)
+        await bootstrap(bot.mx, key_path=kept, passphrase=PASSPHRASE, password=None)
 
     # Nor is a key file used for another account.
     stranger = await e2e_client(await _register(synapse, "stranger"), "STRANGER")
     with pytest.raises(IdentityMismatch, match="holds the cross-signing keys of @bot-"):
-        await bootstrap(stranger.client, key_path=lost, passphrase=PASSPHRASE, password=None)
+        await bootstrap(stranger.mx, key_path=lost, passphrase=PASSPHRASE, password=None)
 
 
 # --- nio to nio in an encrypted room -------------------------------------------------------------
@@ -260,9 +265,7 @@ async def test_nio_human_and_bot_talk_in_encrypted_room(
     started = time.monotonic()
     bot = await e2e_client(await _register(synapse, "bot"), "BOTDEVICE")
     human = await e2e_client(await _register(synapse, "human"), "HUMANDEVICE")
-    await bootstrap(
-        bot.client, key_path=tmp_path / "keys.json", passphrase=PASSPHRASE, password=None
-    )
+    await bootstrap(bot.mx, key_path=tmp_path / "keys.json", passphrase=PASSPHRASE, password=None)
     await asyncio.gather(bot.settle(), human.settle())
 
     room_id = await _encrypted_room(human, bot)
@@ -407,7 +410,7 @@ async def _element_room(
     bot = await e2e_client(await _register(synapse, "bot"), "PEERBOTDEV")
     if cross_sign:
         await bootstrap(
-            bot.client, key_path=tmp_path / "keys.json", passphrase=PASSPHRASE, password=None
+            bot.mx, key_path=tmp_path / "keys.json", passphrase=PASSPHRASE, password=None
         )
     await bot.settle()
     human = await _register(synapse, "element")
@@ -535,7 +538,7 @@ async def test_element_engine_after_identity_reset(
         await bot.sync_until(_read(bot, before), "the first message")
 
         report = await bootstrap(
-            bot.client,
+            bot.mx,
             key_path=tmp_path / "new-keys.json",
             passphrase=PASSPHRASE,
             password=bot.user.password,

@@ -36,9 +36,10 @@ from nio import (
 from test_crosssign_synapse import JsClient, _node_ready  # type: ignore[import-not-found]
 
 from peerbot.bot.app import PeerBot
-from peerbot.cli import run_bot
+from peerbot.bot.runner import run_bot
 from peerbot.config import Config, EncryptionConfig, parse_config
 from peerbot.dev.devserver import RegisteredUser, SynapseServer
+from peerbot.matrix import MatrixClient
 from peerbot.matrix.crosssign import KeysLost, device_signed_by_owner, load_keys
 
 PASSPHRASE = "correct horse battery staple"
@@ -330,7 +331,7 @@ async def test_question_in_encrypted_rooms_and_restarts(enc_world: EncWorld) -> 
 
     # /keys/query, as Alice sees it: device <- self-signing key <- master key.
     bot_id = w.bot_user.user_id
-    assert await device_signed_by_owner(w.alice.client, bot_id, "PEERBOTDEV")
+    assert await device_signed_by_owner(MatrixClient.wrap(w.alice.client), bot_id, "PEERBOTDEV")
     answer = await _query(w.alice, bot_id)
     master = next(iter(answer["master_keys"][bot_id]["keys"].values()))
     assert master == keys.master_public
@@ -363,7 +364,7 @@ async def test_question_in_encrypted_rooms_and_restarts(enc_world: EncWorld) -> 
     bot = await w.start_bot()
     new_device = bot.mx.device_id
     assert new_device and new_device != "PEERBOTDEV"
-    assert await device_signed_by_owner(w.alice.client, bot_id, new_device)
+    assert await device_signed_by_owner(MatrixClient.wrap(w.alice.client), bot_id, new_device)
     answer = await _query(w.alice, bot_id)
     assert new_device in _device_keys(answer, bot_id), list(_device_keys(answer, bot_id))
     assert next(iter(answer["master_keys"][bot_id]["keys"].values())) == keys.master_public
@@ -390,7 +391,9 @@ async def test_keys_lost_refuses_to_start_unless_reset(enc_world: EncWorld) -> N
     await w.start_bot(reset=True)
     new_master = load_keys(key_file, PASSPHRASE).master_public
     assert new_master != old_master
-    assert await device_signed_by_owner(w.alice.client, w.bot_user.user_id, "PEERBOTDEV")
+    assert await device_signed_by_owner(
+        MatrixClient.wrap(w.alice.client), w.bot_user.user_id, "PEERBOTDEV"
+    )
 
 
 async def test_encrypted_to_unencrypted_needs_forward(enc_world: EncWorld) -> None:

@@ -20,6 +20,7 @@ from helpers import room_messages
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from botproc import REPO, BotProcess, _env
 
+from peerbot.matrix import MatrixClient
 from peerbot.matrix.crosssign import device_signed_by_owner, load_keys
 
 EncWorld = enc.EncWorld
@@ -123,7 +124,7 @@ async def test_reset_identity_from_the_command_line(enc_world: EncWorld) -> None
         await bot.wait_ready(90)
         new_master = load_keys(key_file, enc.PASSPHRASE).master_public
         assert new_master != old_master
-        assert await device_signed_by_owner(w.alice.client, bot_id, "PEERBOTDEV")
+        assert await device_signed_by_owner(MatrixClient.wrap(w.alice.client), bot_id, "PEERBOTDEV")
         answer = await enc._query(w.alice, bot_id)
         assert next(iter(answer["master_keys"][bot_id]["keys"].values())) == new_master
 

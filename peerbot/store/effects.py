@@ -1,0 +1,160 @@
+"""The outbox's table: effects (messages to send), recorded idempotently on their tx_id."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from peerbot.core.lifecycle import Step
+from peerbot.core.records import Effect
+from peerbot.store.db import Connection, now_ms
+
+__all__ = ["EFFECT_COLUMNS", "EffectQueries", "effect_from_row"]
+
+EFFECT_COLUMNS = (
+    "seq, tx_id, question_id, kind, room_id, content, state, event_id, attempts, event_type"
+)
+
+
+def effect_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Effect:
+    """A row of :data:`EFFECT_COLUMNS` as an :class:`Effect`."""
+    r = tuple(row)
+    return Effect(
+        seq=r[0],
+        tx_id=r[1],
+        question_id=r[2],
+        kind=r[3],
+        room_id=r[4],
+        content=json.loads(r[5]),
+        state=r[6],
+        event_id=r[7],
+        attempts=r[8],
+        event_type=r[9],
+    )
+
+
+class EffectQueries(Connection):
+    """Effects to send and what became of them; a lifecycle step applied in one transaction."""
+
+    # -- the outbox --------------------------------------------------------------------------
+
+    async def add_effect(
+        self,
+        *,
+        tx_id: str,
+        kind: str,
+        room_id: str,
+        content: dict[str, Any],
+        question_id: str | None = None,
+        question_state: str | None = None,
+        event_type: str = "m.room.message",
+    ) -> Effect:
+        """Record a message to send (idempotent on tx_id) and optionally move its question on."""
+        now = now_ms()
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
+                "state, created_at, updated_at, event_type) "
+                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (
+                    tx_id,
+                    question_id,
+                    kind,
+                    room_id,
+                    json.dumps(content, ensure_ascii=False),
+                    now,
+                    now,
+                    event_type,
+                ),
+            )
+            if question_id is not None and question_state is not None:
+                await self._db.execute(
+                    "UPDATE questions SET state = ?, updated_at = ? WHERE event_id = ?",
+                    (question_state, now, question_id),
+                )
+        effect = await self.effect(tx_id)
+        assert effect is not None
+        return effect
+
+    async def apply(self, question_id: str, step: Step) -> None:
+        """A lifecycle step in one transaction: the question's new columns and its effects.
+
+        Effects are recorded once (idempotent on tx_id), so applying a step again after a crash
+        records nothing twice; the outbox sends them.
+        """
+        now = now_ms()
+        columns = step.columns()
+        if "decision" in columns:
+            columns["decision"] = json.dumps(columns["decision"], ensure_ascii=False)
+        columns["updated_at"] = now
+        sets = ", ".join(f"{k} = ?" for k in columns)
+        async with self._transaction():
+            await self._db.execute(
+                f"UPDATE questions SET {sets} WHERE event_id = ?",
+                (*columns.values(), question_id),
+            )
+            for e in step.effects:
+                await self._db.execute(
+                    "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
+                    "state, created_at, updated_at, event_type) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    (
+                        e.tx_id,
+                        question_id,
+                        e.kind,
+                        e.room_id,
+                        json.dumps(dict(e.content), ensure_ascii=False),
+                        now,
+                        now,
+                        e.event_type,
+                    ),
+                )
+
+    async def effect(self, tx_id: str) -> Effect | None:
+        """An effect by its transaction ID."""
+        async with self._db.execute(
+            f"SELECT {EFFECT_COLUMNS} FROM effects WHERE tx_id = ?", (tx_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return effect_from_row(row) if row else None
+
+    async def pending_effects(self, limit: int = 100) -> list[Effect]:
+        """Effects not yet sent, oldest first."""
+        async with self._db.execute(
+            f"SELECT {EFFECT_COLUMNS} FROM effects WHERE state = 'pending' ORDER BY seq LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [effect_from_row(r) for r in rows]
+
+    async def effect_attempt(self, tx_id: str, error: str | None) -> None:
+        """Count a send attempt (and its error)."""
+        await self._write(
+            "UPDATE effects SET attempts = attempts + 1, error = ?, updated_at = ? WHERE tx_id = ?",
+            (error, now_ms(), tx_id),
+        )
+
+    async def effect_done(self, tx_id: str, event_id: str) -> None:
+        """Mark an effect sent, with the event it created."""
+        await self._write(
+            "UPDATE effects SET state = 'done', event_id = ?, error = NULL, updated_at = ? "
+            "WHERE tx_id = ?",
+            (event_id, now_ms(), tx_id),
+        )
+
+    async def effect_failed(self, tx_id: str, error: str) -> None:
+        """Give up on an effect that can never be sent (the room is gone, forbidden...)."""
+        await self._write(
+            "UPDATE effects SET state = 'failed', error = ?, updated_at = ? WHERE tx_id = ?",
+            (error, now_ms(), tx_id),
+        )
+
+    async def effects_for(self, question_id: str) -> list[Effect]:
+        """Every effect of a question."""
+        async with self._db.execute(
+            f"SELECT {EFFECT_COLUMNS} FROM effects WHERE question_id = ? ORDER BY seq",
+            (question_id,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [effect_from_row(r) for r in rows]

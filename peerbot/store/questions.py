@@ -1,0 +1,195 @@
+"""Questions: recording, reading, updating, erasing them."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from peerbot.core.records import QuestionRow, QuestionState, RouteRecord
+from peerbot.store.db import Connection, now_ms
+
+__all__ = ["QUESTION_COLUMNS", "QuestionQueries", "question_from_row"]
+
+QUESTION_COLUMNS = (
+    "seq, event_id, room_id, sender, sender_name, body, created_ts, trigger_event_id, state, "
+    "specialty, target_room, decision, forward_event_id, ack_event_id, replies, solved, solved_by, "
+    "revision, guard_override, corrected"
+)
+
+
+def question_from_row(row: sqlite3.Row | tuple[Any, ...]) -> QuestionRow:
+    """A row of :data:`QUESTION_COLUMNS` as a :class:`QuestionRow`."""
+    r = tuple(row)
+    return QuestionRow(
+        seq=r[0],
+        event_id=r[1],
+        room_id=r[2],
+        sender=r[3],
+        sender_name=r[4],
+        body=r[5],
+        created_ts=r[6],
+        trigger_event_id=r[7],
+        state=QuestionState(r[8]),
+        specialty=r[9],
+        target_room=r[10],
+        decision=RouteRecord.from_json(json.loads(r[11]) if r[11] else None),
+        forward_event_id=r[12],
+        ack_event_id=r[13],
+        replies=r[14],
+        solved=bool(r[15]),
+        solved_by=r[16],
+        revision=r[17],
+        guard_override=bool(r[18]),
+        corrected=bool(r[19]),
+    )
+
+
+class QuestionQueries(Connection):
+    """The questions table (and the handled trigger events recorded with them)."""
+
+    # -- questions ---------------------------------------------------------------------------
+
+    async def add_question(
+        self,
+        *,
+        event_id: str,
+        room_id: str,
+        trigger_event_id: str,
+        sender: str | None,
+        body: str | None,
+        created_ts: int,
+    ) -> bool:
+        """Record a new question and mark its trigger handled; False if it was known."""
+        async with self._transaction():
+            cur = await self._db.execute(
+                "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
+                "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'new', ?)",
+                (
+                    event_id,
+                    room_id,
+                    sender,
+                    body,
+                    created_ts,
+                    trigger_event_id,
+                    now_ms(),
+                ),
+            )
+            added = cur.rowcount == 1
+            await self._db.execute(
+                "INSERT OR IGNORE INTO handled_events (event_id, room_id, handled_at) "
+                "VALUES (?, ?, ?)",
+                (trigger_event_id, room_id, now_ms()),
+            )
+        return added
+
+    async def question(self, event_id: str) -> QuestionRow | None:
+        """A question by its event ID."""
+        async with self._db.execute(
+            f"SELECT {QUESTION_COLUMNS} FROM questions WHERE event_id = ?", (event_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return question_from_row(row) if row else None
+
+    async def questions_in_state(self, *states: str, limit: int = 100) -> list[QuestionRow]:
+        """Questions waiting for work, oldest first."""
+        marks = ",".join("?" * len(states))
+        async with self._db.execute(
+            f"SELECT {QUESTION_COLUMNS} FROM questions WHERE state IN ({marks}) "
+            "ORDER BY seq LIMIT ?",
+            (*states, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [question_from_row(r) for r in rows]
+
+    async def update_question(self, event_id: str, **fields: Any) -> None:
+        """Set some columns of a question."""
+        allowed = {
+            "sender",
+            "sender_name",
+            "body",
+            "created_ts",
+            "state",
+            "specialty",
+            "target_room",
+            "decision",
+            "forward_event_id",
+            "ack_event_id",
+            "error",
+            "solved",
+            "solved_by",
+            "revision",
+            "guard_override",
+            "corrected",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown question columns: {sorted(unknown)}")
+        if "decision" in fields and fields["decision"] is not None:
+            fields["decision"] = json.dumps(fields["decision"], ensure_ascii=False)
+        fields["updated_at"] = now_ms()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        await self._write(
+            f"UPDATE questions SET {sets} WHERE event_id = ?",
+            (*fields.values(), event_id),
+        )
+
+    async def count_questions(self) -> int:
+        """How many questions are stored."""
+        async with self._db.execute("SELECT COUNT(*) FROM questions") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def question_solved_by(self, solved_by: str) -> QuestionRow | None:
+        """The question solved by this reaction or command event."""
+        async with self._db.execute(
+            f"SELECT {QUESTION_COLUMNS} FROM questions WHERE solved_by = ?",
+            (solved_by,),
+        ) as cur:
+            row = await cur.fetchone()
+        return question_from_row(row) if row else None
+
+    async def question_by_forward(self, forward_event_id: str) -> QuestionRow | None:
+        """The question whose forward is this event."""
+        async with self._db.execute(
+            f"SELECT {QUESTION_COLUMNS} FROM questions WHERE forward_event_id = ?",
+            (forward_event_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return question_from_row(row) if row else None
+
+    async def erase_question(self, event_id: str) -> QuestionRow | None:
+        """Delete a redacted question and every copy of its text; return what it was."""
+        row = await self.question(event_id)
+        if row is None:
+            return None
+        async with self._transaction():
+            await self._db.execute("DELETE FROM questions WHERE event_id = ?", (event_id,))
+            # Effects quote the text: keep only what re-sending needs to stay idempotent.
+            await self._db.execute(
+                "UPDATE effects SET content = '{}', state = CASE state WHEN 'pending' "
+                "THEN 'failed' ELSE state END, error = 'redacted' WHERE question_id = ?",
+                (event_id,),
+            )
+        # Overwrite freed pages so the text does not linger in the file.
+        await self._write("PRAGMA wal_checkpoint(TRUNCATE)")
+        return row
+
+    async def question_count_by_room(self) -> dict[str, int]:
+        """How many questions each room has (import summaries)."""
+        async with self._db.execute(
+            "SELECT room_id, COUNT(*) FROM questions GROUP BY room_id"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    async def import_question(
+        self, *, event_id: str, room_id: str, sender: str, body: str, created_ts: int
+    ) -> bool:
+        """Record a past question from room history (not forwarded); False if known."""
+        cur = await self._write(
+            "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
+            "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'imported', ?)",
+            (event_id, room_id, sender, body, created_ts, event_id, now_ms()),
+        )
+        return cur.rowcount == 1
