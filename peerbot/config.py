@@ -1,4 +1,8 @@
-"""bot.yaml -> frozen dataclasses. Every problem names the key path and the line."""
+"""bot.yaml -> frozen dataclasses. Every problem names the key path and the line.
+
+long: one checker walks every section of bot.yaml, so every problem names its key and line
+the same way; the sections could become modules of a config/ package.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Every sentence the bot says, in French and English; HTML escaping; permalinks (pure)."""
+"""Every sentence the bot says, in French and English; HTML escaping; permalinks (pure).
+
+long: the catalogue of every sentence, French and English side by side, is kept in one place
+on purpose.
+"""
 
 from __future__ import annotations
 

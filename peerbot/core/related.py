@@ -12,6 +12,9 @@ one or two edits (OSA distance, so swapped letters count once). Accents and case
 Privacy: the index keeps no text, only token ids, and a word leaves the vocabulary when the last
 thread using it is removed. Thread texts never go through ``textnorm.fold``, whose LRU cache would
 keep them after a redaction.
+
+long: one index and its compact data structures; splitting them would spread the invariants
+(slots, postings, vocabulary recycling) over several files.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ Wiring, in order:
 4. A query: ``qv = (await asyncio.to_thread(embedder.embed, [text]))[0]`` then
    ``index.search(text, query_vector=qv, ...)``; ``min_score=None`` takes the calibrated default
    of whichever scoring ran (a configured ``related.min_score`` applies to both).
+
+long: the model loading, the vector format and the hybrid ranking belong together until the
+engine is wired into the bot.
 """
 
 from __future__ import annotations

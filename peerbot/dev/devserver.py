@@ -8,6 +8,9 @@ signing key, database, ports and server name).
 
 This module does not import matrix-nio: it speaks plain HTTP with aiohttp. matrix-synapse is an
 optional extra (``pip install 'peerbot[demo]'``).
+
+long: a whole throwaway homeserver (config, keys, start, readiness, registration, stop) for
+the tests and the demo; no production code imports it.
 """
 
 from __future__ import annotations
