@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
 
 from peerbot.core.records import Effect, QuestionState
 from peerbot.matrix import MatrixClient, MatrixError, Transient
@@ -68,12 +67,10 @@ class Outbox:
         store: Store,
         client: MatrixClient,
         stopping: asyncio.Event,
-        on_sent: Callable[[Effect, str | None], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.mx = client
         self._stopping = stopping
-        self._on_sent = on_sent
         self._wake = asyncio.Event()
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -210,5 +207,3 @@ class Outbox:
                 await self.store.update_question(
                     effect.question_id, state=QuestionState.FAILED.value, error=error
                 )
-        if self._on_sent is not None:
-            await self._on_sent(effect, event_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from peerbot.core.lifecycle import Step
@@ -39,6 +40,33 @@ class EffectQueries(Connection):
 
     # -- the outbox --------------------------------------------------------------------------
 
+    async def _insert_effect(
+        self,
+        tx_id: str,
+        question_id: str | None,
+        kind: str,
+        room_id: str,
+        content: Mapping[str, Any],
+        event_type: str,
+        now: int,
+    ) -> None:
+        """Record one pending effect (inside the caller's transaction); a known tx_id is kept."""
+        await self._db.execute(
+            "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
+            "state, created_at, updated_at, event_type) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+            (
+                tx_id,
+                question_id,
+                kind,
+                room_id,
+                json.dumps(dict(content), ensure_ascii=False),
+                now,
+                now,
+                event_type,
+            ),
+        )
+
     async def add_effect(
         self,
         *,
@@ -47,32 +75,13 @@ class EffectQueries(Connection):
         room_id: str,
         content: dict[str, Any],
         question_id: str | None = None,
-        question_state: str | None = None,
         event_type: str = "m.room.message",
     ) -> Effect:
-        """Record a message to send (idempotent on tx_id) and optionally move its question on."""
-        now = now_ms()
+        """Record a message to send (idempotent on tx_id)."""
         async with self._transaction():
-            await self._db.execute(
-                "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
-                "state, created_at, updated_at, event_type) "
-                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (
-                    tx_id,
-                    question_id,
-                    kind,
-                    room_id,
-                    json.dumps(content, ensure_ascii=False),
-                    now,
-                    now,
-                    event_type,
-                ),
+            await self._insert_effect(
+                tx_id, question_id, kind, room_id, content, event_type, now_ms()
             )
-            if question_id is not None and question_state is not None:
-                await self._db.execute(
-                    "UPDATE questions SET state = ?, updated_at = ? WHERE event_id = ?",
-                    (question_state, now, question_id),
-                )
         effect = await self.effect(tx_id)
         assert effect is not None
         return effect
@@ -95,20 +104,8 @@ class EffectQueries(Connection):
                 (*columns.values(), question_id),
             )
             for e in step.effects:
-                await self._db.execute(
-                    "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
-                    "state, created_at, updated_at, event_type) "
-                    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                    (
-                        e.tx_id,
-                        question_id,
-                        e.kind,
-                        e.room_id,
-                        json.dumps(dict(e.content), ensure_ascii=False),
-                        now,
-                        now,
-                        e.event_type,
-                    ),
+                await self._insert_effect(
+                    e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
                 )
 
     async def effect(self, tx_id: str) -> Effect | None:
