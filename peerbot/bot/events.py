@@ -21,7 +21,7 @@ from peerbot.core import intake
 from peerbot.core.commands import parse_command
 from peerbot.core.ids import RoomID, tx_id
 from peerbot.core.messages import Texts
-from peerbot.core.records import QuestionState
+from peerbot.core.records import QuestionRow, QuestionState, ThreadMessage
 from peerbot.core.related import RelatedIndex
 from peerbot.matrix import Forbidden, Invite, MatrixClient, MatrixError, NotFound, Undecryptable
 from peerbot.store import Store
@@ -142,6 +142,7 @@ class EventHandlers:
             root = await self.store.question(msg.thread_root)
             if root is not None and root.room_id == room_id:
                 await self.store.add_reply(root.event_id, msg.event_id, room_id)
+        await self._note_thread_message(room_id, msg)
         rule = self.rooms.intake.get(room_id)
         if rule is None:
             return
@@ -162,6 +163,40 @@ class EventHandlers:
         if added:
             log.info("Question %s noticed in %s", question_id, room_id)
             self._wake()
+
+    async def thread_of(
+        self, room_id: RoomID, msg: intake.Message
+    ) -> tuple[QuestionRow, str] | None:
+        """The question whose conversation this message is part of, and its side: ``origin``
+        (in or replying to the asker's thread) or ``forward`` (the forward's thread)."""
+        for target in (msg.thread_root, msg.reply_to):
+            if target is None:
+                continue
+            q = await self.store.question(target)
+            if q is not None and q.room_id == room_id:
+                return q, "origin"
+            q = await self.store.question_by_forward(target)
+            if q is not None and q.target_room == room_id:
+                return q, "forward"
+        return None
+
+    async def _note_thread_message(self, room_id: RoomID, msg: intake.Message) -> None:
+        """Record a person's message in either thread of a question (answers counted)."""
+        found = await self.thread_of(room_id, msg)
+        if found is None:
+            return
+        q, side = found
+        await self.store.add_thread_message(
+            ThreadMessage(
+                event_id=msg.event_id,
+                question_id=q.event_id,
+                room_id=room_id,
+                side=side,
+                sender=msg.sender,
+                ts=msg.ts,
+                answer=msg.sender != q.sender,
+            )
+        )
 
     # -- encrypted events the bot cannot read (yet) -------------------------------------------
 

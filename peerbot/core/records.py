@@ -15,6 +15,7 @@ __all__ = [
     "QuestionState",
     "RouteOverride",
     "RouteRecord",
+    "ThreadMessage",
     "UndecryptableRow",
 ]
 
@@ -119,6 +120,28 @@ class QuestionRow:
     revision: str | None = None
     guard_override: bool = False
     corrected: bool = False
+    answers: int = 0
+    """Answer messages (by someone other than the asker) in either thread."""
+    first_answer_ts: int | None = None
+    last_activity_ts: int | None = None
+    forwarded_ts: int | None = None
+    solved_ts: int | None = None
+
+
+@dataclass(frozen=True)
+class ThreadMessage:
+    """A message a person wrote in the asker's thread or the forward's thread."""
+
+    event_id: str
+    question_id: str
+    room_id: str
+    side: str
+    """``origin`` (the asker's thread) or ``forward`` (the forward's thread)."""
+    sender: str
+    ts: int
+    answer: bool
+    relay_tx_id: str | None = None
+    relay_event_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from peerbot.core.records import (
     RouteOverride,
     UndecryptableRow,
 )
+from peerbot.store.answers import AnswerQueries
 from peerbot.store.db import Database, StoreError
 from peerbot.store.effects import EffectQueries
 from peerbot.store.overrides import OverrideQueries
@@ -39,6 +40,7 @@ class Store(
     ThreadQueries,
     OverrideQueries,
     UndecryptableQueries,
+    AnswerQueries,
     Database,
 ):
     """PeerBot's SQLite database: open with ``async with Store.open(path) as store``."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from peerbot.core.lifecycle import Step
-from peerbot.core.records import Effect
+from peerbot.core.records import Effect, QuestionState
 from peerbot.store.db import Connection, now_ms
 
 __all__ = ["EFFECT_COLUMNS", "EffectQueries", "effect_from_row"]
@@ -97,6 +97,8 @@ class EffectQueries(Connection):
         if "decision" in columns:
             columns["decision"] = json.dumps(columns["decision"], ensure_ascii=False)
         columns["updated_at"] = now
+        if step.state == QuestionState.DONE and step.forward_event_id is not None:
+            columns["forwarded_ts"] = now
         sets = ", ".join(f"{k} = ?" for k in columns)
         async with self._transaction():
             await self._db.execute(

@@ -14,7 +14,8 @@ __all__ = ["QUESTION_COLUMNS", "QuestionQueries", "question_from_row"]
 QUESTION_COLUMNS = (
     "seq, event_id, room_id, sender, sender_name, body, created_ts, trigger_event_id, state, "
     "specialty, target_room, decision, forward_event_id, ack_event_id, replies, solved, solved_by, "
-    "revision, guard_override, corrected"
+    "revision, guard_override, corrected, answers, first_answer_ts, last_activity_ts, "
+    "forwarded_ts, solved_ts"
 )
 
 
@@ -42,6 +43,11 @@ def question_from_row(row: sqlite3.Row | tuple[Any, ...]) -> QuestionRow:
         revision=r[17],
         guard_override=bool(r[18]),
         corrected=bool(r[19]),
+        answers=r[20],
+        first_answer_ts=r[21],
+        last_activity_ts=r[22],
+        forwarded_ts=r[23],
+        solved_ts=r[24],
     )
 
 
@@ -121,6 +127,9 @@ class QuestionQueries(Connection):
             "revision",
             "guard_override",
             "corrected",
+            "forwarded_ts",
+            "solved_ts",
+            "last_activity_ts",
         }
         unknown = set(fields) - allowed
         if unknown:
@@ -128,6 +137,8 @@ class QuestionQueries(Connection):
         if "decision" in fields and fields["decision"] is not None:
             fields["decision"] = json.dumps(fields["decision"], ensure_ascii=False)
         fields["updated_at"] = now_ms()
+        if "solved" in fields and "solved_ts" not in fields:
+            fields["solved_ts"] = fields["updated_at"] if fields["solved"] else None
         sets = ", ".join(f"{k} = ?" for k in fields)
         await self._write(
             f"UPDATE questions SET {sets} WHERE event_id = ?",
@@ -165,6 +176,7 @@ class QuestionQueries(Connection):
             return None
         async with self._transaction():
             await self._db.execute("DELETE FROM questions WHERE event_id = ?", (event_id,))
+            await self._db.execute("DELETE FROM thread_messages WHERE question_id = ?", (event_id,))
             # Effects quote the text: keep only what re-sending needs to stay idempotent.
             await self._db.execute(
                 "UPDATE effects SET content = '{}', state = CASE state WHEN 'pending' "

@@ -157,3 +157,45 @@ async def test_reaction_and_redactions(bot: PeerBot) -> None:
 async def test_garbage_never_raises(bot: PeerBot, event: Any) -> None:
     await bot.handle_batch(SyncBatch("t", events=[(ROOM, event)]))
     assert bot.handler_errors == 0
+
+
+def in_thread(root: str) -> dict[str, Any]:
+    return {
+        "m.relates_to": {
+            "rel_type": "m.thread",
+            "event_id": root,
+            "is_falling_back": True,
+            "m.in_reply_to": {"event_id": root},
+        }
+    }
+
+
+async def test_both_threads_of_a_question_are_recorded_once(bot: PeerBot) -> None:
+    specialty = RoomID("!cardio:x")
+    await bot.handle_batch(SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))]))
+    await bot.store.update_question("$q", target_room=specialty, forward_event_id="$fwd")
+    answer = {**msg("$a1", "Regarde le QT", sender="@bob:x", **in_thread("$fwd"))}
+    answer["origin_server_ts"] = 5000
+    clarif = {**msg("$c1", "Il a 80 ans", **in_thread("$q"))}
+    clarif["origin_server_ts"] = 7000
+    rich_reply = msg(
+        "$a2",
+        "> ...\n\nOui",
+        sender="@carol:x",
+        **{"m.relates_to": {"m.in_reply_to": {"event_id": "$fwd"}}},
+    )
+    rich_reply["origin_server_ts"] = 9000
+    stray = msg("$s", "autre chose", sender="@bob:x", **in_thread("$other"))
+    batch = [(specialty, answer), (ROOM, clarif), (specialty, rich_reply), (specialty, stray)]
+    await bot.handle_batch(SyncBatch("t2", events=batch))
+    await bot.handle_batch(SyncBatch("t3", events=batch))  # delivered twice: counted once
+    q = await bot.store.question("$q")
+    assert q is not None
+    assert (q.answers, q.first_answer_ts, q.last_activity_ts) == (2, 5000, 9000)
+    got = [(m.event_id, m.side, m.answer) for m in await bot.store.thread_messages("$q")]
+    assert got == [("$a1", "forward", True), ("$c1", "origin", False), ("$a2", "forward", True)]
+    # A reply in the forward's thread typed in another room is not part of it.
+    elsewhere = msg("$x", "hors sujet", sender="@bob:x", **in_thread("$fwd"))
+    await bot.handle_batch(SyncBatch("t4", events=[(RoomID("!autre:x"), elsewhere)]))
+    assert await bot.store.thread_message("$x") is None
+    assert bot.handler_errors == 0
