@@ -18,6 +18,7 @@ from typing import Any
 from peerbot.bot.admin import ChatCommands
 from peerbot.bot.events import EventHandlers
 from peerbot.bot.forwarding import Lanes
+from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Backoff, Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
@@ -59,6 +60,8 @@ class PeerBot:
         self._since: str | None = None
         self.idle = asyncio.Event()
         """Set whenever the worker has nothing left to do (tests and tools wait on it)."""
+        self.metrics = Metrics()
+        """Figures for /metrics and the sync's health for /health (see :mod:`.ops`)."""
         self.rooms = RoomDirectory(config, client, store)
         self.outbox = Outbox(store, client, self._stopping)
         """Sends everything recorded but the forwards (the lanes send those)."""
@@ -72,6 +75,7 @@ class PeerBot:
             self.outbox,
             self.texts,
             self._stopping,
+            metrics=self.metrics,
         )
         self.lanes = Lanes(store, self.pipeline, self._stopping, self._wake.set)
         self.commands = ChatCommands(
@@ -96,6 +100,24 @@ class PeerBot:
             self.texts,
             self._wake.set,
             encryption=self.encryption_on,
+            metrics=self.metrics,
+        )
+        self._wire_metrics()
+
+    def _wire_metrics(self) -> None:
+        """Let /metrics read the figures the parts keep themselves."""
+        sampled, mx = self.metrics.sampled, self.mx
+        sampled.handler_errors = lambda: self.events.errors
+        sampled.plugin_failures = lambda: [
+            (p.name, p.errors, p.timeouts) for p in self.plugins.plugins
+        ]
+        sampled.homeserver_errors = lambda: dict(getattr(mx, "error_counts", {})).items()
+        sampled.rate_limited = lambda: int(
+            getattr(mx, "error_counts", {}).get("M_LIMIT_EXCEEDED", 0)
+        )
+        sampled.connection_failures = lambda: int(getattr(mx, "connection_failures", 0))
+        self.metrics.health.connection_failure_at = lambda: getattr(
+            mx, "last_connection_failure", None
         )
 
     @property
@@ -234,11 +256,17 @@ class PeerBot:
 
     async def _sync_loop(self) -> None:
         backoff = Backoff()
+        health = self.metrics.health
         while not self._stopping.is_set():
             try:
-                batch = await self.mx.sync(self._since, full_state=False)
+                # The first one answers at once: start-up (READY, /health) ends when the bot
+                # has caught up, not after a 30 s long-poll in a quiet room.
+                batch = await self.mx.sync(
+                    self._since, full_state=False, wait=health.first_ok_at is not None
+                )
             except Transient as exc:
                 delay = backoff.next_delay()
+                self.metrics.sync_failed(type(exc).__name__)
                 log.warning("Sync failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -246,11 +274,13 @@ class PeerBot:
                 if isinstance(exc, Forbidden) and exc.errcode in ("M_UNKNOWN_TOKEN",):
                     raise
                 delay = backoff.next_delay()
+                self.metrics.sync_failed(exc.errcode or type(exc).__name__)
                 log.error("Sync refused (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
             await self.handle_batch(batch)
+            self.metrics.sync_ok()
 
     async def handle_batch(self, batch: SyncBatch) -> None:
         """Handle one sync's invites and events, then save its token."""

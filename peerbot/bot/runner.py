@@ -90,7 +90,11 @@ async def run_bot(
         log.info("PeerBot is running; Ctrl-C to stop")
         if ready is not None:
             ready.set()
-        await bot.run()
+        from peerbot.bot.ops import Operations
+
+        names = [p.name for p in plugins.plugins]
+        async with Operations(config, bot, plugins=(names, None)):
+            await bot.run()
         log.info("PeerBot stopped")
         return EXIT_OK
     finally:

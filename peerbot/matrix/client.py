@@ -135,6 +135,18 @@ class _NioClient(nio.AsyncClient):  # type: ignore[misc]
     (an invited room's encryption and create events, the content of invite member events)."""
 
     last_invites: dict[str, Any] | None = None
+    connection_failures = 0
+    """Requests that could not reach the homeserver (nio retries them itself)."""
+    last_connection_failure: float | None = None
+    """When the last one happened (monotonic seconds)."""
+
+    async def get_timeout_retry_wait_time(self, got_timeouts: int) -> float:
+        # Called by nio for each connection failure or time-out before it retries: the one
+        # place a sync that keeps retrying inside nio shows that the homeserver is down.
+        self.connection_failures += 1
+        self.last_connection_failure = time.monotonic()
+        wait: float = await super().get_timeout_retry_wait_time(got_timeouts)
+        return wait
 
     async def parse_body(self, transport_response: Any) -> dict[str, Any]:
         body: dict[str, Any] = await super().parse_body(transport_response)
@@ -190,6 +202,8 @@ class MatrixClient:
         # refused together, again and again. (nio itself sleeps retry_after_ms and retries.)
         self._send_gate = asyncio.Lock()
         self._throttled_until = 0.0
+        self.error_counts: dict[str, int] = {}
+        """The homeserver's error answers so far, by errcode (or HTTP status), 429s included."""
         if nio_client is None:
             self._client.add_response_callback(self._on_error_response, nio.ErrorResponse)
 
@@ -207,7 +221,11 @@ class MatrixClient:
         return cls(config, nio_client=client)
 
     async def _on_error_response(self, resp: Any) -> None:
-        if getattr(resp, "status_code", None) == "M_LIMIT_EXCEEDED":
+        code = getattr(resp, "status_code", None)
+        transport = getattr(resp, "transport_response", None)
+        key = str(code or getattr(transport, "status", None) or "unknown")
+        self.error_counts[key] = self.error_counts.get(key, 0) + 1
+        if code == "M_LIMIT_EXCEEDED":
             wait_ms = getattr(resp, "retry_after_ms", None) or 5000
             self._throttled_until = max(
                 self._throttled_until, time.monotonic() + wait_ms / 1000 + THROTTLE_GRACE
@@ -353,11 +371,25 @@ class MatrixClient:
 
     # -- sync -------------------------------------------------------------------------------
 
-    async def sync(self, since: str | None, *, full_state: bool, first: bool = False) -> SyncBatch:
-        """One sync. ``first``: an initial sync that only fetches state and the latest token."""
+    @property
+    def connection_failures(self) -> int:
+        """Requests that could not reach the homeserver so far (each retried)."""
+        return int(getattr(self._client, "connection_failures", 0))
+
+    @property
+    def last_connection_failure(self) -> float | None:
+        """When a request last could not reach the homeserver (monotonic), or None."""
+        value = getattr(self._client, "last_connection_failure", None)
+        return float(value) if value is not None else None
+
+    async def sync(
+        self, since: str | None, *, full_state: bool, first: bool = False, wait: bool = True
+    ) -> SyncBatch:
+        """One sync. ``first``: an initial sync that only fetches state and the latest token;
+        ``wait``: long-poll until something happens (else answer at once)."""
         limit = 1 if first else TIMELINE_LIMIT
         resp = await self._client.sync(
-            timeout=0 if first else SYNC_TIMEOUT_MS,
+            timeout=0 if first or not wait else SYNC_TIMEOUT_MS,
             since=since,
             full_state=full_state,
             # The bot's own messages are not news to it: without not_senders each one it sends
@@ -691,6 +723,10 @@ class MatrixClient:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise Transient(what, None, f"cannot reach the homeserver: {exc!r}", None) from exc
             answer = payload if isinstance(payload, dict) else None
+            if status >= 400:
+                code = (answer or {}).get("errcode")
+                key = code if isinstance(code, str) else str(status)
+                self.error_counts[key] = self.error_counts.get(key, 0) + 1
             if status != 429:
                 return status, answer
             delay_ms = (answer or {}).get("retry_after_ms")
