@@ -25,7 +25,7 @@ __all__ = ["CONTENT_TYPE", "Metrics", "Sampled", "SyncHealth"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # No ``*_created`` series beside each counter: they double a scrape for nothing here.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class SyncHealth:
