@@ -2,7 +2,8 @@
 systemd's notify protocol (READY after the first sync, the watchdog, STOPPING) and the
 start-up self-check posted to ``admin_room``.
 
-``async with Operations(config, bot): await bot.run()`` (see :func:`peerbot.bot.runner.run_bot`).
+``await ops.start()`` before the bot's login, ``await ops.stop()`` after its loops (see
+:func:`peerbot.bot.runner.run_bot`); or ``async with Operations(config, bot):``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ from peerbot.core.health import STALE_AFTER
 from peerbot.core.ids import tx_id
 from peerbot.matrix import MatrixError
 
-__all__ = ["Operations"]
+__all__ = ["Operations", "OpsError"]
 
 log = logging.getLogger(__name__)
+
+
+class OpsError(RuntimeError):
+    """The listener cannot start; the message names the key."""
 
 
 class Operations:
@@ -55,11 +60,7 @@ class Operations:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Operations:
-        if self.config.metrics.bind is not None:
-            await self._listen(*self.config.metrics.bind)
-        self._tasks.append(asyncio.create_task(self._after_first_sync(), name="peerbot-ready"))
-        if self.watchdog_every is not None and self.notifier.enabled:
-            self._tasks.append(asyncio.create_task(self._watchdog(), name="peerbot-watchdog"))
+        await self.start()
         return self
 
     async def __aexit__(
@@ -68,14 +69,28 @@ class Operations:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Listen (if metrics.bind is set); READY and the start-up checks after the first sync."""
+        if self.config.metrics.bind is not None:
+            await self._listen(*self.config.metrics.bind)
+        self._tasks.append(asyncio.create_task(self._after_first_sync(), name="peerbot-ready"))
+        if self.watchdog_every is not None and self.notifier.enabled:
+            self._tasks.append(asyncio.create_task(self._watchdog(), name="peerbot-watchdog"))
+
+    async def stop(self) -> None:
+        """Tell systemd, stop the tasks and the listener."""
         self.notifier.stopping()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._tasks.clear()
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -86,7 +101,12 @@ class Operations:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise OpsError(f"metrics.bind: cannot listen on {host}:{port}: {exc.strerror}") from exc
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.address = sockets[0].getsockname()[:2] if sockets else (host, port)
