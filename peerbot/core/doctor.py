@@ -201,9 +201,7 @@ def _power_checks(name: str, room: RoomFacts, bot_user: str) -> list[Check]:
         ("redact its own messages", "m.room.redaction"),
     ):
         need = needed_level(pl, event_type)
-        if have >= need:
-            checks.append(Check(f"{name} power", True, f"may {what} (level {have} >= {need})"))
-        else:
+        if have < need:
             checks.append(
                 Check(
                     f"{name} power",
@@ -212,6 +210,10 @@ def _power_checks(name: str, room: RoomFacts, bot_user: str) -> list[Check]:
                     f"give {bot_user} power level {need} in the room (or lower {event_type})",
                 )
             )
+    if not checks:
+        checks.append(
+            Check(f"{name} power", True, f"may post, react and redact its own (level {have})")
+        )
     return checks
 
 
