@@ -144,6 +144,7 @@ class Operations:
     async def _watchdog(self) -> None:
         assert self.watchdog_every is not None
         health = self.bot.metrics.health
+        shown: str | None = None
         while True:
             facts = health.facts()
             # Alive = the sync loop shows some outcome lately, good or bad. A loop stuck
@@ -152,8 +153,10 @@ class Operations:
             started = health.first_ok_at is None
             if started or (moments and time.monotonic() - max(moments) < STALE_AFTER):
                 self.notifier.watchdog()
-                report = health.report()
-                self.notifier.status(report.state)
+                state = health.report().state
+                if state != shown:
+                    self.notifier.status(state)
+                    shown = state
             else:
                 log.error("The sync loop shows no sign of life: no watchdog ping")
             await asyncio.sleep(self.watchdog_every)

@@ -42,8 +42,11 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # Never block the event loop: a receiver that does not read (its queue holds
+                # net.unix.max_dgram_qlen datagrams, 10 by default) costs a ping, not the bot.
+                sock.setblocking(False)
                 sock.connect(self.address)
-                sock.sendall(message.encode())
+                sock.send(message.encode())
         except OSError as exc:
             # systemd restarted or the socket went away: the bot keeps running regardless.
             log.warning("sd_notify %s failed: %s", message.split("=", 1)[0], exc)

@@ -199,6 +199,7 @@ async def test_health_metrics_systemd_and_admin_room(
         ):
 
             def alive() -> None:
+                notify.poll()  # read as systemd does (the bot never blocks on it anyway)
                 assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
 
             body = await wait_status(http, f"{base}/health", 503, alive=alive)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,19 @@ def test_metrics_exposition_names_and_values() -> None:
         assert family.name.startswith("peerbot_"), family.name
     # A second bot in the same process has figures of its own.
     assert b"peerbot_questions_seen_total 0.0" in Metrics().render()
+
+
+def test_sd_notify_never_blocks_when_nobody_reads(tmp_path: Path) -> None:
+    path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        results: list[bool] = []
+        # Far over the queue's length; in a thread, so that a blocking send fails the test.
+        worker = threading.Thread(
+            target=lambda: results.extend(notifier.watchdog() for _ in range(200)), daemon=True
+        )
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "sd_notify blocked on a full socket"
+    assert len(results) == 200 and results[0] and not all(results)  # some dropped
