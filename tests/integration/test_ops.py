@@ -251,11 +251,15 @@ async def test_health_metrics_systemd_and_admin_room(
 
             # Synapse down: 503 with the reason; back up: 200 again.
             await server.stop()
+            stopped = time.monotonic()
             body = await wait_status(http, f"{base}/health", 503, timeout=45, alive=alive)
+            print(f"/health 503 {time.monotonic() - stopped:.2f} s after Synapse stopped")
             down = json.loads(body)
             assert down["state"] in ("sync failing", "sync stalled"), down
             await server._launch()  # the second half of restart()
+            relaunched = time.monotonic()
             await wait_status(http, f"{base}/health", 200, timeout=60, alive=alive)
+            print(f"/health 200 {time.monotonic() - relaunched:.2f} s after Synapse answered")
 
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 30) == 0
