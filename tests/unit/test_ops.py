@@ -280,3 +280,19 @@ def test_sd_notify_never_blocks_when_nobody_reads(tmp_path: Path) -> None:
         worker.join(10)
         assert not worker.is_alive(), "sd_notify blocked on a full socket"
     assert len(results) == 200 and results[0] and not all(results)  # some dropped
+
+
+def test_grafana_dashboard_names_only_exposed_metrics() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "contrib" / "grafana-dashboard.json").read_text("utf-8"))
+    families = list(text_string_to_metric_families(Metrics().render().decode()))
+    # A labelled family without samples yet (no plugin) still has its name.
+    exposed = {f.name + ("_total" if f.type == "counter" else "") for f in families}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    used = {name for e in exprs for name in re.findall(r"\bpeerbot_\w+", e)}
+    assert used <= exposed, used - exposed
+    # Every figure the bot exposes is on the dashboard.
+    assert exposed <= used, exposed - used
