@@ -102,23 +102,7 @@ class PeerBot:
             encryption=self.encryption_on,
             metrics=self.metrics,
         )
-        self._wire_metrics()
-
-    def _wire_metrics(self) -> None:
-        """Let /metrics read the figures the parts keep themselves."""
-        sampled, mx = self.metrics.sampled, self.mx
-        sampled.handler_errors = lambda: self.events.errors
-        sampled.plugin_failures = lambda: [
-            (p.name, p.errors, p.timeouts) for p in self.plugins.plugins
-        ]
-        sampled.homeserver_errors = lambda: dict(getattr(mx, "error_counts", {})).items()
-        sampled.rate_limited = lambda: int(
-            getattr(mx, "error_counts", {}).get("M_LIMIT_EXCEEDED", 0)
-        )
-        sampled.connection_failures = lambda: int(getattr(mx, "connection_failures", 0))
-        self.metrics.health.connection_failure_at = lambda: getattr(
-            mx, "last_connection_failure", None
-        )
+        self.metrics.read_from(self.events, self.plugins, client)
 
     @property
     def rules(self) -> routing.RuleSet:

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -197,6 +198,18 @@ class Metrics:
         """A sync failed."""
         self._sync_failures.inc()
         self.health.failed(reason)
+
+    def read_from(self, events: Any, plugins: Any, client: Any) -> None:
+        """Let a scrape read what the parts count themselves: the handlers' ``errors``, each
+        plugin's ``errors`` / ``timeouts``, the client's ``error_counts`` and connection
+        failures (getattr: stand-ins for MatrixClient in tests may lack them)."""
+        s = self.sampled
+        s.handler_errors = lambda: int(events.errors)
+        s.plugin_failures = lambda: [(p.name, p.errors, p.timeouts) for p in plugins.plugins]
+        s.homeserver_errors = lambda: dict(getattr(client, "error_counts", {})).items()
+        s.rate_limited = lambda: int(getattr(client, "error_counts", {}).get("M_LIMIT_EXCEEDED", 0))
+        s.connection_failures = lambda: int(getattr(client, "connection_failures", 0))
+        self.health.connection_failure_at = lambda: getattr(client, "last_connection_failure", None)
 
     # -- reading ------------------------------------------------------------------------------
 
