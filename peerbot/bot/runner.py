@@ -15,8 +15,17 @@ from peerbot.logs import SECRETS
 
 if TYPE_CHECKING:
     from peerbot.bot.plugins import PluginSet
+    from peerbot.store import Store
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "load_plugin_set", "run_bot", "run_import"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "load_plugin_set",
+    "open_store",
+    "run_bot",
+    "run_import",
+]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -33,6 +42,18 @@ def load_plugin_set(config: Config) -> PluginSet:
     return PluginSet(load_plugins(config.plugins, language=config.language, data_root=data_root))
 
 
+async def open_store(config: Config) -> Store:
+    """The configured database, opened and migrated; StoreError on a problem."""
+    from peerbot.store import Store, StoreError
+
+    try:
+        password = config.storage.password()
+    except OSError as exc:
+        raise StoreError(f"storage.password_file: cannot read it: {exc}") from exc
+    SECRETS.add(password)
+    return await Store.open(config.storage.target, password=password)
+
+
 async def run_bot(
     config: Config, *, ready: asyncio.Event | None = None, reset_identity: bool = False
 ) -> int:
@@ -41,7 +62,7 @@ async def run_bot(
     from peerbot.bot.plugins import PluginLoadError, ensure_data_dirs
     from peerbot.matrix import MatrixClient, MatrixError
     from peerbot.matrix.crosssign import CrossSigningError, IdentityMismatch, KeysLost
-    from peerbot.store import Store, StoreError
+    from peerbot.store import StoreError
 
     SECRETS.add(config.matrix.password)
     SECRETS.add(config.matrix.access_token)
@@ -51,7 +72,7 @@ async def run_bot(
         log.error("Plugin error: %s", exc)
         return EXIT_CONFIG
     try:
-        store = await Store.open(config.storage.database)
+        store = await open_store(config)
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
@@ -106,12 +127,12 @@ async def run_import(config: Config, rooms: list[str]) -> int:
     from peerbot.bot.app import PeerBot
     from peerbot.bot.history import import_history
     from peerbot.matrix import MatrixClient, MatrixError
-    from peerbot.store import Store, StoreError
+    from peerbot.store import StoreError
 
     SECRETS.add(config.matrix.password)
     SECRETS.add(config.matrix.access_token)
     try:
-        store = await Store.open(config.storage.database)
+        store = await open_store(config)
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
