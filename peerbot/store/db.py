@@ -184,9 +184,7 @@ class Database(Connection):
                 f"storage.database: cannot reach PostgreSQL at {redact(url)}: {exc}"
             ) from exc
         except Exception as exc:  # asyncpg's own errors: bad password, no such database...
-            raise StoreError(
-                f"storage.database: cannot open {redact(url)}: {exc}"
-            ) from exc
+            raise StoreError(f"storage.database: cannot open {redact(url)}: {exc}") from exc
         store = cls(PgDriver(conn), None, -1, url=url)
         try:
             await store._setup_postgres()

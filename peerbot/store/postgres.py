@@ -48,6 +48,7 @@ __all__ = [
     "connect",
     "has_code",
     "is_postgres_url",
+    "pg_value",
     "redact",
     "translate",
     "translate_ddl",
@@ -228,6 +229,11 @@ def _pg_text(value: str) -> str:
     except UnicodeEncodeError:
         value = _SURROGATE.sub("\ufffd", value)
     return value
+
+
+def pg_value(value: Any) -> Any:
+    """A SQLite value as PostgreSQL stores it (texts made acceptable, the rest unchanged)."""
+    return _pg_text(value) if isinstance(value, str) else value
 
 
 class PgCursor:
