@@ -101,6 +101,7 @@ class StorageConfig:
     database: Path
     postgresql: str | None = None  # a libpq-style URL, postgresql://user@host:port/db
     password_file: Path | None = None  # the PostgreSQL password, alone in a file
+    standby_poll_ms: int = 1000  # PostgreSQL: how often a standby tries to take the lead
 
     @property
     def target(self) -> Path | str:
@@ -576,7 +577,8 @@ class _Checker:
         )
 
     def storage(self, top: Mapping[str, Any]) -> StorageConfig:
-        s = self.section(top, "storage", ("database", "password_file"))
+        s = self.section(top, "storage", ("database", "password_file", "standby_poll_ms"))
+        poll = self.integer(s, "standby_poll_ms", ("storage",), 1000, 50, 60_000)
         raw = self.string(s, "database", ("storage",), required=False, default="./peerbot.db")
         password_file = None
         if s.get("password_file") is not None:
@@ -591,6 +593,7 @@ class _Checker:
                 database=self.base_dir / "peerbot.db",
                 postgresql=raw,
                 password_file=password_file,
+                standby_poll_ms=poll,
             )
         if "://" in (raw or ""):
             self.bad(
@@ -599,6 +602,8 @@ class _Checker:
             )
         elif password_file is not None:
             self.bad(("storage", "password_file"), "is only used with a postgresql:// database")
+        elif "standby_poll_ms" in s:
+            self.bad(("storage", "standby_poll_ms"), "is only used with a postgresql:// database")
         path = Path(os.path.expanduser(raw or "./peerbot.db"))
         if not path.is_absolute():
             path = self.base_dir / path

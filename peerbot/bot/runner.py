@@ -14,8 +14,10 @@ from peerbot.config import Config
 from peerbot.logs import SECRETS
 
 if TYPE_CHECKING:
+    from peerbot.bot.app import PeerBot
     from peerbot.bot.plugins import PluginSet
     from peerbot.store import Store
+    from peerbot.store.leader import Leadership
 
 __all__ = [
     "EXIT_CONFIG",
@@ -63,6 +65,7 @@ async def run_bot(
     from peerbot.matrix import MatrixClient, MatrixError
     from peerbot.matrix.crosssign import CrossSigningError, IdentityMismatch, KeysLost
     from peerbot.store import StoreError
+    from peerbot.store.leader import Leadership
 
     SECRETS.add(config.matrix.password)
     SECRETS.add(config.matrix.access_token)
@@ -76,15 +79,29 @@ async def run_bot(
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
+    leadership = Leadership(
+        store, password=config.storage.password(), poll_ms=config.storage.standby_poll_ms
+    )
+    if not await _wait_for_lead(leadership):
+        await leadership.release()
+        await store.close()
+        await plugins.close()
+        log.info("PeerBot stopped (it was on standby)")
+        return EXIT_OK
     ensure_data_dirs(plugins.plugins)
     SECRETS.add(config.encryption.pickle_key)
     SECRETS.add(config.encryption.passphrase)
     client = MatrixClient(config.matrix, config.encryption, reset_identity=reset_identity)
+    lost: list[str] = []
+    watcher: asyncio.Task[str] | None = None
     try:
         bot = PeerBot(config, store, client, plugins)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, bot.stop)
+        if leadership.shared:
+            watcher = asyncio.create_task(leadership.lost(), name="lead watch")
+            watcher.add_done_callback(lambda t: _on_lead_lost(t, bot, lost))
         try:
             await bot.start()
             SECRETS.add(client.access_token)
@@ -112,14 +129,56 @@ async def run_bot(
         if ready is not None:
             ready.set()
         await bot.run()
+        if lost:
+            return EXIT_FAILURE
         log.info("PeerBot stopped")
         return EXIT_OK
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
         await client.close()
         await store.close()
         await plugins.close()
+        # Last: a standby must not start while this instance may still send.
+        await leadership.release()
+
+
+async def _wait_for_lead(leadership: Leadership) -> bool:
+    """Wait (on standby) until this instance leads; False when SIGINT/SIGTERM came first."""
+    if not leadership.shared:
+        return True
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.create_task(leadership.acquire(), name="standby")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, waiting.cancel)
+    try:
+        await waiting
+        return True
+    except asyncio.CancelledError:
+        if waiting.cancelled() and not _current_cancelling():
+            return False
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _current_cancelling() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _on_lead_lost(task: asyncio.Task[str], bot: PeerBot, lost: list[str]) -> None:
+    """The lead's connection broke: stop now (another instance may be leading already)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    reason = task.result() if exc is None else repr(exc)
+    lost.append(reason)
+    log.critical("Lost the lead on the database (%s): stopping", reason)
+    bot.stop()
 
 
 async def run_import(config: Config, rooms: list[str]) -> int:
