@@ -75,6 +75,18 @@ def _migrations(dialect: str = "sqlite") -> list[tuple[int, str]]:
     return sorted(found.items())
 
 
+def _to_apply(current: int, dialect: str) -> list[tuple[int, str]]:
+    """The migrations after ``current``; StoreError when the database is newer than the code."""
+    migrations = _migrations(dialect)
+    latest = migrations[-1][0] if migrations else 0
+    if current > latest:
+        raise StoreError(
+            f"storage.database: schema version {current} is newer than this PeerBot "
+            f"knows ({latest}); upgrade PeerBot"
+        )
+    return [(v, sql) for v, sql in migrations if v > current]
+
+
 class Cursor(Protocol):
     """What a statement gives back (aiosqlite's cursor, or postgres.PgCursor)."""
 
@@ -204,16 +216,7 @@ class Database(Connection):
                 "WHERE NOT EXISTS (SELECT 1 FROM peerbot_schema)"
             )
             current = await self.schema_version()
-            migrations = _migrations("postgresql")
-            latest = migrations[-1][0] if migrations else 0
-            if current > latest:
-                raise StoreError(
-                    f"storage.database: schema version {current} is newer than this PeerBot "
-                    f"knows ({latest}); upgrade PeerBot"
-                )
-            for version, sql in migrations:
-                if version <= current:
-                    continue
+            for version, sql in _to_apply(current, "postgresql"):
                 log.info("Applying database migration %04d (PostgreSQL)", version)
                 for statement in _split_sql(sql):
                     if has_code(statement):  # not a trailing comment alone
@@ -276,16 +279,7 @@ class Database(Connection):
         async with self._db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         current = int(row[0]) if row else 0
-        migrations = _migrations()
-        latest = migrations[-1][0] if migrations else 0
-        if current > latest:
-            raise StoreError(
-                f"storage.database: schema version {current} is newer than this PeerBot "
-                f"knows ({latest}); upgrade PeerBot"
-            )
-        for version, sql in migrations:
-            if version <= current:
-                continue
+        for version, sql in _to_apply(current, "sqlite"):
             log.info("Applying database migration %04d", version)
             async with self._transaction():
                 for statement in _split_sql(sql):
