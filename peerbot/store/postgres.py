@@ -24,7 +24,8 @@ How it works (read this before writing a query group or a migration):
   ``REAL`` → ``DOUBLE PRECISION``, ``WITHOUT ROWID`` / ``STRICT`` dropped. A migration the
   translation gets wrong gets a hand-written twin in ``migrations/postgresql/NNNN_*.sql`` (same
   number), which wins. The version lives in the ``peerbot_schema`` table, not ``user_version``.
-* Not translated, so avoid them in shared queries: ``LIKE`` (case-insensitive in SQLite only),
+* Not translated, so avoid them in shared queries: ``INSERT OR REPLACE`` (write ``ON CONFLICT
+  (key) DO UPDATE SET ...``, which both run), ``LIKE`` (case-insensitive in SQLite only),
   SQLite date functions, ``GLOB``, ``rowid``, ``IFNULL`` (write ``COALESCE``); ``||`` is fine.
   ``tests/unit/test_store_backends.py`` runs the store tests on both backends.
 
@@ -282,6 +283,15 @@ class PgDriver:
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> _Result:
         """Run one SQLite-flavoured statement (awaitable, or an async context manager)."""
         return _Result(self, sql, params)
+
+    async def executemany(self, sql: str, seq_of_params: Sequence[Sequence[Any]], /) -> None:
+        """One statement over many parameter tuples (aiosqlite's ``executemany``)."""
+        for params in seq_of_params:
+            await self._run(sql, params)
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = (), /) -> list[Any]:
+        """Run a query and return every row (aiosqlite's ``execute_fetchall``)."""
+        return await (await self._run(sql, params)).fetchall()
 
     async def _prepared(self, sql: str) -> Any:
         stmt = self._statements.get(sql)

@@ -151,6 +151,19 @@ async def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
     assert await store.get("after") == "1"
 
 
+async def test_executemany_and_execute_fetchall(store: Store) -> None:
+    """The other two aiosqlite calls a query group might use."""
+    async with store._write_lock:
+        await store._db.executemany(  # type: ignore[attr-defined]
+            "INSERT OR IGNORE INTO kv (key, value) VALUES (?, ?)",
+            [("a", "1"), ("b", "2"), ("a", "3")],
+        )
+    rows = await store._db.execute_fetchall(  # type: ignore[attr-defined]
+        "SELECT key, value FROM kv WHERE key IN (?, ?) ORDER BY key", ("a", "b")
+    )
+    assert [tuple(r) for r in rows] == [("a", "1"), ("b", "2")]
+
+
 async def test_concurrent_writers_neither_lose_nor_duplicate(store: Store) -> None:
     async def one(i: int) -> None:
         await _question(store, f"$q{i % 25}")
