@@ -5,7 +5,7 @@ as the ``postgres`` user when run as root), then, for each run, on a fresh datab
 standby ``peerbot run`` with the same account, a burst of questions, SIGKILL of the leader once
 some are forwarded. Each run checks the rooms (every question forwarded and acknowledged
 exactly once) and measures, from the SIGKILL: the standby running (logged in, first sync
-handled), and its first forward seen by a reader. Prints each run and the p50 / max.
+handled), and the first forward a reader sees after that. Prints each run and the p50 / max.
 
     .venv/bin/python bench/bench_takeover.py                  # 5 runs of 100 questions
     .venv/bin/python bench/bench_takeover.py --runs 3 --questions 40 --poll-ms 500
@@ -86,8 +86,8 @@ async def run_bench(args: argparse.Namespace) -> int:
                     await bot.stop()
             figures.append(f)
             print(
-                f"run {n + 1}: standby running {f['ready']:.2f} s after the SIGKILL, first "
-                f"forward {f['first_send']:.2f} s; {args.questions} questions exactly once",
+                f"run {n + 1}: standby running {f['ready']:.2f} s after the SIGKILL, a new "
+                f"forward seen at {f['first_send']:.2f} s; {args.questions} questions exactly once",
                 flush=True,
             )
     finally:
@@ -98,7 +98,7 @@ async def run_bench(args: argparse.Namespace) -> int:
     first = [f["first_send"] for f in figures]
     print(
         f"takeover over {len(figures)} runs (poll {args.poll_ms} ms): running p50 "
-        f"{statistics.median(ready):.2f} s (max {max(ready):.2f}), first forward p50 "
+        f"{statistics.median(ready):.2f} s (max {max(ready):.2f}), new forward seen p50 "
         f"{statistics.median(first):.2f} s (max {max(first):.2f})"
     )
     return 0
