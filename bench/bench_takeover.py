@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -94,6 +95,7 @@ async def run_bench(args: argparse.Namespace) -> int:
         await asyncio.gather(*(u.stop() for u in users))
         await server.stop()
         pg.stop()
+    shutil.rmtree(root, ignore_errors=True)  # kept when a run failed: the bots' logs are there
     ready = [f["ready"] for f in figures]
     first = [f["first_send"] for f in figures]
     print(
