@@ -1,4 +1,4 @@
-"""Command line: ``peerbot run | check-config | doctor | import-history | demo``.
+"""Command line: ``peerbot run | check-config | doctor | import-history | migrate-store | demo``.
 
 Exit 2 on a bad configuration.
 """
@@ -12,7 +12,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from peerbot.bot.runner import EXIT_CONFIG, EXIT_OK, load_plugin_set, run_bot, run_import
+from peerbot.bot.runner import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    load_plugin_set,
+    run_bot,
+    run_import,
+)
 from peerbot.config import Config, ConfigError, load_config
 from peerbot.logs import setup_logging
 
@@ -117,6 +124,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return asyncio.run(run_doctor(config))
 
 
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    """Copy a SQLite database into PostgreSQL and check the copy."""
+    from peerbot.store import StoreError
+    from peerbot.store.migrate import migrate_store
+    from peerbot.store.postgres import is_postgres_url
+
+    if not is_postgres_url(args.to):
+        print(f"--to: not a postgresql:// URL: {args.to}", file=sys.stderr)
+        return EXIT_CONFIG
+    password = None
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"--password-file: cannot read it: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    setup_logging("WARNING")
+    try:
+        report = asyncio.run(
+            migrate_store(Path(args.source), args.to, password=password, replace=args.replace)
+        )
+    except StoreError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    print("\n".join(report.lines()))
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start a throwaway Synapse, rooms, users and the bot; post a few questions."""
     from peerbot.dev.demo import run_demo
@@ -165,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--room", action="append", help="a room alias or ID (repeatable; default: all configured)"
     )
     imp.set_defaults(func=cmd_import)
+
+    mig = sub.add_parser(
+        "migrate-store", help="copy a SQLite database into PostgreSQL, checked (bot stopped)"
+    )
+    mig.add_argument("--from", dest="source", required=True, help="the SQLite file (bot.db)")
+    mig.add_argument("--to", required=True, help="postgresql://user@host:port/db")
+    mig.add_argument("--password-file", help="a file holding the PostgreSQL password")
+    mig.add_argument(
+        "--replace", action="store_true", help="empty a target that already holds rows first"
+    )
+    mig.set_defaults(func=cmd_migrate_store)
 
     demo = sub.add_parser("demo", help="try PeerBot on a throwaway local Synapse")
     demo.add_argument("--once", action="store_true", help="exit after the scripted part")

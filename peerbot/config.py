@@ -103,9 +103,30 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """Where the bot keeps its state."""
+    """Where the bot keeps its state: a SQLite file, or a PostgreSQL database."""
 
+    # The SQLite file; with PostgreSQL, ``peerbot.db`` beside bot.yaml, of which only the
+    # folder is used (the plugins' data folders live there).
     database: Path
+    postgresql: str | None = None  # a libpq-style URL, postgresql://user@host:port/db
+    password_file: Path | None = None  # the PostgreSQL password, alone in a file
+    standby_poll_ms: int = 1000  # PostgreSQL: how often a standby tries to take the lead
+
+    @property
+    def target(self) -> Path | str:
+        """What :meth:`peerbot.store.Store.open` takes: the URL, or the SQLite file."""
+        return self.postgresql if self.postgresql is not None else self.database
+
+    def password(self) -> str | None:
+        """The PostgreSQL password from ``password_file`` (or ``$CREDENTIALS_DIRECTORY``)."""
+        path = self.password_file
+        if path is None:
+            creds = os.environ.get("CREDENTIALS_DIRECTORY")
+            candidate = Path(creds) / "peerbot-db-password" if creds else None
+            if candidate is None or not candidate.is_file():
+                return None
+            path = candidate
+        return path.read_text(encoding="utf-8").strip()
 
 
 @dataclass(frozen=True)
@@ -590,8 +611,33 @@ class _Checker:
         )
 
     def storage(self, top: Mapping[str, Any]) -> StorageConfig:
-        s = self.section(top, "storage", ("database",))
+        s = self.section(top, "storage", ("database", "password_file", "standby_poll_ms"))
+        poll = self.integer(s, "standby_poll_ms", ("storage",), 1000, 50, 60_000)
         raw = self.string(s, "database", ("storage",), required=False, default="./peerbot.db")
+        password_file = None
+        if s.get("password_file") is not None:
+            password_file = self.path(s, "password_file", ("storage",), Path())
+            if not password_file.is_file():
+                self.bad(("storage", "password_file"), f"no such file: {password_file}")
+        if raw and raw.startswith(("postgresql://", "postgres://")):
+            problem = _postgres_url_problem(raw)
+            if problem:
+                self.bad(("storage", "database"), problem)
+            return StorageConfig(
+                database=self.base_dir / "peerbot.db",
+                postgresql=raw,
+                password_file=password_file,
+                standby_poll_ms=poll,
+            )
+        if "://" in (raw or ""):
+            self.bad(
+                ("storage", "database"),
+                "only postgresql:// URLs are supported (or a SQLite file path)",
+            )
+        elif password_file is not None:
+            self.bad(("storage", "password_file"), "is only used with a postgresql:// database")
+        elif "standby_poll_ms" in s:
+            self.bad(("storage", "standby_poll_ms"), "is only used with a postgresql:// database")
         path = Path(os.path.expanduser(raw or "./peerbot.db"))
         if not path.is_absolute():
             path = self.base_dir / path
@@ -985,3 +1031,23 @@ def iter_problems(exc: ConfigError) -> Iterator[str]:
     """The problems of a ConfigError as printable lines."""
     for problem in exc.problems:
         yield str(problem)
+
+
+def _postgres_url_problem(url: str) -> str | None:
+    """What is wrong with a postgresql:// URL, or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a valid postgresql:// URL ({exc})"
+    if not parts.hostname and "host=" not in parts.query:
+        return "the postgresql:// URL names no host (postgresql://user@host:5432/peerbot)"
+    if not parts.path.strip("/"):
+        return "the postgresql:// URL names no database (postgresql://user@host:5432/peerbot)"
+    if port is not None and not 0 < port < 65536:
+        return f"port {port} is out of range"
+    if parts.password:
+        return "put the password in storage.password_file, not in the URL"
+    return None

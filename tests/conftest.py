@@ -2,6 +2,9 @@
 
 * ``synapse``: one Synapse (relaxed rate limits) for the whole session.
 * ``start_synapse``: a factory for a test's own Synapse (default rate limits, restarts, outages).
+* ``postgres``: one PostgreSQL server (tests/pgserver.py) for the session, started on first use.
+* ``db_target``: a fresh database, once as a SQLite file and once on that PostgreSQL server
+  (parametrized: every test using it runs on both backends).
 * ``make_user``: ``await make_user("alice")`` registers a unique user, logs in a
   :class:`helpers.TestUser` and starts its sync; it is stopped when the test ends.
 
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from helpers import MakeUser, NetworkAccessDenied, StartSynapse, TestUser, unique_name
+from pgserver import PostgresServer
 
 from peerbot.dev.devserver import SynapseServer
 
@@ -150,6 +154,39 @@ def _no_network_violation() -> Iterator[None]:
     yield
     if len(_violations) > before:
         pytest.fail("\n".join(_violations[before:]), pytrace=False)
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server on loopback for the session (as the postgres user under root)."""
+    server = PostgresServer()
+    try:
+        server.start()
+    except FileNotFoundError as exc:
+        server.stop()
+        pytest.fail(f"{exc} (.ci/run installs it)", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """The store backend a test runs on."""
+    return str(request.param)
+
+
+@pytest_asyncio.fixture
+async def db_target(db_backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """What Store.open takes: a SQLite file, or the URL of a fresh PostgreSQL database."""
+    if db_backend == "sqlite":
+        return tmp_path / "bot.db"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return await server.create_database()
 
 
 # --- Synapse and users ---------------------------------------------------------------------------

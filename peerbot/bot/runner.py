@@ -14,9 +14,20 @@ from peerbot.config import Config
 from peerbot.logs import SECRETS
 
 if TYPE_CHECKING:
+    from peerbot.bot.app import PeerBot
     from peerbot.bot.plugins import PluginSet
+    from peerbot.store import Store
+    from peerbot.store.leader import Leadership
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "load_plugin_set", "run_bot", "run_import"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "load_plugin_set",
+    "open_store",
+    "run_bot",
+    "run_import",
+]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -33,6 +44,18 @@ def load_plugin_set(config: Config) -> PluginSet:
     return PluginSet(load_plugins(config.plugins, language=config.language, data_root=data_root))
 
 
+async def open_store(config: Config) -> Store:
+    """The configured database, opened and migrated; StoreError on a problem."""
+    from peerbot.store import Store, StoreError
+
+    try:
+        password = config.storage.password()
+    except OSError as exc:
+        raise StoreError(f"storage.password_file: cannot read it: {exc}") from exc
+    SECRETS.add(password)
+    return await Store.open(config.storage.target, password=password)
+
+
 async def run_bot(
     config: Config, *, ready: asyncio.Event | None = None, reset_identity: bool = False
 ) -> int:
@@ -42,7 +65,8 @@ async def run_bot(
     from peerbot.bot.plugins import PluginLoadError, ensure_data_dirs
     from peerbot.matrix import MatrixClient, MatrixError
     from peerbot.matrix.crosssign import CrossSigningError, IdentityMismatch, KeysLost
-    from peerbot.store import Store, StoreError
+    from peerbot.store import StoreError
+    from peerbot.store.leader import Leadership
 
     SECRETS.add(config.matrix.password)
     SECRETS.add(config.matrix.access_token)
@@ -52,15 +76,26 @@ async def run_bot(
         log.error("Plugin error: %s", exc)
         return EXIT_CONFIG
     try:
-        store = await Store.open(config.storage.database)
+        store = await open_store(config)
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
+    leadership = Leadership(
+        store, password=config.storage.password(), poll_ms=config.storage.standby_poll_ms
+    )
+    if not await _wait_for_lead(leadership):
+        await leadership.release()
+        await store.close()
+        await plugins.close()
+        log.info("PeerBot stopped (it was on standby)")
+        return EXIT_OK
     ensure_data_dirs(plugins.plugins)
     SECRETS.add(config.encryption.pickle_key)
     SECRETS.add(config.encryption.passphrase)
     client = MatrixClient(config.matrix, config.encryption, reset_identity=reset_identity)
     ops: Operations | None = None
+    lost: list[str] = []
+    watcher: asyncio.Task[str] | None = None
     try:
         bot = PeerBot(config, store, client, plugins)
         loop = asyncio.get_running_loop()
@@ -73,6 +108,9 @@ async def run_bot(
         except OpsError as exc:
             log.error("%s", exc)
             return EXIT_CONFIG
+        if leadership.shared:
+            watcher = asyncio.create_task(leadership.lost(), name="lead watch")
+            watcher.add_done_callback(lambda t: _on_lead_lost(t, bot, lost))
         try:
             await bot.start()
             SECRETS.add(client.access_token)
@@ -100,6 +138,8 @@ async def run_bot(
         if ready is not None:
             ready.set()
         await bot.run()
+        if lost:
+            return EXIT_FAILURE
         log.info("PeerBot stopped")
         return EXIT_OK
     finally:
@@ -107,9 +147,49 @@ async def run_bot(
             await ops.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
         await client.close()
         await store.close()
         await plugins.close()
+        # Last: a standby must not start while this instance may still send.
+        await leadership.release()
+
+
+async def _wait_for_lead(leadership: Leadership) -> bool:
+    """Wait (on standby) until this instance leads; False when SIGINT/SIGTERM came first."""
+    if not leadership.shared:
+        return True
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.create_task(leadership.acquire(), name="standby")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, waiting.cancel)
+    try:
+        await waiting
+        return True
+    except asyncio.CancelledError:
+        if waiting.cancelled() and not _current_cancelling():
+            return False
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _current_cancelling() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _on_lead_lost(task: asyncio.Task[str], bot: PeerBot, lost: list[str]) -> None:
+    """The lead's connection broke: stop now (another instance may be leading already)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    reason = task.result() if exc is None else repr(exc)
+    lost.append(reason)
+    log.critical("Lost the lead on the database (%s): stopping", reason)
+    bot.stop()
 
 
 async def run_import(config: Config, rooms: list[str]) -> int:
@@ -117,12 +197,12 @@ async def run_import(config: Config, rooms: list[str]) -> int:
     from peerbot.bot.app import PeerBot
     from peerbot.bot.history import import_history
     from peerbot.matrix import MatrixClient, MatrixError
-    from peerbot.store import Store, StoreError
+    from peerbot.store import StoreError
 
     SECRETS.add(config.matrix.password)
     SECRETS.add(config.matrix.access_token)
     try:
-        store = await Store.open(config.storage.database)
+        store = await open_store(config)
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

@@ -1,4 +1,4 @@
-"""The only package that talks to the database (aiosqlite, WAL, versioned migrations).
+"""The only package that talks to the database (aiosqlite or asyncpg, versioned migrations).
 
 :class:`Store` is the connection core (:mod:`.db`) with the query groups mixed in; every group
 uses the one connection and write lock the core holds.
@@ -45,4 +45,4 @@ class Store(
     OpsQueries,
     Database,
 ):
-    """PeerBot's SQLite database: open with ``async with Store.open(path) as store``."""
+    """PeerBot's database (a SQLite file or a PostgreSQL URL): ``await Store.open(target)``."""

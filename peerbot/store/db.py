@@ -1,8 +1,15 @@
 """The connection core of the store: opening, the instance lock, migrations, transactions, kv.
 
-The query groups (``questions``, ``effects``, ``threads``, ``overrides``, ``undecryptable``) are
-mixins over :class:`Connection`; :class:`peerbot.store.Store` puts them together. This package is
-the only place that imports aiosqlite.
+The query groups (``questions``, ``effects``, ``threads``, ``overrides``, ``undecryptable``...)
+are mixins over :class:`Connection`; :class:`peerbot.store.Store` puts them together. This
+package is the only place that imports aiosqlite (and asyncpg).
+
+Two backends behind one seam, ``self._db.execute(sql, params)``: an aiosqlite connection (the
+embedded default), or :class:`peerbot.store.postgres.PgDriver` when ``storage.database`` is a
+``postgresql://`` URL, which runs the same SQLite-flavoured query text (its docstring lists what
+is translated and how a migration gets a PostgreSQL twin). On SQLite a lock file keeps a second
+instance out; on PostgreSQL several instances may open the database and
+:class:`peerbot.store.leader.Leadership` decides which one runs.
 """
 
 from __future__ import annotations
@@ -15,16 +22,29 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import aiosqlite
+
+from peerbot.store.postgres import (
+    PgDriver,
+    connect,
+    has_code,
+    is_postgres_url,
+    redact,
+    translate_ddl,
+)
 
 __all__ = ["Connection", "Database", "StoreError", "now_ms"]
 
 log = logging.getLogger("peerbot.store")
+
+# Held (transaction-level) while a PostgreSQL instance migrates: two instances starting together
+# must not both apply a migration.
+_MIGRATION_LOCK = 0x70656572_626F7401
 
 
 class StoreError(RuntimeError):
@@ -36,20 +56,71 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _migrations() -> list[tuple[int, str]]:
+def _migrations(dialect: str = "sqlite") -> list[tuple[int, str]]:
+    """(version, SQL) of every migration; on PostgreSQL translated, or its hand-written twin."""
     folder = resources.files("peerbot.store") / "migrations"
-    found: list[tuple[int, str]] = []
+    found: dict[int, str] = {}
     for entry in folder.iterdir():
         name = entry.name
         if name.endswith(".sql") and name[:4].isdigit():
-            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
+            found[int(name[:4])] = entry.read_text(encoding="utf-8")
+    if dialect == "postgresql":
+        found = {v: translate_ddl(sql) for v, sql in found.items()}
+        twins = folder / "postgresql"
+        if twins.is_dir():
+            for entry in twins.iterdir():
+                name = entry.name
+                if name.endswith(".sql") and name[:4].isdigit():
+                    found[int(name[:4])] = entry.read_text(encoding="utf-8")
+    return sorted(found.items())
+
+
+def _to_apply(current: int, dialect: str) -> list[tuple[int, str]]:
+    """The migrations after ``current``; StoreError when the database is newer than the code."""
+    migrations = _migrations(dialect)
+    latest = migrations[-1][0] if migrations else 0
+    if current > latest:
+        raise StoreError(
+            f"storage.database: schema version {current} is newer than this PeerBot "
+            f"knows ({latest}); upgrade PeerBot"
+        )
+    return [(v, sql) for v, sql in migrations if v > current]
+
+
+class Cursor(Protocol):
+    """What a statement gives back (aiosqlite's cursor, or postgres.PgCursor)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    async def fetchone(self) -> Any: ...
+
+    async def fetchall(self) -> Any: ...
+
+
+class Execution(Protocol):
+    """``execute``'s result: awaited, or used as ``async with ... as cur``."""
+
+    def __await__(self) -> Generator[Any, None, Cursor]: ...
+
+    async def __aenter__(self) -> Cursor: ...
+
+    async def __aexit__(self, *exc: Any) -> Any: ...
+
+
+class Driver(Protocol):
+    """The one method the query groups use: aiosqlite's ``execute`` (or PgDriver's)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Execution: ...
+
+    async def close(self) -> None: ...
 
 
 class Connection:
-    """The one shared aiosqlite connection and the two ways to write on it."""
+    """The one shared connection and the two ways to write on it."""
 
-    _db: aiosqlite.Connection
+    _db: Driver
+    backend: str  # "sqlite" | "postgresql"
     # One connection is shared by the sync handlers, the worker and the parallel
     # acknowledgements: a transaction must not interleave with another one, and a lone
     # write must not land inside (and be rolled back with) someone else's transaction.
@@ -67,7 +138,7 @@ class Connection:
                 raise
             await self._db.execute("COMMIT")
 
-    async def _write(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """One write statement in its own (autocommit) transaction, never inside another."""
         async with self._write_lock:
             return await self._db.execute(sql, params)
@@ -76,17 +147,26 @@ class Connection:
 class Database(Connection):
     """Opening and closing, migrations, the key/value table and the handled events."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, lock_fd: int) -> None:
+    def __init__(self, db: Any, path: Path | None, lock_fd: int, *, url: str | None = None) -> None:
         self._db = db
         self.path = path
+        self.url = url
+        self.backend = "sqlite" if url is None else "postgresql"
         self._lock_fd = lock_fd
         self._write_lock = asyncio.Lock()
 
     # -- opening and closing ---------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path) -> Self:
-        """Open (creating if needed) and migrate the database; refuse a second instance."""
+    async def open(cls, target: Path | str, *, password: str | None = None) -> Self:
+        """Open (creating if needed) and migrate the database; refuse a second instance.
+
+        ``target`` is a SQLite file, or a ``postgresql://`` URL (``password`` then, if given,
+        wins over the URL's).
+        """
+        if is_postgres_url(target):
+            return await cls._open_postgres(str(target), password)
+        path = Path(target)
         lock_fd = cls._prepare(path)
         try:
             try:
@@ -104,6 +184,44 @@ class Database(Connection):
         except BaseException:
             os.close(lock_fd)
             raise
+
+    @classmethod
+    async def _open_postgres(cls, url: str, password: str | None) -> Self:
+        try:
+            conn = await connect(url, password)
+        except ImportError as exc:
+            raise StoreError(str(exc)) from None
+        except (TimeoutError, OSError) as exc:
+            raise StoreError(
+                f"storage.database: cannot reach PostgreSQL at {redact(url)}: {exc}"
+            ) from exc
+        except Exception as exc:  # asyncpg's own errors: bad password, no such database...
+            raise StoreError(f"storage.database: cannot open {redact(url)}: {exc}") from exc
+        store = cls(PgDriver(conn), None, -1, url=url)
+        try:
+            await store._setup_postgres()
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def _setup_postgres(self) -> None:
+        driver = self._db
+        assert isinstance(driver, PgDriver)
+        async with self._transaction():
+            await driver.script(
+                f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK}); "
+                "CREATE TABLE IF NOT EXISTS peerbot_schema (version BIGINT NOT NULL); "
+                "INSERT INTO peerbot_schema (version) SELECT 0 "
+                "WHERE NOT EXISTS (SELECT 1 FROM peerbot_schema)"
+            )
+            current = await self.schema_version()
+            for version, sql in _to_apply(current, "postgresql"):
+                log.info("Applying database migration %04d (PostgreSQL)", version)
+                for statement in _split_sql(sql):
+                    if has_code(statement):  # not a trailing comment alone
+                        await driver.script(statement)
+                await driver.script(f"UPDATE peerbot_schema SET version = {int(version)}")
 
     @staticmethod
     def _prepare(path: Path) -> int:
@@ -161,16 +279,7 @@ class Database(Connection):
         async with self._db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         current = int(row[0]) if row else 0
-        migrations = _migrations()
-        latest = migrations[-1][0] if migrations else 0
-        if current > latest:
-            raise StoreError(
-                f"storage.database: schema version {current} is newer than this PeerBot "
-                f"knows ({latest}); upgrade PeerBot"
-            )
-        for version, sql in migrations:
-            if version <= current:
-                continue
+        for version, sql in _to_apply(current, "sqlite"):
             log.info("Applying database migration %04d", version)
             async with self._transaction():
                 for statement in _split_sql(sql):
@@ -178,7 +287,7 @@ class Database(Connection):
                 await self._db.execute(f"PRAGMA user_version={version}")
 
     async def close(self) -> None:
-        """Close the connection and release the instance lock."""
+        """Close the connection and release the instance lock (SQLite)."""
         try:
             await self._db.close()
         finally:
@@ -194,7 +303,8 @@ class Database(Connection):
 
     async def schema_version(self) -> int:
         """The applied schema version."""
-        async with self._db.execute("PRAGMA user_version") as cur:
+        sql = "SELECT version FROM peerbot_schema" if self.url else "PRAGMA user_version"
+        async with self._db.execute(sql) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 

@@ -64,6 +64,11 @@ def test_only_the_store_imports_aiosqlite() -> None:
     assert importers and _within(importers, "peerbot.store"), importers
 
 
+def test_only_the_store_imports_asyncpg() -> None:
+    importers = _importers("asyncpg")
+    assert importers and _within(importers, "peerbot.store"), importers
+
+
 def test_crosssign_and_signing_import_neither_nio_nor_aiohttp() -> None:
     modules = _modules()
     for name in ("peerbot.matrix.crosssign", "peerbot.matrix.signing"):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,3 +253,37 @@ def test_check_config_reports_cross_signing_keys(tmp_path: Path) -> None:
     run = check("wrong phrase")
     assert run.returncode == 2
     assert "encryption.key_file: cannot decrypt" in run.stderr
+
+
+def test_postgresql_storage_with_a_password_file(tmp_path: Path, monkeypatch: Any) -> None:
+    secret = tmp_path / "db-password"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    text = GOOD.replace(
+        "  database: ./peerbot.db\n",
+        "  database: postgresql://peerbot@127.0.0.1:5432/peerbot\n  password_file: db-password\n",
+    )
+    cfg = parse_config(text, base_dir=tmp_path, env={})
+    assert cfg.storage.target == "postgresql://peerbot@127.0.0.1:5432/peerbot"
+    assert cfg.storage.password() == "s3cret"
+    assert cfg.storage.database.parent == tmp_path  # the plugins' data folder
+    # No password_file: systemd's LoadCredential=peerbot-db-password, else none (peer/trust).
+    no_file = parse_config(
+        text.replace("  password_file: db-password\n", ""), base_dir=tmp_path, env={}
+    )
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert no_file.storage.password() is None
+    (tmp_path / "peerbot-db-password").write_text("from-systemd", encoding="utf-8")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert no_file.storage.password() == "from-systemd"
+
+
+def test_storage_url_problems() -> None:
+    assert problems(GOOD.replace("./peerbot.db", "mysql://x@h/db")) == [
+        "storage.database: only postgresql:// URLs are supported (or a SQLite file path) (line 6)"
+    ]
+    assert problems(GOOD.replace("./peerbot.db", "postgresql:///peerbot")) == [
+        "storage.database: the postgresql:// URL names no host "
+        "(postgresql://user@host:5432/peerbot) (line 6)"
+    ]
+    # A Unix socket in the query string is a host too.
+    parse_config(GOOD.replace("./peerbot.db", "postgresql://bot@/bot?host=/run/pg"), env={})

@@ -33,7 +33,7 @@ class OfflineClient:
 
 
 @pytest_asyncio.fixture
-async def bot(tmp_path: Path) -> AsyncIterator[PeerBot]:
+async def bot(db_target: Path | str) -> AsyncIterator[PeerBot]:
     cfg = parse_config(
         json.dumps(
             {
@@ -43,7 +43,7 @@ async def bot(tmp_path: Path) -> AsyncIterator[PeerBot]:
         ),
         env={},
     )
-    store = await Store.open(tmp_path / "bot.db")
+    store = await Store.open(db_target)  # each test runs on SQLite and on PostgreSQL
     b = PeerBot(cfg, store, OfflineClient())  # type: ignore[arg-type]
     b.rooms.intake = {ROOM: IntakeRoom(ROOM, Trigger.HASHTAG, ("#DocTocToc",))}
     try:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pgserver import PostgresServer
 
 from peerbot.bot.app import PeerBot
 from peerbot.config import IntakeRoom, Trigger, parse_config
@@ -128,11 +129,12 @@ class FakeMatrix:
 class Harness:
     """A PeerBot on a real Store, driven from a private event loop in its own thread."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, postgres: PostgresServer | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.store = self.run(Store.open(folder / "peerbot.db"))
+        target = folder / "peerbot.db" if postgres is None else self.run(postgres.create_database())
+        self.store = self.run(Store.open(target))
         self.mx = FakeMatrix()
         config = parse_config(json.dumps(CONFIG), base_dir=folder, env={})
         self.bot = self.run(self._make(config))
@@ -179,9 +181,16 @@ class Harness:
         self.loop.close()
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    h = Harness(tmp_path_factory.mktemp("hostile"))
+def _server(request: pytest.FixtureRequest, backend: str) -> PostgresServer | None:
+    return request.getfixturevalue("postgres") if backend == "postgresql" else None
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def harness(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Harness]:
+    """One harness per backend: every storm runs on a SQLite file and on PostgreSQL."""
+    h = Harness(tmp_path_factory.mktemp("hostile"), _server(request, request.param))
     yield h
     h.close()
 
@@ -402,13 +411,16 @@ def _feed(harness: Harness, batch: list[tuple[RoomID, Any]], inv: list[Invite]) 
     assert harness.bot.handler_errors == before, "a handler failed on this batch (see the log)"
 
 
-def test_hostile_storm_then_a_valid_question_is_forwarded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_hostile_storm_then_a_valid_question_is_forwarded(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """One test, in this order on one bot: the storm, then a valid question that still works.
 
     (Two tests sharing a fixture would rely on file order, which ``-n 2 --dist loadgroup``
     does not keep.)
     """
-    harness = Harness(tmp_path)
+    harness = Harness(tmp_path, _server(request, backend))
     try:
 
         @HOSTILE

@@ -1,0 +1,182 @@
+"""Active/standby on PostgreSQL: two ``peerbot run`` on one database with one bot account.
+
+The leader is SIGKILLed in the middle of a burst of 100 questions; the standby takes over with
+the leader's saved token and device, resumes from the saved sync token and the outbox, and every
+question ends up forwarded and acknowledged exactly once, counted in the rooms. The takeover
+time is printed. Also: a standby stops cleanly on SIGTERM, and a leader whose lock connection
+is cut stops at once (exit 1) so that two never lead together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botproc import READY_LINE, BotProcess
+from helpers import MakeUser, unique_name
+from pgserver import PostgresServer
+from test_faults import (
+    assert_exactly_once,
+    bots,
+    history,
+    live_count,
+    make_site,
+    wait_all_acked,
+    wait_until,
+)
+
+from peerbot.dev.devserver import SynapseServer
+from peerbot.store.leader import LEADER_LOCK
+
+__all__ = ["bots", "takeover_run"]
+
+STANDBY_LINE = "Standby: another PeerBot leads"
+
+
+def _device(bot: BotProcess) -> str:
+    found = re.findall(r"Logged in as \S+, device (\S+)", bot.log_text())
+    assert found, bot.log_tail()
+    return found[-1]
+
+
+async def _wait_log(bot: BotProcess, text: str, timeout: float) -> None:  # noqa: ASYNC109
+    await wait_until(
+        lambda: text in bot.log_text(this_run=True),
+        timeout,
+        lambda: f"{bot!r} never logged {text!r}:\n{bot.log_tail()}",
+    )
+
+
+async def takeover_run(
+    server: SynapseServer,
+    make_user: MakeUser,
+    bots: Callable[..., BotProcess],
+    url: str,
+    tmp_path: Path,
+    *,
+    questions: int = 100,
+    kill_after: int = 20,
+    check: Callable[[str], Awaitable[None]] | None = None,
+) -> dict[str, float]:
+    """One run: leader A, standby B, a burst, SIGKILL A; the figures (seconds) of the takeover."""
+    site = await make_site(server, make_user)
+    config = site.config(tmp_path / "unused.db")
+    config["storage"] = {"database": url, "standby_poll_ms": 200}
+    a, b = bots(config, "a"), bots(config, "b")
+    await a.start_ready()
+    b.start()
+    await _wait_log(b, STANDBY_LINE, 60)
+    entraide = site.rooms["entraide"]
+    targets = [site.rooms["cardio"], site.rooms["triage"]]
+    bot_id = site.bot_user.user_id
+    run = unique_name("run")
+    gate = asyncio.Semaphore(8)
+
+    async def post(i: int) -> str:
+        topic = "renouveler une ordonnance" if i % 3 == 0 else "ECG avec arythmie"
+        async with gate:
+            return await site.alice.send_text(
+                entraide, f"#DocTocToc Q{i:03d}-{run} {topic}, que faire ?"
+            )
+
+    posting = asyncio.gather(*(post(i) for i in range(questions)))
+    await wait_until(
+        lambda: live_count(site.bob, targets, bot_id) >= kill_after,
+        120,
+        lambda: f"fewer forwards than expected before the kill\n{a.log_tail()}",
+    )
+    killed_at = time.monotonic()
+    await a.kill9()
+    at_kill = live_count(site.bob, targets, bot_id)
+    await b.wait_ready(60)
+    ready_at = time.monotonic()
+    # Forwards the leader sent just before dying may still be arriving: count from here on.
+    at_ready = live_count(site.bob, targets, bot_id)
+    await wait_until(
+        lambda: live_count(site.bob, targets, bot_id) > at_ready,
+        60,
+        lambda: f"the standby forwarded nothing after taking over\n{b.log_tail()}",
+    )
+    first_send_at = time.monotonic()
+    ids = list(await posting)
+    await wait_all_acked(site, ids, 180, b)
+    if check is not None:
+        await check(_device(a))
+    assert _device(b) == _device(a), "the standby must send as the leader's device"
+    status, _ = await b.terminate()
+    assert status == 0, b.log_tail()
+    fwd_events = [e for r in targets for e in await history(site.bob, r)]
+    ack_events = await history(site.alice, entraide)
+    assert_exactly_once(ids, fwd_events, ack_events, bot_id)
+    assert at_kill < len(ids), "the kill came after all the work"
+    return {
+        "ready": ready_at - killed_at,
+        "first_send": first_send_at - killed_at,
+        "forwarded_at_kill": float(at_kill),
+    }
+
+
+@pytest.mark.slow
+async def test_standby_takes_over_after_sigkill_of_the_leader_exactly_once(
+    synapse: SynapseServer,
+    make_user: MakeUser,
+    bots: Callable[..., BotProcess],
+    postgres: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    url = await postgres.create_database()
+    figures = await takeover_run(synapse, make_user, bots, url, tmp_path)
+    print(
+        f"\ntakeover after SIGKILL: standby running in {figures['ready']:.2f} s, a new forward "
+        f"seen {figures['first_send']:.2f} s after the kill "
+        f"({figures['forwarded_at_kill']:.0f} of 100 forwarded when the leader died)"
+    )
+    assert figures["ready"] < 10, figures
+
+
+async def test_a_standby_stops_on_sigterm_and_a_leader_stops_when_its_lock_is_cut(
+    synapse: SynapseServer,
+    make_user: MakeUser,
+    bots: Callable[..., BotProcess],
+    postgres: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    import asyncpg
+
+    site = await make_site(synapse, make_user)
+    url = await postgres.create_database()
+    config: dict[str, Any] = site.config(tmp_path / "unused.db")
+    config["storage"] = {"database": url, "standby_poll_ms": 100}
+    # Someone else holds the lead: the bot waits, logs in nowhere, and SIGTERM ends it cleanly.
+    holder = await asyncpg.connect(url)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK)
+        waiting = bots(config, "waiting")
+        waiting.start()
+        await _wait_log(waiting, STANDBY_LINE, 60)
+        status, seconds = await waiting.terminate()
+        assert status == 0 and seconds < 5, waiting.log_tail()
+        assert "Logged in" not in waiting.log_text()
+    finally:
+        await holder.close()
+    # The lead is free now: the bot leads; cutting its lock connection stops it (exit 1).
+    leader = bots(config, "leader")
+    await leader.start_ready()
+    admin = await asyncpg.connect(url)
+    try:
+        cut = await admin.fetch(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' "
+            "AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+            LEADER_LOCK,
+        )
+    finally:
+        await admin.close()
+    assert len(cut) == 1
+    assert await leader.wait_exit(30) == 1
+    assert "Lost the lead on the database" in leader.log_text()
+    assert READY_LINE in leader.log_text()
