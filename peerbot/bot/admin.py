@@ -10,6 +10,7 @@ from dataclasses import replace
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
+from peerbot.bot.related import RelatedThreads
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.config import Config, Trigger, is_room_ref
 from peerbot.core.commands import COMMAND_NAMES, Command, split_keywords
@@ -18,7 +19,6 @@ from peerbot.core.intake import Message
 from peerbot.core.lifecycle import thread_relation
 from peerbot.core.messages import Rendered, Texts
 from peerbot.core.records import QuestionRow, QuestionState
-from peerbot.core.related import RelatedIndex
 from peerbot.matrix import MatrixClient, MatrixError
 from peerbot.plugin_api import Question
 from peerbot.store import Store
@@ -41,7 +41,7 @@ class ChatCommands:
         rooms: RoomDirectory,
         pipeline: QuestionPipeline,
         plugins: PluginSet,
-        index: RelatedIndex,
+        related: RelatedThreads,
         outbox: Outbox,
         texts: Texts,
     ) -> None:
@@ -51,7 +51,7 @@ class ChatCommands:
         self.rooms = rooms
         self.pipeline = pipeline
         self.plugins = plugins
-        self.index = index
+        self.related = related
         self.outbox = outbox
         self.t = texts
         Handler = Callable[[str, Message, Command], Awaitable[None]]
@@ -156,7 +156,7 @@ class ChatCommands:
         await self.store.update_question(
             q.event_id, solved=solved, solved_by=msg.event_id if solved else None
         )
-        self.index.set_solved(q.event_id, solved)
+        self.related.set_solved(q.event_id, solved)
         await self.say(room_id, msg, self.t.s("solved_done" if solved else "unsolved_done"))
 
     async def cmd_confirm(self, room_id: str, msg: Message, cmd: Command) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.plugins import PluginSet
+from peerbot.bot.related import RelatedThreads
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.config import Config
 from peerbot.core import intake, routing
@@ -32,7 +33,6 @@ from peerbot.core.lifecycle import (
 )
 from peerbot.core.messages import RelatedLine, Texts, permalink
 from peerbot.core.records import QuestionRow, QuestionState
-from peerbot.core.related import DEFAULT_MIN_SCORE, RelatedIndex
 from peerbot.matrix import Forbidden, MatrixClient, NotFound
 from peerbot.plugin_api import Question, SpecialtyInfo, Verdict
 from peerbot.store import Store
@@ -62,7 +62,7 @@ class QuestionPipeline:
         client: MatrixClient,
         rooms: RoomDirectory,
         plugins: PluginSet,
-        index: RelatedIndex,
+        related: RelatedThreads,
         outbox: Outbox,
         texts: Texts,
         stopping: asyncio.Event,
@@ -72,13 +72,10 @@ class QuestionPipeline:
         self.mx = client
         self.rooms = rooms
         self.plugins = plugins
-        self.index = index
+        self.related = related
         self.outbox = outbox
         self.texts = texts
         self._stopping = stopping
-        self.min_score = (
-            config.related.min_score if config.related.min_score is not None else DEFAULT_MIN_SCORE
-        )
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -223,8 +220,15 @@ class QuestionPipeline:
         )
         await self.store.apply(q.event_id, step)
         self.outbox.wake()
-        # Indexed once acknowledged: the question itself is never its own related thread.
-        self.index.add(q.event_id, q.body, room_id=q.room_id, solved=q.solved)
+        # Indexed once acknowledged: the question itself is never its own related thread. Its
+        # vector is computed later, off the loop (RelatedThreads.run).
+        self.related.add(
+            q.event_id,
+            q.body,
+            room_id=q.room_id,
+            solved=q.solved,
+            revision=q.revision or q.event_id,
+        )
         if q.specialty:
             self.plugins.learn(q.body, q.specialty)
 
@@ -247,12 +251,11 @@ class QuestionPipeline:
     ) -> list[RelatedLine]:
         """Related past threads for a text, from the rooms that may be shown in ``shown_in``."""
         limit = self.config.related.max_results
-        rooms = self.rooms.shown_in(shown_in, self.index.rooms())
+        rooms = self.rooms.shown_in(shown_in, self.related.rooms())
         if limit <= 0 or not rooms:
             return []
-        hits = self.index.search(
-            text, limit=limit, min_score=self.min_score, rooms=rooms, exclude=exclude
-        )
+        # The query is embedded in a worker thread (hybrid engine); the search itself is quick.
+        hits = await self.related.search(text, limit=limit, rooms=rooms, exclude=exclude)
         now = time.time() * 1000
         lines: list[RelatedLine] = []
         for hit in hits:

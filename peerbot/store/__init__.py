@@ -21,6 +21,7 @@ from peerbot.store.overrides import OverrideQueries
 from peerbot.store.questions import QuestionQueries
 from peerbot.store.threads import ThreadQueries
 from peerbot.store.undecryptable import UndecryptableQueries
+from peerbot.store.vectors import VectorQueries
 
 __all__ = [
     "Effect",
@@ -41,6 +42,7 @@ class Store(
     OverrideQueries,
     UndecryptableQueries,
     AnswerQueries,
+    VectorQueries,
     Database,
 ):
     """PeerBot's SQLite database: open with ``async with Store.open(path) as store``."""
