@@ -740,7 +740,7 @@ class _Checker:
             if embedder is None:
                 # The sentence says why (extra missing, no wheel for this machine) and the fix.
                 reason = sentence.split("(", 1)[-1].rstrip(").")
-                self.bad(("related", "engine"), f"is hybrid, but {reason}")
+                self.bad(("related", "engine"), f"hybrid cannot run here: {reason}")
         return model
 
     def admin(self, top: Mapping[str, Any]) -> AdminConfig:
