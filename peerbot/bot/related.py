@@ -264,7 +264,7 @@ class RelatedThreads:
             except Exception:
                 log.exception("Embedding a query failed; related threads by words alone")
         # min_score None: the calibrated default of whichever scoring runs.
-        return index.search(
+        hits = index.search(
             text,
             query_vector=query_vector,
             limit=limit,
@@ -272,6 +272,18 @@ class RelatedThreads:
             rooms=rooms,
             exclude=exclude,
         )
+        if query_vector is None or len(hits) >= limit:
+            return hits
+        # What the lexical engine finds at its own threshold is never lost to the hybrid (a
+        # few keywords, as in !related, embed far from the question they name): such threads
+        # come after the hybrid's own.
+        seen = {hit.thread_id for hit in hits}
+        for hit in index.search(
+            text, limit=limit, min_score=configured, rooms=rooms, exclude=exclude
+        ):
+            if hit.thread_id not in seen and len(hits) < limit:
+                hits.append(hit)
+        return hits
 
     # -- the embedding task ---------------------------------------------------------------------
 
