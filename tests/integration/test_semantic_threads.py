@@ -5,6 +5,7 @@ embedded; a redacted thread's vector leaves the database."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import statistics
 import time
@@ -19,9 +20,12 @@ from helpers import in_thread
 from peerbot.core import related
 from peerbot.store import Store
 
-# From bench/crosslang.jsonl (xl-fr-en-rqetr-q00050's pair): the English question is RQE's, the
-# French one its translation; no normalised word in common.
-EN = "What are criteria for obsessive compulsive disorder in male teenager, doing lots of handwashing?"
+# bench/crosslang.jsonl's xl-fr-en-rqetr-q00089: the English thread is RQE's rqetr-s00089, the
+# French question the check's translation of its paired question; no normalised word in common.
+EN = (
+    "What are criteria for obsessive compulsive disorder in male teenager, "
+    "doing lots of handwashing and so on?"
+)
 FR = (
     "Quels sont les critères du trouble obsessionnel compulsif chez un adolescent "
     "(il se lave beaucoup les mains, etc.) ?"
@@ -122,7 +126,9 @@ async def test_sync_goes_on_while_a_large_backlog_is_embedded(world: World) -> N
     try:
         assert bot.related.pending > 2000
         started = time.monotonic()
-        _, ack = await ask(world, "Quelle dose d'amoxicilline pour une otite chez un enfant de 20 kg ?")
+        _, ack = await ask(
+            world, "Quelle dose d'amoxicilline pour une otite chez un enfant de 20 kg ?"
+        )
         answered = time.monotonic() - started
         left = bot.related.pending
         await bot.related.wait_embedded(600)
@@ -142,3 +148,45 @@ async def test_sync_goes_on_while_a_large_backlog_is_embedded(world: World) -> N
     )
     # Model calls on the loop measured a median lag of 80+ ms (each batch blocks it whole).
     assert median < 0.025, median
+
+
+async def test_import_history_embeds_with_rates_and_the_bot_reuses_the_vectors(
+    world: World,
+) -> None:
+    from peerbot.bot.app import PeerBot
+    from peerbot.bot.history import import_history
+    from peerbot.bot.related import choose_embedder, warm
+    from peerbot.matrix import MatrixClient
+
+    room = world.rooms["entraide"]
+    en = await world.alice.send_text(room, EN)
+    other = await world.alice.send_text(room, OTHER)
+    config = any_question(world)
+    await world.start_bot(config)
+    await world.admin.wait_joined(room, world.bot_user.user_id)
+    await world.stop_bots()
+    store = await Store.open(config.storage.database)
+    client = MatrixClient(config.matrix)
+    try:
+        await PeerBot(config, store, client).login()
+        embedder, sentence = choose_embedder(config.related)
+        assert embedder is not None
+        embedder, sentence = await warm(embedder, sentence, config.related.engine)
+        out = io.StringIO()
+        summary = await import_history(
+            config, store, client, [world.aliases["entraide"]], stream=out, embedder=embedder
+        )
+    finally:
+        await client.close()
+        await store.close()
+    text = out.getvalue()
+    assert summary.new == 2 and summary.embedded == 2, summary.lines()
+    assert "threads/s" in text and "embedded 2/2 questions" in text and "embedded/s" in text
+    assert any("2 questions embedded" in line for line in summary.lines())
+    bot = await world.start_bot(config)
+    # Loaded with their vectors: nothing embedded again.
+    assert bot.related.pending == 0 and bot.related.embedded == 0
+    assert bot.related.index.vector_count == 2  # type: ignore[attr-defined]
+    _, ack = await ask(world, FR)
+    assert link(room, en) in ack["content"]["body"]
+    assert link(room, other) not in ack["content"]["body"]

@@ -258,7 +258,9 @@ def test_related_engine_and_model() -> None:
     cfg = parse_config(text, base_dir=Path("/tmp"), env={})
     assert (cfg.related.engine, cfg.related.model) == ("lexical", "e5-small-q4")
     bad = problems(GOOD + "related:\n  engine: semantic\n  model: bert\n")
-    assert any("related.engine" in p and "auto, lexical, hybrid" in p and "line 24" in p for p in bad)
+    assert any(
+        "related.engine" in p and "auto, lexical, hybrid" in p and "line 24" in p for p in bad
+    )
     assert any("related.model" in p and "use-m3-q6" in p and "line 25" in p for p in bad)
 
 
