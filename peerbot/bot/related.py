@@ -139,11 +139,11 @@ class RelatedThreads:
 
     async def load(self) -> None:
         """Wait for the model, say which engine runs (once), and load the index from the store."""
-        started = time.monotonic()
         if self._error is not None:
             raise self._error
         await self._finish_warm()
         log.info("%s", self._sentence)
+        started = time.monotonic()
         queued = with_vector = 0
         if self._ready and self.embedder is not None and isinstance(self.index, HybridIndex):
             model = self.embedder.name
