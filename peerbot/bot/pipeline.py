@@ -220,15 +220,18 @@ class QuestionPipeline:
         )
         await self.store.apply(q.event_id, step)
         self.outbox.wake()
-        # Indexed once acknowledged: the question itself is never its own related thread. Its
-        # vector is computed later, off the loop (RelatedThreads.run).
-        self.related.add(
-            q.event_id,
-            q.body,
-            room_id=q.room_id,
-            solved=q.solved,
-            revision=q.revision or q.event_id,
-        )
+        # Indexed once acknowledged: the question itself is never its own related thread. Read
+        # again: an edit handled since this question was taken is in the store, not in ``q``.
+        # Its vector is computed later, off the loop (RelatedThreads.run).
+        now = await self.store.question(q.event_id) or q
+        if now.body is not None:
+            self.related.add(
+                now.event_id,
+                now.body,
+                room_id=now.room_id,
+                solved=now.solved,
+                revision=now.revision or now.event_id,
+            )
         if q.specialty:
             self.plugins.learn(q.body, q.specialty)
 

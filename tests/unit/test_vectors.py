@@ -72,6 +72,19 @@ def no_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def hold_the_model(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The model runs only once the returned event is set (an embedding in flight)."""
+    gate = asyncio.Event()
+    real = bot_related.embed_batch
+
+    async def slow(embedder: Embedder, texts: list[str]) -> np.ndarray:
+        await gate.wait()
+        return await real(embedder, texts)
+
+    monkeypatch.setattr(bot_related, "embed_batch", slow)
+    return gate
+
+
 async def test_vector_round_trip_through_the_store(store: Store) -> None:
     await question(store, "$a", EN)
     await question(store, "$b", FR)
@@ -121,14 +134,7 @@ async def test_edit_while_embedding_keeps_the_old_vector_out(
     related = RelatedThreads(config(), store)
     await related.load()
     assert related.engine == "hybrid" and isinstance(related.index, HybridIndex)
-    gate = asyncio.Event()
-    real = bot_related.embed_batch
-
-    async def slow(embedder: Embedder, texts: list[str]) -> np.ndarray:
-        await gate.wait()
-        return await real(embedder, texts)
-
-    monkeypatch.setattr(bot_related, "embed_batch", slow)
+    gate = hold_the_model(monkeypatch)
     await question(store, "$a", EN)
     related.add("$a", EN, room_id=ROOM, solved=False, revision="$a")
     running = asyncio.create_task(related.embed_some())
@@ -150,14 +156,7 @@ async def test_redaction_while_embedding_stores_nothing(
 ) -> None:
     related = RelatedThreads(config(), store)
     await related.load()
-    gate = asyncio.Event()
-    real = bot_related.embed_batch
-
-    async def slow(embedder: Embedder, texts: list[str]) -> np.ndarray:
-        await gate.wait()
-        return await real(embedder, texts)
-
-    monkeypatch.setattr(bot_related, "embed_batch", slow)
+    gate = hold_the_model(monkeypatch)
     await question(store, "$a", EN)
     related.add("$a", EN, room_id=ROOM, solved=False, revision="$a")
     running = asyncio.create_task(related.embed_some())
