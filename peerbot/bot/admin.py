@@ -121,7 +121,7 @@ class ChatCommands:
             await self.say(room_id, msg, self.t.s("related_usage"))
             return
             # The answer is posted here: the rule is about who can read this room, not the asker.
-        lines = await self.pipeline.related_lines(text, room_id)
+        lines = await self.pipeline.related_lines(text, room_id, keywords=True)
         if not lines:
             await self.say(room_id, msg, self.t.s("related_none"))
             return

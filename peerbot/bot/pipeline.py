@@ -250,15 +250,18 @@ class QuestionPipeline:
     # -- related threads ------------------------------------------------------------------------
 
     async def related_lines(
-        self, text: str, shown_in: str, exclude: tuple[str, ...] = ()
+        self, text: str, shown_in: str, exclude: tuple[str, ...] = (), *, keywords: bool = False
     ) -> list[RelatedLine]:
-        """Related past threads for a text, from the rooms that may be shown in ``shown_in``."""
+        """Related past threads for a text, from the rooms that may be shown in ``shown_in``
+        (``keywords``: the text is search words, as in ``!related``, not a question)."""
         limit = self.config.related.max_results
         rooms = self.rooms.shown_in(shown_in, self.related.rooms())
         if limit <= 0 or not rooms:
             return []
         # The query is embedded in a worker thread (hybrid engine); the search itself is quick.
-        hits = await self.related.search(text, limit=limit, rooms=rooms, exclude=exclude)
+        hits = await self.related.search(
+            text, limit=limit, rooms=rooms, exclude=exclude, keywords=keywords
+        )
         now = time.time() * 1000
         lines: list[RelatedLine] = []
         for hit in hits:

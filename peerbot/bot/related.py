@@ -247,9 +247,18 @@ class RelatedThreads:
     # -- search ---------------------------------------------------------------------------------
 
     async def search(
-        self, text: str, *, limit: int, rooms: Collection[str] | None, exclude: Collection[str]
+        self,
+        text: str,
+        *,
+        limit: int,
+        rooms: Collection[str] | None,
+        exclude: Collection[str],
+        keywords: bool = False,
     ) -> list[Hit]:
-        """The threads most related to a text; the query is embedded in a worker thread."""
+        """The threads most related to a text; the query is embedded in a worker thread.
+
+        ``keywords``: the text is a few search words (``!related``), not a question: what the
+        lexical engine finds at its own threshold is listed too, after the hybrid's finds."""
         configured = self.config.min_score
         index = self.index
         if not self._ready or self.embedder is None or not isinstance(index, HybridIndex):
@@ -272,11 +281,11 @@ class RelatedThreads:
             rooms=rooms,
             exclude=exclude,
         )
-        if query_vector is None or len(hits) >= limit:
+        if not keywords or query_vector is None or len(hits) >= limit:
             return hits
-        # What the lexical engine finds at its own threshold is never lost to the hybrid (a
-        # few keywords, as in !related, embed far from the question they name): such threads
-        # come after the hybrid's own.
+        # A few keywords embed far from the question they name ("fibrillation AOD" against a
+        # full sentence): the hybrid's threshold, calibrated on questions, would lose what the
+        # words alone find. Not for questions: there the hybrid is calibrated (less noise).
         seen = {hit.thread_id for hit in hits}
         for hit in index.search(
             text, limit=limit, min_score=configured, rooms=rooms, exclude=exclude

@@ -241,3 +241,18 @@ async def test_a_model_that_fails_to_load_falls_back_with_one_sentence(
     assert related.engine == "lexical"
     with pytest.raises(HybridUnavailable, match="failed to load"):
         await _hybrid_start(store)
+
+
+async def test_keywords_keep_what_the_words_find(store: Store) -> None:
+    """!related's few words embed far from the question they name: the lexical engine's finds
+    at its own threshold are kept for them; a question gets the hybrid's threshold only."""
+    related = RelatedThreads(config(), store)
+    await related.load()
+    q1 = "#DocTocToc Patiente de 82 ans en fibrillation auriculaire, faut-il anticoaguler par AOD ?"
+    await question(store, "$q1", q1)
+    related.add("$q1", q1, room_id=ROOM, solved=False, revision="$q1")
+    await related.embed_some()
+    words = "fibrillation auriculaire anticoagulation AOD"
+    assert await related.search(words, limit=3, rooms=None, exclude=()) == []
+    hits = await related.search(words, limit=3, rooms=None, exclude=(), keywords=True)
+    assert [h.thread_id for h in hits] == ["$q1"]
