@@ -272,15 +272,22 @@ class RelatedThreads:
                 query_vector = (await embed_batch(self.embedder, [text]))[0]
             except Exception:
                 log.exception("Embedding a query failed; related threads by words alone")
-        # min_score None: the calibrated default of whichever scoring runs.
-        hits = index.search(
-            text,
-            query_vector=query_vector,
-            limit=limit,
-            min_score=configured,
-            rooms=rooms,
-            exclude=exclude,
-        )
+        try:
+            # min_score None: the calibrated default of whichever scoring runs.
+            hits = index.search(
+                text,
+                query_vector=query_vector,
+                limit=limit,
+                min_score=configured,
+                rooms=rooms,
+                exclude=exclude,
+            )
+        except Exception:
+            # The acknowledgement must not wait on a fault of the new engine: words alone.
+            log.exception("The hybrid search failed; related threads by words alone")
+            return index.search(
+                text, limit=limit, min_score=configured, rooms=rooms, exclude=exclude
+            )
         if not keywords or query_vector is None or len(hits) >= limit:
             return hits
         # A few keywords embed far from the question they name ("fibrillation AOD" against a

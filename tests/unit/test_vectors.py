@@ -256,3 +256,21 @@ async def test_keywords_keep_what_the_words_find(store: Store) -> None:
     assert await related.search(words, limit=3, rooms=None, exclude=()) == []
     hits = await related.search(words, limit=3, rooms=None, exclude=(), keywords=True)
     assert [h.thread_id for h in hits] == ["$q1"]
+
+
+async def test_a_fault_of_the_hybrid_search_falls_back_to_words(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    related = RelatedThreads(config(), store)
+    await related.load()
+    await question(store, "$a", EN)
+    related.add("$a", EN, room_id=ROOM, solved=False, revision="$a")
+    await related.embed_some()
+
+    def broken(*args: Any) -> None:
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(HybridIndex, "_fusion_inputs", broken)
+    hits = await related.search("treatment ear infection child", limit=3, rooms=None, exclude=())
+    assert [h.thread_id for h in hits] == ["$a"]
+    assert "The hybrid search failed" in caplog.text
