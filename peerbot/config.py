@@ -180,6 +180,10 @@ class RoutingConfig:
         return room in allowed
 
 
+ENGINES = ("auto", "lexical", "hybrid")
+"""related.engine values."""
+
+
 @dataclass(frozen=True)
 class RelatedConfig:
     """How related past threads are listed."""
@@ -187,6 +191,10 @@ class RelatedConfig:
     max_results: int = 3
     min_score: float | None = None
     """None: the engine's calibrated default."""
+    engine: str = "auto"
+    """auto (hybrid when the semantic extra loads, else lexical), lexical, or hybrid."""
+    model: str = "use-m3-q6"
+    """The embedding model of the hybrid engine (peerbot.core.semantic.MODELS)."""
 
 
 @dataclass(frozen=True)
@@ -865,8 +873,13 @@ class _Checker:
         return MetricsConfig(bind=bind)
 
     def related(self, top: Mapping[str, Any]) -> RelatedConfig:
-        d = self.section(top, "related", ("max_results", "min_score"))
+        d = self.section(top, "related", ("max_results", "min_score", "engine", "model"))
         max_results = self.integer(d, "max_results", ("related",), 3, 0, 10)
+        engine = self.string(d, "engine", ("related",), required=False, default="auto") or "auto"
+        if engine not in ENGINES:
+            self.bad(("related", "engine"), f"must be one of {', '.join(ENGINES)}")
+            engine = "auto"
+        model = self.related_model(d, engine)
         min_score: float | None = None
         if d.get("min_score") is not None:
             value = d["min_score"]
@@ -876,7 +889,25 @@ class _Checker:
                 self.bad(("related", "min_score"), "must be between 0 and 1")
             else:
                 min_score = float(value)
-        return RelatedConfig(max_results=max_results, min_score=min_score)
+        return RelatedConfig(
+            max_results=max_results, min_score=min_score, engine=engine, model=model
+        )
+
+    def related_model(self, d: Mapping[str, Any], engine: str) -> str:
+        # Imported here, not at module level: importing config stays free of numpy.
+        from peerbot.core import semantic
+
+        model = self.string(d, "model", ("related",), required=False) or semantic.DEFAULT_MODEL
+        if model not in semantic.MODELS:
+            self.bad(("related", "model"), f"must be one of {', '.join(semantic.MODELS)}")
+            return semantic.DEFAULT_MODEL
+        if engine == "hybrid":
+            embedder, sentence = semantic.load_embedder(model)
+            if embedder is None:
+                # The sentence says why (extra missing, no wheel for this machine) and the fix.
+                reason = sentence.split("(", 1)[-1].rstrip(").")
+                self.bad(("related", "engine"), f"hybrid cannot run here: {reason}")
+        return model
 
     def admin(self, top: Mapping[str, Any]) -> AdminConfig:
         d = self.section(top, "admin", ("power_level",))

@@ -10,6 +10,7 @@ from dataclasses import replace
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
+from peerbot.bot.related import RelatedThreads
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.bot.route_commands import RouteCommands
 from peerbot.config import Config, Trigger
@@ -19,7 +20,6 @@ from peerbot.core.intake import Message
 from peerbot.core.lifecycle import thread_relation
 from peerbot.core.messages import Rendered, Texts
 from peerbot.core.records import QuestionRow, QuestionState
-from peerbot.core.related import RelatedIndex
 from peerbot.matrix import MatrixClient, MatrixError
 from peerbot.store import Store
 
@@ -41,7 +41,7 @@ class ChatCommands:
         rooms: RoomDirectory,
         pipeline: QuestionPipeline,
         plugins: PluginSet,
-        index: RelatedIndex,
+        related: RelatedThreads,
         outbox: Outbox,
         texts: Texts,
     ) -> None:
@@ -51,7 +51,7 @@ class ChatCommands:
         self.rooms = rooms
         self.pipeline = pipeline
         self.plugins = plugins
-        self.index = index
+        self.related = related
         self.outbox = outbox
         self.t = texts
         self.routes = RouteCommands(
@@ -116,7 +116,7 @@ class ChatCommands:
             await self.say(room_id, msg, self.t.s("related_usage"))
             return
             # The answer is posted here: the rule is about who can read this room, not the asker.
-        lines = await self.pipeline.related_lines(text, room_id)
+        lines = await self.pipeline.related_lines(text, room_id, keywords=True)
         if not lines:
             await self.say(room_id, msg, self.t.s("related_none"))
             return
@@ -151,7 +151,7 @@ class ChatCommands:
         await self.store.update_question(
             q.event_id, solved=solved, solved_by=msg.event_id if solved else None
         )
-        self.index.set_solved(q.event_id, solved)
+        self.related.set_solved(q.event_id, solved)
         await self.say(room_id, msg, self.t.s("solved_done" if solved else "unsolved_done"))
 
     async def cmd_confirm(self, room_id: str, msg: Message, cmd: Command) -> None:

@@ -22,6 +22,7 @@ from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Backoff, Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
+from peerbot.bot.related import RelatedThreads
 from peerbot.bot.rooms import RoomDirectory, StartupError
 from peerbot.config import Config
 from peerbot.core import routing
@@ -54,7 +55,8 @@ class PeerBot:
         """End-to-end encryption is on: encrypted rooms are joined, read and written."""
         self.plugins = plugins or PluginSet()
         self.texts: Texts = texts_for(config.language)
-        self.index = RelatedIndex()
+        self.related = RelatedThreads(config, store)
+        """The related-threads index, and its embeddings when the semantic extra loads."""
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._since: str | None = None
@@ -71,7 +73,7 @@ class PeerBot:
             client,
             self.rooms,
             self.plugins,
-            self.index,
+            self.related,
             self.outbox,
             self.texts,
             self._stopping,
@@ -85,7 +87,7 @@ class PeerBot:
             self.rooms,
             self.pipeline,
             self.plugins,
-            self.index,
+            self.related,
             self.outbox,
             self.texts,
         )
@@ -94,7 +96,7 @@ class PeerBot:
             store,
             client,
             self.rooms,
-            self.index,
+            self.related,
             self.commands,
             self.outbox,
             self.texts,
@@ -112,6 +114,11 @@ class PeerBot:
     @rules.setter
     def rules(self, rules: routing.RuleSet) -> None:
         self.rooms.rules = rules
+
+    @property
+    def index(self) -> RelatedIndex:
+        """The related-threads index (lexical, or hybrid with vectors)."""
+        return self.related.index
 
     @property
     def handler_errors(self) -> int:
@@ -139,6 +146,8 @@ class PeerBot:
 
     async def start(self) -> None:
         """Log in, reuse the device, resolve configured rooms; skip history on a first start."""
+        # The embedding model loads in a worker thread meanwhile (seconds for USE).
+        self.related.begin_warm()
         await self.login()
         self._since = await self.store.get("sync_token")
         if self._since is None:
@@ -180,14 +189,7 @@ class PeerBot:
                 )
 
     async def _load_index(self) -> None:
-        started = time.monotonic()
-        for event_id, room_id, body, solved in await self.store.indexable():
-            self.index.add(event_id, body, room_id=room_id, solved=solved)
-        log.info(
-            "Related-threads index: %d questions loaded in %.2f s",
-            len(self.index),
-            time.monotonic() - started,
-        )
+        await self.related.load()
 
     async def _teach_routers(self) -> None:
         if not self.plugins.routers:
@@ -202,16 +204,18 @@ class PeerBot:
         worker = asyncio.create_task(self._work_loop(), name="peerbot-worker")
         outbox = asyncio.create_task(self.outbox.run(), name="peerbot-outbox")
         sync = asyncio.create_task(self._sync_loop(), name="peerbot-sync")
+        embed = asyncio.create_task(self.related.run(self._stopping), name="peerbot-embed")
         stop = asyncio.create_task(self._stopping.wait(), name="peerbot-stop")
         try:
             done, _ = await asyncio.wait(
-                {worker, outbox, sync, stop}, return_when=asyncio.FIRST_COMPLETED
+                {worker, outbox, sync, embed, stop}, return_when=asyncio.FIRST_COMPLETED
             )
             for task in done:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
             sync.cancel()
+            embed.cancel()
             stop.cancel()
             # Let the worker finish the message in flight, then stop it.
             self._stopping.set()
@@ -228,7 +232,7 @@ class PeerBot:
             # What was recorded meanwhile (acknowledgements, notices) goes out too (1 s more).
             await self.outbox.drain(max(1.0, finish_by + 1.0 - time.monotonic()))
             outbox.cancel()
-            for task in (outbox, sync):
+            for task in (outbox, sync, embed):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 

@@ -16,6 +16,7 @@ from typing import Any
 from peerbot.bot.admin import ChatCommands
 from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Outbox
+from peerbot.bot.related import RelatedThreads
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.config import Config
 from peerbot.core import intake
@@ -23,7 +24,6 @@ from peerbot.core.commands import parse_command
 from peerbot.core.ids import RoomID, tx_id
 from peerbot.core.messages import Texts
 from peerbot.core.records import QuestionRow, QuestionState, ThreadMessage
-from peerbot.core.related import RelatedIndex
 from peerbot.matrix import Forbidden, Invite, MatrixClient, MatrixError, NotFound, Undecryptable
 from peerbot.store import Store
 
@@ -45,7 +45,7 @@ class EventHandlers:
         store: Store,
         client: MatrixClient,
         rooms: RoomDirectory,
-        index: RelatedIndex,
+        related: RelatedThreads,
         commands: ChatCommands,
         outbox: Outbox,
         texts: Texts,
@@ -58,7 +58,7 @@ class EventHandlers:
         self.store = store
         self.mx = client
         self.rooms = rooms
-        self.index = index
+        self.related = related
         self.commands = commands
         self.outbox = outbox
         self.texts = texts
@@ -274,8 +274,7 @@ class EventHandlers:
             # Checked again with the new text; forwarded if it is clean now.
             changes["state"] = QuestionState.NEW.value
         await self.store.update_question(q.event_id, **changes)
-        if q.event_id in self.index:
-            self.index.update_text(q.event_id, msg.body)
+        await self.related.edited(q.event_id, msg.body, revision=msg.event_id)
         log.info("Question %s edited", q.event_id)
         self._wake()
 
@@ -288,7 +287,7 @@ class EventHandlers:
             return
         q = await self.store.question(redacts)
         if q is not None and q.room_id == room_id:
-            self.index.remove(redacts)
+            self.related.remove(redacts)
             erased = await self.store.erase_question(redacts)
             log.info("Question %s redacted: removed from the index and the database", redacts)
             # Every copy quotes the deleted text (the forward, and each !route move of it): take
@@ -308,7 +307,7 @@ class EventHandlers:
         solved = await self.store.question_solved_by(redacts)
         if solved is not None:
             await self.store.update_question(solved.event_id, solved=False, solved_by=None)
-            self.index.set_solved(solved.event_id, False)
+            self.related.set_solved(solved.event_id, False)
 
     async def _on_reaction(self, room_id: RoomID, event: Mapping[str, Any]) -> None:
         content = event.get("content")
@@ -327,5 +326,5 @@ class EventHandlers:
         await self.store.update_question(
             q.event_id, solved=True, solved_by=str(event.get("event_id"))
         )
-        self.index.set_solved(q.event_id, True)
+        self.related.set_solved(q.event_id, True)
         log.info("Question %s marked solved", q.event_id)

@@ -7,12 +7,15 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from peerbot.config import Config, Trigger, is_room_ref
 from peerbot.core import intake
 from peerbot.matrix import Forbidden, MatrixClient, MatrixError, RoomID
 from peerbot.store import Store
+
+if TYPE_CHECKING:
+    from peerbot.core.semantic import Embedder
 
 __all__ = ["ImportSummary", "import_history"]
 
@@ -39,6 +42,9 @@ class ImportSummary:
 
     rooms: list[RoomImport] = field(default_factory=list)
     seconds: float = 0.0
+    embedded: int = 0
+    """Vectors computed and stored (hybrid engine)."""
+    embed_seconds: float = 0.0
 
     @property
     def new(self) -> int:
@@ -59,33 +65,60 @@ class ImportSummary:
             f"Done in {self.seconds:.1f} s: {total_q} questions found, "
             f"{self.new} added to the index."
         )
+        if self.embedded:
+            rate = self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+            out.append(
+                f"{self.embedded} questions embedded in {self.embed_seconds:.1f} s "
+                f"({rate:.0f}/s) for the hybrid related-threads engine."
+            )
         return out
 
 
 class Progress:
-    """A one-line progress display on a terminal, silent elsewhere."""
+    """Progress and rates: one redrawn line on a terminal, else a line every few seconds."""
+
+    EVERY = 5.0
+    """Seconds between two lines when the stream is not a terminal (a log, a pipe)."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.last = 0.0
+        self.started = time.monotonic()
 
-    def show(self, r: RoomImport, final: bool = False) -> None:
-        """Redraw the line (at most 10 times a second)."""
+    def _due(self, final: bool) -> bool:
         now = time.monotonic()
-        if not final and now - self.last < 0.1:
-            return
+        if not final and now - self.last < (0.1 if self.tty else self.EVERY):
+            return False
         self.last = now
-        spinner = "|/-\\"[r.pages % 4]
-        line = (
-            f"{'✓' if final else spinner} {r.room}: {r.pages} pages, {r.events} events, "
-            f"{r.questions} questions ({r.new} new)"
-        )
+        return True
+
+    def _write(self, line: str, final: bool) -> None:
         if self.tty:
             self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
-        elif final:
+        else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def show(self, r: RoomImport, final: bool = False) -> None:
+        """The room's line: pages, events, questions and threads per second."""
+        if not self._due(final):
+            return
+        spinner = "|/-\\"[r.pages % 4]
+        rate = r.questions / max(1e-6, time.monotonic() - self.started)
+        line = (
+            f"{'✓' if final else spinner} {r.room}: {r.pages} pages, {r.events} events, "
+            f"{r.questions} questions ({r.new} new), {rate:.0f} threads/s"
+        )
+        self._write(line, final)
+
+    def embedding(self, done: int, total: int, started: float, final: bool = False) -> None:
+        """The embedding line: how many of how many, and vectors per second."""
+        if not self._due(final):
+            return
+        rate = done / max(1e-6, time.monotonic() - started)
+        mark = "✓" if final else "…"
+        self._write(f"{mark} embedded {done}/{total} questions, {rate:.0f} embedded/s", final)
 
 
 def _question_rule(
@@ -106,8 +139,10 @@ async def import_history(
     *,
     stream: TextIO | None = None,
     page_size: int = 100,
+    embedder: Embedder | None = None,
 ) -> ImportSummary:
-    """Read the history of the rooms (default: every configured room) and index its questions."""
+    """Read the history of the rooms (default: every configured room) and index its questions;
+    with an embedder, then embed every question without a vector of its model, in batches."""
     started = time.monotonic()
     progress = Progress(stream or sys.stderr)
     refs: dict[str, RoomID] = {}
@@ -146,8 +181,38 @@ async def import_history(
             log.warning("%s: %s", ref, report.error)
             continue
         progress.show(report, final=True)
+    if embedder is not None:
+        embed_started = time.monotonic()
+        summary.embedded = await embed_stored(store, embedder, progress)
+        summary.embed_seconds = time.monotonic() - embed_started
     summary.seconds = time.monotonic() - started
     return summary
+
+
+EMBED_BATCH = 64
+"""Texts per call into the model during an import (throughput first: the bot is stopped)."""
+
+
+async def embed_stored(store: Store, embedder: Embedder, progress: Progress) -> int:
+    """Embed the stored questions that have no vector of the embedder's model; how many."""
+    from peerbot.bot.related import embed_batch
+    from peerbot.core.semantic import encode_vector
+
+    todo = await store.unembedded(embedder.name)
+    started = time.monotonic()
+    done = 0
+    for start in range(0, len(todo), EMBED_BATCH):
+        batch = todo[start : start + EMBED_BATCH]
+        vectors = await embed_batch(embedder, [text for _, _, text in batch])
+        rows = [
+            (event_id, revision, encode_vector(vector, embedder.name))
+            for (event_id, revision, _), vector in zip(batch, vectors, strict=True)
+        ]
+        done += await store.put_vectors(rows, embedder.name)
+        progress.embedding(done, len(todo), started)
+    if todo:
+        progress.embedding(done, len(todo), started, final=True)
+    return done
 
 
 async def _import_room(

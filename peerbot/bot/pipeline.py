@@ -19,6 +19,7 @@ from typing import Any
 from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.plugins import PluginSet
+from peerbot.bot.related import RelatedThreads
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.config import Config
 from peerbot.core import intake, routing
@@ -33,7 +34,6 @@ from peerbot.core.lifecycle import (
 )
 from peerbot.core.messages import RelatedLine, Texts, permalink
 from peerbot.core.records import QuestionRow, QuestionState
-from peerbot.core.related import DEFAULT_MIN_SCORE, RelatedIndex
 from peerbot.matrix import Forbidden, MatrixClient, NotFound
 from peerbot.plugin_api import Question, SpecialtyInfo, Verdict
 from peerbot.store import Store
@@ -63,7 +63,7 @@ class QuestionPipeline:
         client: MatrixClient,
         rooms: RoomDirectory,
         plugins: PluginSet,
-        index: RelatedIndex,
+        related: RelatedThreads,
         outbox: Outbox,
         texts: Texts,
         stopping: asyncio.Event,
@@ -75,13 +75,10 @@ class QuestionPipeline:
         self.mx = client
         self.rooms = rooms
         self.plugins = plugins
-        self.index = index
+        self.related = related
         self.outbox = outbox
         self.texts = texts
         self._stopping = stopping
-        self.min_score = (
-            config.related.min_score if config.related.min_score is not None else DEFAULT_MIN_SCORE
-        )
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -228,8 +225,18 @@ class QuestionPipeline:
         )
         await self.store.apply(q.event_id, step)
         self.outbox.wake()
-        # Indexed once acknowledged: the question itself is never its own related thread.
-        self.index.add(q.event_id, q.body, room_id=q.room_id, solved=q.solved)
+        # Indexed once acknowledged: the question itself is never its own related thread. Read
+        # again: an edit handled since this question was taken is in the store, not in ``q``.
+        # Its vector is computed later, off the loop (RelatedThreads.run).
+        now = await self.store.question(q.event_id) or q
+        if now.body is not None:
+            self.related.add(
+                now.event_id,
+                now.body,
+                room_id=now.room_id,
+                solved=now.solved,
+                revision=now.revision or now.event_id,
+            )
         if q.specialty:
             self.plugins.learn(q.body, q.specialty)
 
@@ -248,15 +255,17 @@ class QuestionPipeline:
     # -- related threads ------------------------------------------------------------------------
 
     async def related_lines(
-        self, text: str, shown_in: str, exclude: tuple[str, ...] = ()
+        self, text: str, shown_in: str, exclude: tuple[str, ...] = (), *, keywords: bool = False
     ) -> list[RelatedLine]:
-        """Related past threads for a text, from the rooms that may be shown in ``shown_in``."""
+        """Related past threads for a text, from the rooms that may be shown in ``shown_in``
+        (``keywords``: the text is search words, as in ``!related``, not a question)."""
         limit = self.config.related.max_results
-        rooms = self.rooms.shown_in(shown_in, self.index.rooms())
+        rooms = self.rooms.shown_in(shown_in, self.related.rooms())
         if limit <= 0 or not rooms:
             return []
-        hits = self.index.search(
-            text, limit=limit, min_score=self.min_score, rooms=rooms, exclude=exclude
+        # The query is embedded in a worker thread (hybrid engine); the search itself is quick.
+        hits = await self.related.search(
+            text, limit=limit, rooms=rooms, exclude=exclude, keywords=keywords
         )
         now = time.time() * 1000
         lines: list[RelatedLine] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from typing import TYPE_CHECKING
 
 from peerbot.config import Config
@@ -206,10 +207,19 @@ async def run_import(config: Config, rooms: list[str]) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
+    from peerbot.bot.related import HybridUnavailable, choose_embedder, warm
+
     client = MatrixClient(config.matrix, config.encryption)
     try:
+        embedder, sentence = choose_embedder(config.related)
+        if embedder is not None:
+            embedder, sentence = await warm(embedder, sentence, config.related.engine)
+        print(sentence, file=sys.stderr)
         await PeerBot(config, store, client).login()
-        summary = await import_history(config, store, client, rooms)
+        summary = await import_history(config, store, client, rooms, embedder=embedder)
+    except HybridUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     except (MatrixError, ValueError) as exc:
         log.error("Import failed: %s", exc)
         return EXIT_FAILURE

@@ -472,11 +472,14 @@ class RelatedIndex:
         postings = self._postings
         df = np.fromiter((len(postings[w]) for w in ids.tolist()), dtype=np.float64, count=ids.size)
         idf = np.log1p((len(self._slot_of) - df + 0.5) / (df + 0.5))
-        dmass = np.add.reduceat(idf, starts)
+        # A slot without tokens (the hybrid's vector stage finds such threads) sums to 0: the
+        # appended 0 keeps reduceat in bounds, the mask zeroes what it gives empty slices.
+        dmass = np.add.reduceat(np.append(idf, 0.0), starts) * (lens > 0)
         qids = np.fromiter(sorted(terms), dtype=np.int32, count=len(terms))
         qw = np.array([terms[int(w)] for w in qids])
         pos = np.minimum(np.searchsorted(qids, ids), len(qids) - 1)
-        matched = np.add.reduceat(np.where(qids[pos] == ids, qw[pos], 0.0), starts)
+        hit = np.append(np.where(qids[pos] == ids, qw[pos], 0.0), 0.0)
+        matched = np.add.reduceat(hit, starts) * (lens > 0)
         qmass = float(qw.sum()) + missing
         with np.errstate(divide="ignore", invalid="ignore"):
             overlap = (matched / qmass) ** (1.0 - DOC_SIDE) * (matched / dmass) ** DOC_SIDE

@@ -32,8 +32,11 @@ Wiring, in order:
    ``index.search(text, query_vector=qv, ...)``; ``min_score=None`` takes the calibrated default
    of whichever scoring ran (a configured ``related.min_score`` applies to both).
 
-long: the model loading, the vector format and the hybrid ranking belong together until the
-engine is wired into the bot.
+The bot's :class:`peerbot.bot.related.RelatedThreads` follows these steps (the store keeps
+the BLOBs in ``question_vectors``, with the text revision each describes).
+
+long: the model loading, the vector format and the hybrid ranking belong together: the bot's
+RelatedThreads and the benchmarks use all three, and the BLOB format names the model.
 """
 
 from __future__ import annotations

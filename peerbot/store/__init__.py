@@ -22,6 +22,7 @@ from peerbot.store.overrides import OverrideQueries
 from peerbot.store.questions import QuestionQueries
 from peerbot.store.threads import ThreadQueries
 from peerbot.store.undecryptable import UndecryptableQueries
+from peerbot.store.vectors import VectorQueries
 
 __all__ = [
     "Effect",
@@ -43,6 +44,7 @@ class Store(
     UndecryptableQueries,
     AnswerQueries,
     OpsQueries,
+    VectorQueries,
     Database,
 ):
     """PeerBot's database (a SQLite file or a PostgreSQL URL): ``await Store.open(target)``."""

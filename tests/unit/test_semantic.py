@@ -306,3 +306,24 @@ def test_bad_query_vector_is_a_clear_error(vectors: dict[str, np.ndarray]) -> No
 )
 def test_guess_language(text: str, lang: int) -> None:
     assert semantic.guess_language(text) == lang
+
+
+def test_a_thread_without_words_found_by_its_vector_does_not_break_the_search() -> None:
+    """A thread whose text is only stop words or signs has no tokens; the vector stage may
+    still bring it (found by the 100k benchmark: IndexError in the lexical scoring)."""
+    from peerbot.core.semantic import HybridIndex
+
+    dim = 512
+    rng = np.random.default_rng(5)
+    index = HybridIndex()
+    q = rng.standard_normal(dim).astype(np.float32)
+    index.add(
+        "$words", "ECG anomalies after amiodarone", room_id="!r", vector=rng.standard_normal(dim)
+    )
+    index.add("$empty", "??? !!!", room_id="!r", vector=q)  # the nearest vector, no tokens
+    index.add("$last", "merci", room_id="!r", vector=q + 0.01)
+    hits = index.search("ECG amiodarone", query_vector=q, limit=5, min_score=0.0)
+    assert {h.thread_id for h in hits} >= {"$words", "$empty"}
+    scores = {h.thread_id: h.score for h in hits}
+    # Its semantic part only (weight 0.4, cosine 1 mapped from 0.40..0.90), no lexical credit.
+    assert scores["$empty"] == pytest.approx(0.4 * (1.0 - 0.40) / 0.50, abs=0.005)
