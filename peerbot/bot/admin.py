@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 from peerbot.bot.outbox import Outbox
@@ -44,6 +44,7 @@ class ChatCommands:
         index: RelatedIndex,
         outbox: Outbox,
         texts: Texts,
+        extra: Mapping[str, Callable[[str, Message, Command], Awaitable[None]]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -66,6 +67,7 @@ class ChatCommands:
             "plugins": self.cmd_plugins,
             "intake": self.cmd_intake,
             "route": self.cmd_route,
+            **(extra or {}),  # other modules' commands (the follow-ups')
         }
         self.route_handlers: dict[str, Callable[[str, Message, str], Awaitable[None]]] = {
             "list": self.route_list,
@@ -201,6 +203,7 @@ class ChatCommands:
         else:
             lines.append(self.t.s("help_not_intake"))
         lines.append(self.t.s("help_everyone"))
+        lines.append(self.t.s("help_followup"))
         if await self.rooms.is_admin(room_id, msg.sender):
             lines.append(self.t.s("help_admin"))
             states = ", ".join(

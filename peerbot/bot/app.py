@@ -17,6 +17,8 @@ from typing import Any
 
 from peerbot.bot.admin import ChatCommands
 from peerbot.bot.events import EventHandlers
+from peerbot.bot.followup import FollowupScheduler
+from peerbot.bot.followup_commands import FollowupCommands
 from peerbot.bot.forwarding import Lanes
 from peerbot.bot.outbox import Backoff, Outbox
 from peerbot.bot.pipeline import QuestionPipeline
@@ -74,6 +76,10 @@ class PeerBot:
             self._stopping,
         )
         self.lanes = Lanes(store, self.pipeline, self._stopping, self._wake.set)
+        self.followup = FollowupScheduler(
+            config, store, client, self.rooms, self.outbox, self.texts, self._stopping
+        )
+        """Escalations, ✅ reminders and digests (deadlines kept in the database)."""
         self.commands = ChatCommands(
             config,
             store,
@@ -84,6 +90,7 @@ class PeerBot:
             self.index,
             self.outbox,
             self.texts,
+            extra=FollowupCommands(config, store, self.rooms, self.outbox, self.texts).handlers,
         )
         self.events = EventHandlers(
             config,
@@ -196,16 +203,18 @@ class PeerBot:
         worker = asyncio.create_task(self._work_loop(), name="peerbot-worker")
         outbox = asyncio.create_task(self.outbox.run(), name="peerbot-outbox")
         sync = asyncio.create_task(self._sync_loop(), name="peerbot-sync")
+        followup = asyncio.create_task(self.followup.run(), name="peerbot-followup")
         stop = asyncio.create_task(self._stopping.wait(), name="peerbot-stop")
         try:
             done, _ = await asyncio.wait(
-                {worker, outbox, sync, stop}, return_when=asyncio.FIRST_COMPLETED
+                {worker, outbox, sync, followup, stop}, return_when=asyncio.FIRST_COMPLETED
             )
             for task in done:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
             sync.cancel()
+            followup.cancel()
             stop.cancel()
             # Let the worker finish the message in flight, then stop it.
             self._stopping.set()
@@ -222,7 +231,7 @@ class PeerBot:
             # What was recorded meanwhile (acknowledgements, notices) goes out too (1 s more).
             await self.outbox.drain(max(1.0, finish_by + 1.0 - time.monotonic()))
             outbox.cancel()
-            for task in (outbox, sync):
+            for task in (outbox, sync, followup):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
@@ -269,6 +278,7 @@ class PeerBot:
         self._since = batch.next_batch
         await self.store.put("sync_token", batch.next_batch)
         self._wake.set()
+        self.followup.wake()
 
     async def _work_loop(self) -> None:
         while True:
@@ -292,7 +302,10 @@ class PeerBot:
     async def _work_once(self) -> bool:
         """Route waiting questions onto their lanes (and nudge the outbox); True if any work."""
         did = await self.outbox.pump() > 0
-        return await self.lanes.route_waiting() or did
+        busy = await self.lanes.route_waiting() or did
+        if busy:
+            self.followup.wake()  # a forward may have started its escalation clock
+        return busy
 
     async def deliver(self, effect: Effect) -> str | None:
         """Send one effect now (tools and tests); the outbox does this for everything else."""

@@ -291,7 +291,7 @@ class EventHandlers:
             # each one down, in the room it was sent to.
             copies = await self.store.effects_for(redacts) if erased is not None else []
             for copy in copies:
-                if copy.kind in ("forward", "move") and copy.event_id:
+                if copy.kind in ("forward", "move", "escalation-triage") and copy.event_id:
                     await self.store.add_effect(
                         tx_id=tx_id("redact", copy.event_id),
                         kind="redact",
