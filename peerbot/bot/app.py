@@ -75,11 +75,11 @@ class PeerBot:
             self.texts,
             self._stopping,
         )
-        self.lanes = Lanes(store, self.pipeline, self._stopping, self._wake.set)
         self.followup = FollowupScheduler(
             config, store, client, self.rooms, self.outbox, self.texts, self._stopping
         )
         """Escalations, ✅ reminders and digests (deadlines kept in the database)."""
+        self.lanes = Lanes(store, self.pipeline, self._stopping, self._forwarded)
         self.commands = ChatCommands(
             config,
             store,
@@ -302,10 +302,12 @@ class PeerBot:
     async def _work_once(self) -> bool:
         """Route waiting questions onto their lanes (and nudge the outbox); True if any work."""
         did = await self.outbox.pump() > 0
-        busy = await self.lanes.route_waiting() or did
-        if busy:
-            self.followup.wake()  # a forward may have started its escalation clock
-        return busy
+        return await self.lanes.route_waiting() or did
+
+    def _forwarded(self) -> None:
+        """A lane finished a forward: the worker looks again, and its follow-ups are planned."""
+        self._wake.set()
+        self.followup.wake()
 
     async def deliver(self, effect: Effect) -> str | None:
         """Send one effect now (tools and tests); the outbox does this for everything else."""

@@ -25,12 +25,13 @@ class FollowupQueries(EffectQueries):
     async def plan_escalations(
         self, after: dict[str, tuple[float, ...]], default: tuple[float, ...]
     ) -> int:
-        """Record the escalation steps of forwarded, unanswered questions not planned yet
-        (``after``: steps by specialty name, casefolded); the number of questions planned."""
+        """Record the escalation steps of forwarded questions not planned yet (``after``:
+        steps by specialty name, casefolded); the number of questions planned. Answered ones
+        too: their steps are settled as skipped when due, so what happened stays readable."""
         async with self._db.execute(
             "SELECT q.event_id, q.target_room, q.specialty, q.forwarded_ts FROM questions q "
-            "WHERE q.state = 'done' AND q.forwarded_ts IS NOT NULL AND q.answers = 0 "
-            "AND q.solved = 0 AND q.target_room IS NOT NULL AND NOT EXISTS "
+            "WHERE q.state = 'done' AND q.forwarded_ts IS NOT NULL "
+            "AND q.target_room IS NOT NULL AND NOT EXISTS "
             "(SELECT 1 FROM due_actions d WHERE d.question_id = q.event_id "
             "AND d.kind = 'escalate')"
         ) as cur:
