@@ -315,6 +315,13 @@ class EventHandlers:
         if key not in SOLVED_KEYS or not isinstance(target, str):
             return
         q = await self.store.question(target)
+        if q is None:
+            # ✅ on an answer in the asker's thread (or on its relayed copy) solves it too: the
+            # follow-up reminder asks the asker for exactly that.
+            answer = await self.store.thread_message(target)
+            answer = answer or await self.store.thread_message_by_relay(target)
+            if answer is not None:
+                q = await self.store.question(answer.question_id)
         if q is None or q.room_id != room_id or q.solved:
             return
         sender = str(event.get("sender"))

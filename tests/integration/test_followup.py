@@ -361,3 +361,36 @@ def _due_state(db: Path, key: str) -> str | None:
     finally:
         conn.close()
     return str(row[0]) if row else None
+
+
+async def test_solve_reminder_once_then_a_check_mark_on_the_answer_solves(world: World) -> None:
+    bot = await world.start_bot(
+        world.config(language="en", escalation={"after": ["1d"]}, reminders={"solve_after": "3s"})
+    )
+    entraide = world.rooms["entraide"]
+    bot_id = world.bot_user.user_id
+    run = unique_name("solve")
+    qid, _ = await ask(world, run)
+    answer = await world.bob.send_text(entraide, f"A Holter first {run}", thread_root=qid)
+    reminder = await world.alice.wait_for_event(
+        entraide, lambda e: from_bot(bot_id, qid)(e) and "✅" in e["content"]["body"], 30
+    )
+    c = reminder["content"]
+    assert c["msgtype"] == "m.text" and c["m.mentions"] == {"user_ids": [world.alice.user_id]}
+    assert await bot.store.due_state(f"solve:{qid}") == "done"
+    await world.alice.react(entraide, answer, "✅")
+
+    async def solved() -> bool:
+        q = await bot.store.question(qid)
+        return q is not None and q.solved
+
+    await until(solved, "the question solved by ✅ on the answer")
+    # Asked once: a later message in the thread does not ask again.
+    await world.bob.send_text(entraide, f"You're welcome {run}", thread_root=qid)
+    await bot.wait_idle(10)
+    reminders = [
+        e
+        for e in world.alice.events(entraide)
+        if from_bot(bot_id, qid)(e) and "✅" in e["content"]["body"]
+    ]
+    assert len(reminders) == 1
