@@ -115,6 +115,7 @@ class FollowupScheduler:
             except Exception:
                 log.exception("Follow-up %s failed; retried later", due.kind)
         if settled:
+            self.fired += settled
             self.outbox.wake()
         return settled
 

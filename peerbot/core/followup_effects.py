@@ -147,38 +147,28 @@ def escalation_effects(
                 _content(body, formatted),
             )
         )
-    if q.sender:
-        key = "esc_asker" if to_triage else "esc_asker_triage"
-        fallback = defang(inputs.fallback_label)
-        body = texts.s(key, asker=q.sender, room=room, age=age, fallback=fallback)
-        formatted = _e(texts.s(key, asker="\0", room=room, age=age, fallback=fallback)).replace(
-            "\0", _pill(q.sender)
-        )
-        out.append(
-            Outgoing(
-                tx_id("escalate-asker", q.event_id),
-                "escalation-asker",
-                q.room_id,
-                _content(
-                    body,
-                    formatted,
-                    mentions=[q.sender],
-                    relates_to=thread_relation(q.event_id, q.ack_event_id or q.event_id),
-                ),
-            )
-        )
-    return out
+    key = "esc_asker" if to_triage else "esc_asker_triage"
+    told = _to_asker(
+        q,
+        "escalation-asker",
+        texts,
+        key,
+        room=room,
+        age=age,
+        fallback=defang(inputs.fallback_label),
+    )
+    return [*out, told] if told else out
 
 
-def solve_reminder_effect(q: QuestionRow, texts: Texts) -> Outgoing | None:
-    """The asker's one reminder to mark the answer that helped with ✅ (mentions the asker)."""
+def _to_asker(q: QuestionRow, kind: str, texts: Texts, key: str, **values: str) -> Outgoing | None:
+    """A message in the asker's thread that mentions the asker, and only them."""
     if not q.sender:
         return None
-    body = texts.s("solve_reminder", asker=q.sender)
-    formatted = _e(texts.s("solve_reminder", asker="\0")).replace("\0", _pill(q.sender))
+    body = texts.s(key, asker=q.sender, **values)
+    formatted = _e(texts.s(key, asker="\0", **values)).replace("\0", _pill(q.sender))
     return Outgoing(
-        tx_id("solve-reminder", q.event_id),
-        "solve-reminder",
+        tx_id(kind, q.event_id),
+        kind,
         q.room_id,
         _content(
             body,
@@ -187,6 +177,11 @@ def solve_reminder_effect(q: QuestionRow, texts: Texts) -> Outgoing | None:
             relates_to=thread_relation(q.event_id, q.ack_event_id or q.event_id),
         ),
     )
+
+
+def solve_reminder_effect(q: QuestionRow, texts: Texts) -> Outgoing | None:
+    """The asker's one reminder to mark the answer that helped with ✅ (mentions the asker)."""
+    return _to_asker(q, "solve-reminder", texts, "solve_reminder")
 
 
 @dataclass(frozen=True)

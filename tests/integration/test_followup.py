@@ -127,6 +127,23 @@ async def test_unanswered_question_pings_only_the_expert_then_reaches_triage(
     assert all(
         e["content"]["m.mentions"] == {"user_ids": [world.bob.user_id]} for e in in_fwd_thread
     )
+    # On time: each step settled within 2 s of its due time (the measure).
+    late = await _lateness(world.db, qid)
+    print(f"escalation steps settled late by (ms): {late}")
+    assert len(late) == 2 and all(0 <= ms < 2000 for ms in late), late
+
+
+async def _lateness(db: Path, qid: str) -> list[int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT done_ts - due_ts FROM due_actions WHERE question_id = ? AND kind = 'escalate' "
+            "ORDER BY step",
+            (qid,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [int(r[0]) for r in rows]
 
 
 async def _rings(server: SynapseServer, user: TestUser, event_id: str) -> bool:
