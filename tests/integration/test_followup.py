@@ -412,3 +412,36 @@ async def test_solve_reminder_once_then_a_check_mark_on_the_answer_solves(world:
         if from_bot(bot_id, qid)(e) and "✅" in e["content"]["body"]
     ]
     assert len(reminders) == 1
+
+
+async def test_redacted_question_escalates_nothing_and_its_triage_copy_goes(world: World) -> None:
+    bot = await world.start_bot(world.config(escalation={"after": ["3s"]}))
+    entraide, triage = world.rooms["entraide"], world.rooms["triage"]
+    bot_id = world.bot_user.user_id
+    gone_run, kept_run = unique_name("gone"), unique_name("kept")
+    gone, _ = await ask(world, gone_run)
+    await world.alice.redact(entraide, gone)
+    kept, _ = await ask(world, kept_run)
+    # One step, so it is the last: the kept question is copied into the triage room.
+    copy = await world.admin.wait_for_event(
+        triage,
+        lambda e: e.get("sender") == bot_id and kept_run in str(e["content"].get("body")),
+        30,
+    )
+
+    async def skipped() -> bool:
+        return await bot.store.due_state(f"escalate:{gone}:0") == "skipped"
+
+    await until(skipped, "the redacted question's step skipped")
+    assert not [
+        e
+        for e in world.admin.events(triage)
+        if e.get("sender") == bot_id and gone_run in str((e.get("content") or {}).get("body"))
+    ]
+    # Deleting the kept question takes its copy in the triage room down too.
+    await world.alice.redact(entraide, kept)
+    await world.admin.wait_for_event(
+        triage,
+        lambda e: e.get("type") == "m.room.redaction" and e.get("redacts") == copy["event_id"],
+        30,
+    )
