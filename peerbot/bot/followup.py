@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.rooms import RoomDirectory
@@ -173,6 +174,7 @@ class FollowupScheduler:
         if skip is not None or q is None:
             log.info("Escalation %s skipped: %s", due.key, skip)
             return await self.store.settle(due.key, question_id=due.question_id, note=skip)
+        q = await self._current_copy(q)
         assert q.target_room is not None
         now = self.clock()
         cfg = self.config.experts
@@ -209,6 +211,18 @@ class FollowupScheduler:
                 len(chosen),
             )
         return settled
+
+    async def _current_copy(self, q: QuestionRow) -> QuestionRow:
+        """The question with the copy in its target room as its forward: after ``!route move``
+        the reminder goes under the moved copy, in the room the question is in now."""
+        if not q.corrected:
+            return q
+        moved = [
+            e
+            for e in await self.store.effects_for(q.event_id)
+            if e.kind == "move" and e.room_id == q.target_room and e.event_id
+        ]
+        return replace(q, forward_event_id=moved[-1].event_id) if moved else q
 
     def _may_copy(self, q: QuestionRow, room_id: str) -> bool:
         """The question's text may go into ``room_id``: nothing leaves an encrypted room for

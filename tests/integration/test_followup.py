@@ -62,11 +62,26 @@ async def highlights(server: SynapseServer, user: TestUser, event_id: str) -> li
     ]
 
 
-async def command(world: World, user: TestUser, room: str, text: str, bot: PeerBot) -> str:
-    """Type a command; the body of the bot's answer in its thread."""
-    event_id = await user.send_text(room, text)
-    answer = await user.wait_for_event(room, from_bot(world.bot_user.user_id, event_id), 30)
+async def command(
+    world: World, user: TestUser, room: str, text: str, bot: PeerBot, thread: str | None = None
+) -> str:
+    """Type a command (in ``thread``, if given); the body of the bot's answer."""
+    event_id = await user.send_text(room, text, thread_root=thread)
+    bot_id = world.bot_user.user_id
+    answer = await user.wait_for_event(
+        room,
+        lambda e: (
+            e.get("sender") == bot_id
+            and (in_thread(event_id)(e) or (thread is not None and _replies_to(e, event_id)))
+        ),
+        30,
+    )
     return str(answer["content"]["body"])
+
+
+def _replies_to(event: Event, event_id: str) -> bool:
+    rel = (event.get("content") or {}).get("m.relates_to") or {}
+    return bool((rel.get("m.in_reply_to") or {}).get("event_id") == event_id)
 
 
 async def ask(world: World, run: str) -> tuple[str, Event]:
@@ -445,3 +460,19 @@ async def test_redacted_question_escalates_nothing_and_its_triage_copy_goes(worl
         lambda e: e.get("type") == "m.room.redaction" and e.get("redacts") == copy["event_id"],
         30,
     )
+
+
+async def test_after_route_move_the_reminder_goes_under_the_moved_copy(world: World) -> None:
+    bot = await world.start_bot(world.config(escalation={"after": ["5s", "1d"]}))
+    entraide, pedia = world.rooms["entraide"], world.rooms["pedia"]
+    bot_id = world.bot_user.user_id
+    run = unique_name("moved")
+    qid, _ = await ask(world, run)
+    moved_to = await command(world, world.admin, entraide, "!route move Pédiatrie", bot, qid)
+    assert "Pédiatrie" in moved_to
+    moved = await world.admin.wait_for_event(
+        pedia, lambda e: e.get("sender") == bot_id and run in str(e["content"].get("body")), 30
+    )
+    reminder = await world.admin.wait_for_event(pedia, from_bot(bot_id, moved["event_id"]), 30)
+    assert "attend toujours" in reminder["content"]["body"]
+    assert await bot.store.due_state(f"escalate:{qid}:0") == "done"
