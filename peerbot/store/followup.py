@@ -67,7 +67,7 @@ class FollowupQueries(EffectQueries):
             "WHERE q.state = 'done' AND q.answers > 0 AND q.solved = 0 "
             "AND q.last_activity_ts IS NOT NULL "
             "ON CONFLICT (key) DO UPDATE SET due_ts = excluded.due_ts "
-            "WHERE due_actions.state = 'pending'",
+            "WHERE due_actions.state = 'pending' AND due_actions.due_ts <> excluded.due_ts",
             (int(solve_after_s * 1000),),
         )
 
