@@ -20,6 +20,7 @@ from peerbot.bot.events import EventHandlers
 from peerbot.bot.followup import FollowupScheduler
 from peerbot.bot.followup_commands import FollowupCommands
 from peerbot.bot.forwarding import Lanes
+from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Backoff, Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
@@ -61,6 +62,8 @@ class PeerBot:
         self._since: str | None = None
         self.idle = asyncio.Event()
         """Set whenever the worker has nothing left to do (tests and tools wait on it)."""
+        self.metrics = Metrics()
+        """Figures for /metrics and the sync's health for /health (see :mod:`.ops`)."""
         self.rooms = RoomDirectory(config, client, store)
         self.outbox = Outbox(store, client, self._stopping)
         """Sends everything recorded but the forwards (the lanes send those)."""
@@ -74,12 +77,10 @@ class PeerBot:
             self.outbox,
             self.texts,
             self._stopping,
+            metrics=self.metrics,
         )
-        self.followup = FollowupScheduler(
-            config, store, client, self.rooms, self.outbox, self.texts, self._stopping
-        )
-        """Escalations, ✅ reminders and digests (deadlines kept in the database)."""
-        self.lanes = Lanes(store, self.pipeline, self._stopping, self._forwarded)
+        self.followup = FollowupScheduler(config, store, client, self.rooms, self.outbox)
+        self.lanes = Lanes(store, self.pipeline, self._stopping, self.wake)
         self.commands = ChatCommands(
             config,
             store,
@@ -103,7 +104,9 @@ class PeerBot:
             self.texts,
             self._wake.set,
             encryption=self.encryption_on,
+            metrics=self.metrics,
         )
+        self.metrics.read_from(self.events, self.plugins, client)
 
     @property
     def rules(self) -> routing.RuleSet:
@@ -213,9 +216,8 @@ class PeerBot:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            sync.cancel()
-            followup.cancel()
-            stop.cancel()
+            for task in (sync, followup, stop):
+                task.cancel()
             # Let the worker finish the message in flight, then stop it.
             self._stopping.set()
             self._wake.set()
@@ -243,11 +245,17 @@ class PeerBot:
 
     async def _sync_loop(self) -> None:
         backoff = Backoff()
+        health = self.metrics.health
         while not self._stopping.is_set():
             try:
-                batch = await self.mx.sync(self._since, full_state=False)
+                # The first one answers at once: start-up (READY, /health) ends when the bot
+                # has caught up, not after a 30 s long-poll in a quiet room.
+                batch = await self.mx.sync(
+                    self._since, full_state=False, wait=health.first_ok_at is not None
+                )
             except Transient as exc:
                 delay = backoff.next_delay()
+                self.metrics.sync_failed(type(exc).__name__)
                 log.warning("Sync failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -255,11 +263,13 @@ class PeerBot:
                 if isinstance(exc, Forbidden) and exc.errcode in ("M_UNKNOWN_TOKEN",):
                     raise
                 delay = backoff.next_delay()
+                self.metrics.sync_failed(exc.errcode or type(exc).__name__)
                 log.error("Sync refused (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
             await self.handle_batch(batch)
+            self.metrics.sync_ok()
 
     async def handle_batch(self, batch: SyncBatch) -> None:
         """Handle one sync's invites and events, then save its token."""
@@ -277,8 +287,7 @@ class PeerBot:
         # Only now: a crash before this line replays the batch, and handled events are skipped.
         self._since = batch.next_batch
         await self.store.put("sync_token", batch.next_batch)
-        self._wake.set()
-        self.followup.wake()
+        self.wake()
 
     async def _work_loop(self) -> None:
         while True:
@@ -304,11 +313,6 @@ class PeerBot:
         did = await self.outbox.pump() > 0
         return await self.lanes.route_waiting() or did
 
-    def _forwarded(self) -> None:
-        """A lane finished a forward: the worker looks again, and its follow-ups are planned."""
-        self._wake.set()
-        self.followup.wake()
-
     async def deliver(self, effect: Effect) -> str | None:
         """Send one effect now (tools and tests); the outbox does this for everything else."""
         return await self.outbox.deliver(effect)
@@ -330,6 +334,7 @@ class PeerBot:
         raise TimeoutError("the worker is still busy")
 
     def wake(self) -> None:
-        """Ask the worker to look for work now."""
+        """Ask the worker, the outbox and the follow-ups to look for work now."""
         self._wake.set()
         self.outbox.wake()
+        self.followup.wake()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from peerbot.bot.admin import ChatCommands
+from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.config import Config
@@ -51,6 +52,7 @@ class EventHandlers:
         wake: Callable[[], None],
         *,
         encryption: bool,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -63,6 +65,7 @@ class EventHandlers:
         self._wake = wake
         self.encryption = encryption
         """End-to-end encryption is on: encrypted rooms are joined, read and written."""
+        self.metrics = metrics or Metrics()
         self.errors = 0
         """Handler failures so far (each logged with its traceback)."""
 
@@ -161,6 +164,7 @@ class EventHandlers:
             created_ts=msg.ts if own else 0,
         )
         if added:
+            self.metrics.question_seen()
             log.info("Question %s noticed in %s", question_id, room_id)
             self._wake()
 

@@ -36,7 +36,7 @@ from peerbot.core.followup_effects import (
     escalation_effects,
     solve_reminder_effect,
 )
-from peerbot.core.messages import Texts, permalink
+from peerbot.core.messages import Texts, permalink, texts_for
 from peerbot.core.records import QuestionRow
 from peerbot.matrix import MatrixClient
 from peerbot.store import Store
@@ -60,8 +60,6 @@ class FollowupScheduler:
         client: MatrixClient,
         rooms: RoomDirectory,
         outbox: Outbox,
-        texts: Texts,
-        stopping: asyncio.Event,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.config = config
@@ -69,8 +67,7 @@ class FollowupScheduler:
         self.mx = client
         self.rooms = rooms
         self.outbox = outbox
-        self.t = texts
-        self._stopping = stopping
+        self.t: Texts = texts_for(config.language)
         self._wake = asyncio.Event()
         self.clock = clock
         self.fired = 0
@@ -81,8 +78,8 @@ class FollowupScheduler:
         self._wake.set()
 
     async def run(self) -> None:
-        """Plan, settle what is due, sleep until the next deadline; until the bot stops."""
-        while not self._stopping.is_set():
+        """Plan, settle what is due, sleep until the next deadline; until cancelled."""
+        while True:
             self._wake.clear()
             try:
                 await self.tick()
@@ -106,8 +103,6 @@ class FollowupScheduler:
         await self.plan()
         settled = 0
         for due in await self.store.due_actions(self.clock()):
-            if self._stopping.is_set():
-                break
             try:
                 if await self.settle(due):
                     settled += 1

@@ -18,6 +18,7 @@ from peerbot.store.answers import AnswerQueries
 from peerbot.store.db import Database, StoreError
 from peerbot.store.effects import EffectQueries
 from peerbot.store.followup import FollowupQueries
+from peerbot.store.ops import OpsQueries
 from peerbot.store.overrides import OverrideQueries
 from peerbot.store.questions import QuestionQueries
 from peerbot.store.threads import ThreadQueries
@@ -43,6 +44,7 @@ class Store(
     OverrideQueries,
     UndecryptableQueries,
     AnswerQueries,
+    OpsQueries,
     Database,
 ):
     """PeerBot's SQLite database: open with ``async with Store.open(path) as store``."""
