@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from peerbot.core.followup import parse_clock, parse_duration, zone
 from peerbot.core.intake import Trigger
 
 __all__ = [
@@ -24,13 +25,17 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "DigestConfig",
     "EncryptionConfig",
+    "EscalationConfig",
+    "ExpertsConfig",
     "IntakeRoom",
     "InvitesConfig",
     "MatrixConfig",
     "MetricsConfig",
     "PluginEntry",
     "RelatedConfig",
+    "RemindersConfig",
     "RoutingConfig",
     "Specialty",
     "StorageConfig",
@@ -161,6 +166,46 @@ class Specialty:
     keywords: tuple[str, ...] = ()
     allow_from_encrypted: bool = False
     """Questions from encrypted rooms may be forwarded here even if this room is not encrypted."""
+    escalation_after: tuple[float, ...] | None = None
+    """This specialty's escalation steps in seconds (None: ``escalation.after``)."""
+    digest: DigestConfig | None = None
+    """This specialty's digest time (None: the top-level ``digest``)."""
+
+
+@dataclass(frozen=True)
+class DigestConfig:
+    """When a specialty room gets its digest: daily at a local hour (or every N, for tests)."""
+
+    at: str = "08:00"
+    timezone: str = "Europe/Paris"
+    every_s: float | None = None
+    """A period instead of a daily hour (tests and demos)."""
+
+
+@dataclass(frozen=True)
+class EscalationConfig:
+    """When an unanswered question is brought up again (seconds after its forward)."""
+
+    after: tuple[float, ...] = (7200.0, 86400.0)
+
+
+@dataclass(frozen=True)
+class ExpertsConfig:
+    """How volunteer experts are pinged."""
+
+    pings_per_step: int = 3
+    daily_cap: int = 5
+    """Pings per expert in 24 hours, every room together."""
+    timezone: str = "Europe/Paris"
+    """Experts' time zone until they set theirs (``!expert tz``)."""
+
+
+@dataclass(frozen=True)
+class RemindersConfig:
+    """The asker's reminder to mark the answer that helped with ✅."""
+
+    solve_after: float | None = 3 * 86400.0
+    """Quiet seconds after the last message before asking (None: never)."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +305,11 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     log_format: str = "text"
     """text (one readable line per event) or json (one JSON object per line)."""
+    escalation: EscalationConfig = EscalationConfig()
+    experts: ExpertsConfig = ExpertsConfig()
+    reminders: RemindersConfig = RemindersConfig()
+    digest: DigestConfig | None = None
+    """None: no digests, unless a specialty sets its own."""
 
     def configured_rooms(self) -> list[str]:
         """Every room reference named in the config (intake, specialties, fallback)."""
@@ -504,6 +554,10 @@ class _Checker:
                 "admin_room",
                 "metrics",
                 "log_format",
+                "escalation",
+                "experts",
+                "reminders",
+                "digest",
             ),
         )
         if not isinstance(self.r.data, dict):
@@ -531,6 +585,15 @@ class _Checker:
         log_format = self.string(top, "log_format", (), required=False, default="text") or "text"
         if log_format not in ("text", "json"):
             self.bad(("log_format",), "must be text or json")
+        escalation = EscalationConfig(
+            after=self.durations(
+                self.section(top, "escalation", ("after",)), "after", ("escalation",)
+            )
+            or EscalationConfig().after
+        )
+        experts = self.experts(top)
+        reminders = self.reminders(top)
+        digest = self.digest(top, "digest", ()) if "digest" in top else None
         if self.problems or matrix is None or routing is None:
             return None
         return Config(
@@ -549,6 +612,10 @@ class _Checker:
             admin_room=admin_room or None,
             metrics=metrics,
             log_format=log_format,
+            escalation=escalation,
+            experts=experts,
+            reminders=reminders,
+            digest=digest,
         )
 
     def section(self, top: Mapping[str, Any], key: str, known: tuple[str, ...]) -> dict[str, Any]:
@@ -729,7 +796,11 @@ class _Checker:
         names: dict[str, int] = {}
         for i, item in enumerate(raw):
             p: _Path = ("routing", "specialties", i)
-            s = self.mapping(item, p, ("name", "room", "keywords", "allow_from_encrypted"))
+            s = self.mapping(
+                item,
+                p,
+                ("name", "room", "keywords", "allow_from_encrypted", "escalation_after", "digest"),
+            )
             if not isinstance(item, dict):
                 continue
             name = self.string(s, "name", p) or ""
@@ -743,8 +814,17 @@ class _Checker:
                     f"duplicate specialty name, already routing.specialties[{names[key]}]",
                 )
             names.setdefault(key, i)
+            after = self.durations(s, "escalation_after", p)
+            digest = self.digest(s, "digest", p) if "digest" in s else None
             specialties.append(
-                Specialty(name=name, room=room, keywords=keywords, allow_from_encrypted=allow)
+                Specialty(
+                    name=name,
+                    room=room,
+                    keywords=keywords,
+                    allow_from_encrypted=allow,
+                    escalation_after=after,
+                    digest=digest,
+                )
             )
         return RoutingConfig(
             fallback_room=fallback,
@@ -908,6 +988,78 @@ class _Checker:
                 reason = sentence.split("(", 1)[-1].rstrip(").")
                 self.bad(("related", "engine"), f"hybrid cannot run here: {reason}")
         return model
+
+    # -- follow-ups (escalation, experts, reminders, digests) ---------------------------------
+
+    def duration(self, d: Mapping[str, Any], key: str, path: _Path) -> float | None:
+        if d.get(key) is None:
+            return None
+        try:
+            return parse_duration(d[key])
+        except ValueError as exc:
+            self.bad((*path, key), str(exc))
+            return None
+
+    def durations(self, d: Mapping[str, Any], key: str, path: _Path) -> tuple[float, ...] | None:
+        """A list of increasing durations (``[2h, 24h]``); None when absent or wrong."""
+        raw = d.get(key)
+        if raw is None:
+            return None
+        if not isinstance(raw, list) or not raw:
+            self.bad((*path, key), "must be a list of durations like [2h, 24h]")
+            return None
+        out: list[float] = []
+        for i, item in enumerate(raw):
+            try:
+                out.append(parse_duration(item))
+            except ValueError as exc:
+                self.bad((*path, key, i), str(exc))
+                return None
+            if len(out) > 1 and out[-1] <= out[-2]:
+                self.bad((*path, key, i), "each step must come after the one before")
+                return None
+        return tuple(out)
+
+    def timezone(self, d: Mapping[str, Any], key: str, path: _Path, default: str) -> str:
+        name = self.string(d, key, path, required=False)
+        if name is None:
+            return default
+        try:
+            zone(name)
+        except ValueError as exc:
+            self.bad((*path, key), str(exc))
+            return default
+        return name
+
+    def experts(self, top: Mapping[str, Any]) -> ExpertsConfig:
+        p: _Path = ("experts",)
+        d = self.section(top, "experts", ("pings_per_step", "daily_cap", "timezone"))
+        return ExpertsConfig(
+            pings_per_step=self.integer(d, "pings_per_step", p, 3, 1, 50),
+            daily_cap=self.integer(d, "daily_cap", p, 5, 1, 1000),
+            timezone=self.timezone(d, "timezone", p, "Europe/Paris"),
+        )
+
+    def reminders(self, top: Mapping[str, Any]) -> RemindersConfig:
+        d = self.section(top, "reminders", ("solve_after",))
+        if "solve_after" in d and d["solve_after"] in (False, "off"):
+            return RemindersConfig(solve_after=None)
+        after = self.duration(d, "solve_after", ("reminders",))
+        return RemindersConfig(solve_after=after if after is not None else 3 * 86400.0)
+
+    def digest(self, d: Mapping[str, Any], key: str, path: _Path) -> DigestConfig | None:
+        p: _Path = (*path, key)
+        g = self.mapping(d[key], p, ("at", "timezone", "every"))
+        if not isinstance(d[key], dict):
+            return None
+        at = self.string(g, "at", p, required=False, default="08:00") or "08:00"
+        try:
+            parse_clock(at)
+        except ValueError as exc:
+            self.bad((*p, "at"), str(exc))
+        tz = self.timezone(g, "timezone", p, "Europe/Paris")
+        every = self.duration(g, "every", p)
+        return DigestConfig(at=at, timezone=tz, every_s=every)
 
     def admin(self, top: Mapping[str, Any]) -> AdminConfig:
         d = self.section(top, "admin", ("power_level",))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 from peerbot.bot.outbox import Outbox
@@ -44,6 +44,7 @@ class ChatCommands:
         related: RelatedThreads,
         outbox: Outbox,
         texts: Texts,
+        extra: Mapping[str, Callable[[str, Message, Command], Awaitable[None]]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -69,6 +70,7 @@ class ChatCommands:
             "plugins": self.cmd_plugins,
             "intake": self.cmd_intake,
             "route": self.routes.handle,
+            **(extra or {}),  # other modules' commands (the follow-ups')
         }
         missing = set(COMMAND_NAMES) - set(self.handlers)
         assert not missing, f"commands without a handler: {sorted(missing)}"
@@ -196,6 +198,7 @@ class ChatCommands:
         else:
             lines.append(self.t.s("help_not_intake"))
         lines.append(self.t.s("help_everyone"))
+        lines.append(self.t.s("help_followup"))
         if await self.rooms.is_admin(room_id, msg.sender):
             lines.append(self.t.s("help_admin"))
             states = ", ".join(

@@ -17,6 +17,8 @@ from typing import Any
 
 from peerbot.bot.admin import ChatCommands
 from peerbot.bot.events import EventHandlers
+from peerbot.bot.followup import FollowupScheduler
+from peerbot.bot.followup_commands import FollowupCommands
 from peerbot.bot.forwarding import Lanes
 from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Backoff, Outbox
@@ -79,7 +81,8 @@ class PeerBot:
             self._stopping,
             metrics=self.metrics,
         )
-        self.lanes = Lanes(store, self.pipeline, self._stopping, self._wake.set)
+        self.followup = FollowupScheduler(config, store, client, self.rooms, self.outbox)
+        self.lanes = Lanes(store, self.pipeline, self._stopping, self.wake)
         self.commands = ChatCommands(
             config,
             store,
@@ -90,6 +93,7 @@ class PeerBot:
             self.related,
             self.outbox,
             self.texts,
+            extra=FollowupCommands(config, store, self.rooms, self.outbox, self.texts).handlers,
         )
         self.events = EventHandlers(
             config,
@@ -205,18 +209,18 @@ class PeerBot:
         outbox = asyncio.create_task(self.outbox.run(), name="peerbot-outbox")
         sync = asyncio.create_task(self._sync_loop(), name="peerbot-sync")
         embed = asyncio.create_task(self.related.run(self._stopping), name="peerbot-embed")
+        followup = asyncio.create_task(self.followup.run(), name="peerbot-followup")
         stop = asyncio.create_task(self._stopping.wait(), name="peerbot-stop")
         try:
             done, _ = await asyncio.wait(
-                {worker, outbox, sync, embed, stop}, return_when=asyncio.FIRST_COMPLETED
+                {worker, outbox, sync, embed, followup, stop}, return_when=asyncio.FIRST_COMPLETED
             )
             for task in done:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            sync.cancel()
-            embed.cancel()
-            stop.cancel()
+            for task in (sync, embed, followup, stop):
+                task.cancel()
             # Let the worker finish the message in flight, then stop it.
             self._stopping.set()
             self._wake.set()
@@ -232,7 +236,7 @@ class PeerBot:
             # What was recorded meanwhile (acknowledgements, notices) goes out too (1 s more).
             await self.outbox.drain(max(1.0, finish_by + 1.0 - time.monotonic()))
             outbox.cancel()
-            for task in (outbox, sync, embed):
+            for task in (outbox, sync, embed, followup):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
@@ -286,7 +290,7 @@ class PeerBot:
         # Only now: a crash before this line replays the batch, and handled events are skipped.
         self._since = batch.next_batch
         await self.store.put("sync_token", batch.next_batch)
-        self._wake.set()
+        self.wake()
 
     async def _work_loop(self) -> None:
         while True:
@@ -333,6 +337,7 @@ class PeerBot:
         raise TimeoutError("the worker is still busy")
 
     def wake(self) -> None:
-        """Ask the worker to look for work now."""
+        """Ask the worker, the outbox and the follow-ups to look for work now."""
         self._wake.set()
         self.outbox.wake()
+        self.followup.wake()

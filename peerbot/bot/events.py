@@ -294,7 +294,7 @@ class EventHandlers:
             # each one down, in the room it was sent to.
             copies = await self.store.effects_for(redacts) if erased is not None else []
             for copy in copies:
-                if copy.kind in ("forward", "move") and copy.event_id:
+                if copy.kind in ("forward", "move", "escalation-triage") and copy.event_id:
                     await self.store.add_effect(
                         tx_id=tx_id("redact", copy.event_id),
                         kind="redact",
@@ -318,6 +318,13 @@ class EventHandlers:
         if key not in SOLVED_KEYS or not isinstance(target, str):
             return
         q = await self.store.question(target)
+        if q is None:
+            # ✅ on an answer in the asker's thread (or on its relayed copy) solves it too: the
+            # follow-up reminder asks the asker for exactly that.
+            answer = await self.store.thread_message(target)
+            answer = answer or await self.store.thread_message_by_relay(target)
+            if answer is not None:
+                q = await self.store.question(answer.question_id)
         if q is None or q.room_id != room_id or q.solved:
             return
         sender = str(event.get("sender"))

@@ -17,6 +17,9 @@ COMMAND_NAMES = (
     "unsolved",
     "confirm",
     "forward",
+    "expert",
+    "unanswered",
+    "stats",
 )
 """Every command the bot knows (``!search`` is another name for ``!related``)."""
 _ALIASES = {"search": "related"}

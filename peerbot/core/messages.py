@@ -307,7 +307,142 @@ _EN: Mapping[str, str] = {
     "startup_more": "… and {n} more: `peerbot doctor --config bot.yaml` lists them all.",
 }
 
-_CATALOGUES: Mapping[str, Mapping[str, str]] = {"fr": _FR, "en": _EN}
+# -- follow-ups: escalation, experts, the ✅ reminder, digests, !unanswered, !stats ------------
+
+_FR_FOLLOWUP: Mapping[str, str] = {
+    "wait_s": "{n} s",
+    "wait_min": "{n} min",
+    "wait_h": "{n} h",
+    "wait_d": "{n} j",
+    "esc_reminder": "Cette question attend toujours une réponse (depuis {age}).",
+    "esc_ping": "{mentions} : vous êtes volontaires pour ce salon, pouvez-vous y jeter un œil ?",
+    "esc_nobody": "Pour être prévenu(e) des questions sans réponse : !expert join dans ce salon.",
+    "esc_fallback_title": "Toujours sans réponse après {age} dans {room}",
+    "esc_fallback_hidden": (
+        "Le texte vient d'un salon chiffré et n'est pas recopié ici : ouvrez le lien pour le lire."
+    ),
+    "esc_fallback_link": "Répondre dans le fil de la question transmise",
+    "esc_asker": (
+        "{asker} : votre question est toujours ouverte, personne n'a encore répondu dans {room} "
+        "après {age}. Elle a aussi été montrée au salon de tri {fallback}."
+    ),
+    "esc_asker_triage": (
+        "{asker} : votre question est toujours ouverte, personne n'a encore répondu dans {room} "
+        "après {age}. Les volontaires du salon ont été relancés."
+    ),
+    "solve_reminder": (
+        "{asker} : des réponses sont arrivées à votre question. Si l'une d'elles vous a aidé(e), "
+        "réagissez avec ✅ à cette réponse (ou tapez !solved dans ce fil) : la question sera "
+        "marquée résolue."
+    ),
+    "digest_title": "Résumé de {room} : {open} question(s) ouverte(s), {solved} résolue(s).",
+    "digest_open": "Toujours ouvertes (les plus anciennes d'abord) :",
+    "digest_solved": "Résolues depuis le dernier résumé :",
+    "list_more": "… et {n} de plus.",
+    "list_item": "{text} — {age}, {answers} réponse(s)",
+    "unanswered_title": "Questions sans réponse dans ce salon ({n}), les plus anciennes d'abord :",
+    "unanswered_none": "Aucune question sans réponse dans ce salon.",
+    "not_specialty_room": "Cette commande s'utilise dans un salon de spécialité.",
+    "stats_title": "Questions transmises par spécialité :",
+    "stats_item": (
+        "{specialty}, {days} j : {questions} question(s), {share} avec réponse, "
+        "première réponse en {p50} (médiane) / {p90} (p90)"
+    ),
+    "stats_none": "Aucune question transmise ces {days} derniers jours.",
+    "stats_triage": "tri",
+    "stats_na": "—",
+    "expert_usage": (
+        "Usage : !expert join [spécialité] | leave | quiet 22:00-07:00 [fuseau] | quiet off | "
+        "tz Europe/Paris"
+    ),
+    "expert_joined": (
+        "{user} est volontaire pour {specialty} : PeerBot vous mentionnera pour les questions "
+        "restées sans réponse (au plus {cap} fois par 24 h). !expert leave pour arrêter."
+    ),
+    "expert_already": "{user} est déjà volontaire dans ce salon.",
+    "expert_left": "{user} n'est plus volontaire dans ce salon.",
+    "expert_not_member": "{user} n'était pas volontaire dans ce salon.",
+    "expert_wrong_specialty": "Ce salon est celui de {specialty}, pas de « {name} ».",
+    "expert_quiet_set": "Heures calmes : {span} ({zone}) ; pas de mention pendant ce temps.",
+    "expert_quiet_off": "Heures calmes supprimées.",
+    "expert_tz_set": "Fuseau horaire : {zone}.",
+    "expert_bad_tz": "« {zone} » n'est pas un fuseau horaire connu (par exemple Europe/Paris).",
+    "expert_bad_quiet": "« {span} » n'est pas une plage comme 22:00-07:00.",
+    "help_followup": (
+        "Salons de spécialité : !unanswered liste les questions sans réponse ; !expert join | "
+        "leave | quiet 22:00-07:00 | tz <fuseau> pour être mentionné(e) sur celles qui "
+        "attendent ; administrateurs : !stats."
+    ),
+}
+
+_EN_FOLLOWUP: Mapping[str, str] = {
+    "wait_s": "{n} s",
+    "wait_min": "{n} min",
+    "wait_h": "{n} h",
+    "wait_d": "{n} d",
+    "esc_reminder": "This question is still waiting for an answer (for {age}).",
+    "esc_ping": "{mentions}: you volunteered for this room, could you have a look?",
+    "esc_nobody": "To be told about unanswered questions: !expert join in this room.",
+    "esc_fallback_title": "Still unanswered after {age} in {room}",
+    "esc_fallback_hidden": (
+        "The text comes from an encrypted room and is not copied here: open the link to read it."
+    ),
+    "esc_fallback_link": "Answer in the forwarded question's thread",
+    "esc_asker": (
+        "{asker}: your question is still open, nobody has answered in {room} after {age} yet. "
+        "It was also shown in the triage room {fallback}."
+    ),
+    "esc_asker_triage": (
+        "{asker}: your question is still open, nobody has answered in {room} after {age} yet. "
+        "The room's volunteers were reminded."
+    ),
+    "solve_reminder": (
+        "{asker}: answers came to your question. If one of them helped, react with ✅ to that "
+        "answer (or type !solved in this thread) and the question will be marked solved."
+    ),
+    "digest_title": "Digest of {room}: {open} open question(s), {solved} solved.",
+    "digest_open": "Still open (oldest first):",
+    "digest_solved": "Solved since the last digest:",
+    "list_more": "… and {n} more.",
+    "list_item": "{text} — {age}, {answers} answer(s)",
+    "unanswered_title": "Unanswered questions in this room ({n}), oldest first:",
+    "unanswered_none": "No unanswered question in this room.",
+    "not_specialty_room": "Use this command in a specialty room.",
+    "stats_title": "Forwarded questions by specialty:",
+    "stats_item": (
+        "{specialty}, {days} d: {questions} question(s), {share} answered, "
+        "first answer after {p50} (median) / {p90} (p90)"
+    ),
+    "stats_none": "No question forwarded in the last {days} days.",
+    "stats_triage": "triage",
+    "stats_na": "—",
+    "expert_usage": (
+        "Usage: !expert join [specialty] | leave | quiet 22:00-07:00 [zone] | quiet off | "
+        "tz Europe/Paris"
+    ),
+    "expert_joined": (
+        "{user} volunteers for {specialty}: PeerBot will mention you on questions left "
+        "unanswered (at most {cap} times in 24 h). !expert leave to stop."
+    ),
+    "expert_already": "{user} already volunteers in this room.",
+    "expert_left": "{user} no longer volunteers in this room.",
+    "expert_not_member": "{user} did not volunteer in this room.",
+    "expert_wrong_specialty": "This room is {specialty}'s, not “{name}”'s.",
+    "expert_quiet_set": "Quiet hours: {span} ({zone}); no mentions meanwhile.",
+    "expert_quiet_off": "Quiet hours removed.",
+    "expert_tz_set": "Time zone: {zone}.",
+    "expert_bad_tz": "“{zone}” is not a known time zone (for example Europe/Paris).",
+    "expert_bad_quiet": "“{span}” is not a span like 22:00-07:00.",
+    "help_followup": (
+        "Specialty rooms: !unanswered lists unanswered questions; !expert join | leave | "
+        "quiet 22:00-07:00 | tz <zone> to be mentioned on those that wait; admins: !stats."
+    ),
+}
+
+_CATALOGUES: Mapping[str, Mapping[str, str]] = {
+    "fr": {**_FR, **_FR_FOLLOWUP},
+    "en": {**_EN, **_EN_FOLLOWUP},
+}
 
 
 @dataclass(frozen=True)

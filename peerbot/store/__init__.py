@@ -17,6 +17,7 @@ from peerbot.core.records import (
 from peerbot.store.answers import AnswerQueries
 from peerbot.store.db import Database, StoreError
 from peerbot.store.effects import EffectQueries
+from peerbot.store.followup import FollowupQueries
 from peerbot.store.ops import OpsQueries
 from peerbot.store.overrides import OverrideQueries
 from peerbot.store.questions import QuestionQueries
@@ -37,6 +38,7 @@ __all__ = [
 
 
 class Store(
+    FollowupQueries,
     QuestionQueries,
     EffectQueries,
     ThreadQueries,
