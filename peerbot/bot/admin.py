@@ -10,6 +10,7 @@ from dataclasses import replace
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
+from peerbot.bot.relays import Relays
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.config import Config, Trigger, is_room_ref
 from peerbot.core.commands import COMMAND_NAMES, Command, split_keywords
@@ -44,8 +45,10 @@ class ChatCommands:
         index: RelatedIndex,
         outbox: Outbox,
         texts: Texts,
+        relays: Relays,
     ) -> None:
         self.config = config
+        self.relays = relays
         self.store = store
         self.mx = client
         self.rooms = rooms
@@ -158,10 +161,17 @@ class ChatCommands:
         )
         self.index.set_solved(q.event_id, solved)
         await self.say(room_id, msg, self.t.s("solved_done" if solved else "unsolved_done"))
+        await self.relays.state_changed(q.event_id, msg.event_id)
 
     async def cmd_confirm(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!confirm`` in the thread of a question held by a guard."""
         q = await self._thread_question(room_id, msg)
+        # Not the question held: the author's messages held back from an unencrypted room.
+        if q is not None and q.state != QuestionState.HELD:  # noqa: SIM102 - two different whys
+            if await self.relays.consent(room_id, msg, q):
+                room = self.rooms.label(q.target_room or "")
+                await self.say(room_id, msg, self.t.s("relay_confirmed", room=room))
+                return
         if q is None or q.state != QuestionState.HELD:
             await self.say(room_id, msg, self.t.s("guard_nothing_held"))
             return

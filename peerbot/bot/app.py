@@ -21,6 +21,7 @@ from peerbot.bot.forwarding import Lanes
 from peerbot.bot.outbox import Backoff, Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
+from peerbot.bot.relays import Relays
 from peerbot.bot.rooms import RoomDirectory, StartupError
 from peerbot.config import Config
 from peerbot.core import routing
@@ -74,6 +75,8 @@ class PeerBot:
             self._stopping,
         )
         self.lanes = Lanes(store, self.pipeline, self._stopping, self._wake.set)
+        self.relays = Relays(store, client, self.rooms, self.plugins, self.outbox, self.texts)
+        """Copies each message of a question's two threads to the other one."""
         self.commands = ChatCommands(
             config,
             store,
@@ -84,6 +87,7 @@ class PeerBot:
             self.index,
             self.outbox,
             self.texts,
+            self.relays,
         )
         self.events = EventHandlers(
             config,
@@ -96,6 +100,7 @@ class PeerBot:
             self.texts,
             self._wake.set,
             encryption=self.encryption_on,
+            relays=self.relays,
         )
 
     @property

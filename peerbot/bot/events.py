@@ -15,13 +15,14 @@ from typing import Any
 
 from peerbot.bot.admin import ChatCommands
 from peerbot.bot.outbox import Outbox
+from peerbot.bot.relays import Relays
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.config import Config
 from peerbot.core import intake
 from peerbot.core.commands import parse_command
 from peerbot.core.ids import RoomID, tx_id
 from peerbot.core.messages import Texts
-from peerbot.core.records import QuestionRow, QuestionState, ThreadMessage
+from peerbot.core.records import QuestionRow, QuestionState
 from peerbot.core.related import RelatedIndex
 from peerbot.matrix import Forbidden, Invite, MatrixClient, MatrixError, NotFound, Undecryptable
 from peerbot.store import Store
@@ -51,6 +52,7 @@ class EventHandlers:
         wake: Callable[[], None],
         *,
         encryption: bool,
+        relays: Relays,
     ) -> None:
         self.config = config
         self.store = store
@@ -61,6 +63,7 @@ class EventHandlers:
         self.outbox = outbox
         self.texts = texts
         self._wake = wake
+        self.relays = relays
         self.encryption = encryption
         """End-to-end encryption is on: encrypted rooms are joined, read and written."""
         self.errors = 0
@@ -181,22 +184,13 @@ class EventHandlers:
         return None
 
     async def _note_thread_message(self, room_id: RoomID, msg: intake.Message) -> None:
-        """Record a person's message in either thread of a question (answers counted)."""
+        """A person's message in either thread of a question: recorded (answers counted) and
+        relayed to the other thread, in one transaction (:class:`Relays`)."""
         found = await self.thread_of(room_id, msg)
         if found is None:
             return
         q, side = found
-        await self.store.add_thread_message(
-            ThreadMessage(
-                event_id=msg.event_id,
-                question_id=q.event_id,
-                room_id=room_id,
-                side=side,
-                sender=msg.sender,
-                ts=msg.ts,
-                answer=msg.sender != q.sender,
-            )
-        )
+        await self.relays.on_message(room_id, msg, q, side)
 
     # -- encrypted events the bot cannot read (yet) -------------------------------------------
 
@@ -260,7 +254,10 @@ class EventHandlers:
     async def _on_edit(self, room_id: RoomID, msg: intake.Message) -> None:
         assert msg.replaces is not None
         q = await self.store.question(msg.replaces)
-        if q is None or q.room_id != room_id or q.sender != msg.sender:
+        if q is None or q.room_id != room_id:
+            await self.relays.on_edit(room_id, msg)
+            return
+        if q.sender != msg.sender:
             return
         if await self.store.is_handled(msg.event_id):
             return
@@ -301,10 +298,13 @@ class EventHandlers:
                     )
                     self.outbox.wake()
             return
+        if await self.relays.on_redaction(room_id, redacts):
+            return
         solved = await self.store.question_solved_by(redacts)
         if solved is not None:
             await self.store.update_question(solved.event_id, solved=False, solved_by=None)
             self.index.set_solved(solved.event_id, False)
+            await self.relays.state_changed(solved.event_id, str(event.get("event_id")))
 
     async def _on_reaction(self, room_id: RoomID, event: Mapping[str, Any]) -> None:
         content = event.get("content")
@@ -325,3 +325,4 @@ class EventHandlers:
         )
         self.index.set_solved(q.event_id, True)
         log.info("Question %s marked solved", q.event_id)
+        await self.relays.state_changed(q.event_id, str(event.get("event_id")))

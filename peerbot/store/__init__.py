@@ -19,6 +19,7 @@ from peerbot.store.db import Database, StoreError
 from peerbot.store.effects import EffectQueries
 from peerbot.store.overrides import OverrideQueries
 from peerbot.store.questions import QuestionQueries
+from peerbot.store.relays import RelayQueries
 from peerbot.store.threads import ThreadQueries
 from peerbot.store.undecryptable import UndecryptableQueries
 
@@ -35,6 +36,7 @@ __all__ = [
 
 
 class Store(
+    RelayQueries,
     QuestionQueries,
     EffectQueries,
     ThreadQueries,

@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from peerbot.bot.app import PeerBot
 from peerbot.config import IntakeRoom, Trigger, parse_config
+from peerbot.core.ids import tx_id
 from peerbot.matrix import RoomID, SyncBatch
 from peerbot.store import Store
 
@@ -30,6 +31,15 @@ class OfflineClient:
 
     def is_encrypted(self, room_id: str) -> bool:
         return False
+
+    def display_name(self, room_id: str, user_id: str) -> str | None:
+        return None
+
+    async def profile_name(self, user_id: str) -> str | None:
+        return None
+
+    def room_label(self, room_id: str) -> str:
+        return room_id
 
 
 @pytest_asyncio.fixture
@@ -194,6 +204,16 @@ async def test_both_threads_of_a_question_are_recorded_once(bot: PeerBot) -> Non
     assert (q.answers, q.first_answer_ts, q.last_activity_ts) == (2, 5000, 9000)
     got = [(m.event_id, m.side, m.answer) for m in await bot.store.thread_messages("$q")]
     assert got == [("$a1", "forward", True), ("$c1", "origin", False), ("$a2", "forward", True)]
+    # Each message is relayed to the other thread once, however often it is delivered.
+    relays = [e for e in await bot.store.effects_for("$q") if e.kind == "relay"]
+    assert [(e.tx_id, e.room_id) for e in relays] == [
+        (tx_id("relay", "$a1"), ROOM),
+        (tx_id("relay", "$c1"), specialty),
+        (tx_id("relay", "$a2"), ROOM),
+    ]
+    assert [e.content["msgtype"] for e in relays] == ["m.text", "m.notice", "m.text"]
+    assert relays[0].content["m.mentions"] == {"user_ids": ["@alice:x"]}
+    assert relays[1].content["m.relates_to"]["event_id"] == "$fwd"
     # A reply in the forward's thread typed in another room is not part of it.
     elsewhere = msg("$x", "hors sujet", sender="@bob:x", **in_thread("$fwd"))
     await bot.handle_batch(SyncBatch("t4", events=[(RoomID("!autre:x"), elsewhere)]))
