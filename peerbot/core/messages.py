@@ -101,7 +101,7 @@ class RelatedLine:
 _FR: Mapping[str, str] = {
     "forward_title": "Question transmise par PeerBot",
     "forward_from": "de {name} ({user}) dans {room}",
-    "forward_reply": "Répondre dans le fil d'origine",
+    "forward_reply": "Vos réponses dans ce fil sont relayées dans le fil d'origine",
     "shortened": "[… message raccourci : {total} caractères au total, lire l'original]",
     "ack_specialty": "Votre question a été transmise au salon {room} ({specialty}).",
     "ack_fallback": (
@@ -224,7 +224,7 @@ _FR: Mapping[str, str] = {
 _EN: Mapping[str, str] = {
     "forward_title": "Question forwarded by PeerBot",
     "forward_from": "from {name} ({user}) in {room}",
-    "forward_reply": "Reply in the original thread",
+    "forward_reply": "Your replies in this thread are relayed to the original thread",
     "shortened": "[… message shortened: {total} characters in all, read the original]",
     "ack_specialty": "Your question was forwarded to {room} ({specialty}).",
     "ack_fallback": "No specialty matched: your question was forwarded to the triage room {room}.",

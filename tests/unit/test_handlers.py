@@ -26,11 +26,19 @@ class OfflineClient:
 
     user_id = ME
 
+    def __init__(self) -> None:
+        self.encrypted: set[str] = set()
+        self.sent: dict[str, dict[str, Any]] = {}
+        """Events get_event can read (what the server would have)."""
+
     def joined_rooms(self) -> set[RoomID]:
         return {ROOM}
 
     def is_encrypted(self, room_id: str) -> bool:
-        return False
+        return room_id in self.encrypted
+
+    async def get_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        return self.sent[event_id]
 
     def display_name(self, room_id: str, user_id: str) -> str | None:
         return None
@@ -218,4 +226,37 @@ async def test_both_threads_of_a_question_are_recorded_once(bot: PeerBot) -> Non
     elsewhere = msg("$x", "hors sujet", sender="@bob:x", **in_thread("$fwd"))
     await bot.handle_batch(SyncBatch("t4", events=[(RoomID("!autre:x"), elsewhere)]))
     assert await bot.store.thread_message("$x") is None
+    assert bot.handler_errors == 0
+
+
+async def test_encrypted_clarification_waits_for_its_authors_confirm(bot: PeerBot) -> None:
+    client = bot.mx
+    assert isinstance(client, OfflineClient)
+    client.encrypted.add(ROOM)  # the intake room is encrypted, the specialty room is not
+    specialty = RoomID("!cardio:x")
+    await bot.handle_batch(SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))]))
+    await bot.store.update_question(
+        "$q", target_room=specialty, forward_event_id="$fwd", state="done"
+    )
+    clarif = msg("$c", "Il a 80 ans", **in_thread("$q"))
+    client.sent["$c"] = clarif
+    other = msg("$o", "!confirm", sender="@bob:x", **in_thread("$q"))
+    mine = msg("$k", "!confirm", **in_thread("$q"))
+    await bot.handle_batch(SyncBatch("t2", events=[(ROOM, clarif), (ROOM, other)]))
+
+    def kinds() -> list[tuple[str, str]]:
+        return [(e.kind, e.room_id) for e in effects]
+
+    effects = await bot.store.effects_for("$q")
+    assert kinds() == [("relay_notice", ROOM)]  # told, in her thread; nothing left the room
+    assert "!confirm" in effects[0].content["body"]
+    stored = await bot.store.thread_message("$c")
+    assert stored is not None and stored.relay_state == "refused"
+    # Bob's !confirm is not hers: nothing relayed.
+    assert await bot.store.refused_relays("$q", "@alice:x")
+    await bot.handle_batch(SyncBatch("t3", events=[(ROOM, mine), (ROOM, mine)]))
+    effects = await bot.store.effects_for("$q")
+    assert kinds() == [("relay_notice", ROOM), ("relay", specialty)]
+    assert "Il a 80 ans" in effects[1].content["body"]
+    assert not await bot.store.refused_relays("$q", "@alice:x")
     assert bot.handler_errors == 0
