@@ -147,8 +147,9 @@ _FR: Mapping[str, str] = {
     "help_everyone": (
         "Pour tous : !related <texte> (ou !search) cherche des fils similaires ; dans le fil de "
         "votre question, !solved / !unsolved la marque résolue ou non (ou réagissez avec ✅) ; "
-        "!confirm transmet une question retenue par un contrôle ; !forward l'envoie vers un salon "
-        "non chiffré."
+        "!confirm transmet une question retenue par un contrôle (ou relaie vos messages retenus "
+        "faute de chiffrement) ; !forward l'envoie vers un salon non chiffré. Les réponses sous "
+        "une question transmise reviennent dans le fil d'origine, et inversement."
     ),
     "help_admin": (
         "Administrateurs : !route list | add <nom> <salon> <mot, mot...> | remove <nom> | "
@@ -265,7 +266,9 @@ _EN: Mapping[str, str] = {
     "help_everyone": (
         "Everyone: !related <text> (or !search) finds similar threads; in your question's "
         "thread, !solved / !unsolved marks it solved or not (or react with ✅); !confirm "
-        "forwards a question held by a check; !forward sends it to an unencrypted room."
+        "forwards a question held by a check (or relays your messages held for lack of "
+        "encryption); !forward sends it to an unencrypted room. Answers under a forwarded "
+        "question come back to the original thread, and the other way round."
     ),
     "help_admin": (
         "Admins: !route list | add <name> <room> <word, word...> | remove <name> | "
