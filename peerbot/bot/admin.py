@@ -1,5 +1,9 @@
 """Chat commands: ``!related``, ``!solved``, ``!confirm`` for everyone; ``!route``, ``!intake``,
-``!plugins`` for room admins; ``!peerbot help``."""
+``!plugins`` for room admins; ``!peerbot help``.
+
+long: the handler table and every handler sit together, so the command list lives in one place
+(splitting the admin commands into their own module is left for when they grow again).
+"""
 
 from __future__ import annotations
 
