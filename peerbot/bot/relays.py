@@ -74,7 +74,8 @@ class Relays:
             ts=msg.ts,
             answer=msg.sender != q.sender,
         )
-        decision = await self._decide(m, msg.body, q)
+        text = relay.without_reply_fallback(msg.body) if msg.reply_to else msg.body
+        decision = await self._decide(m, text, q)
         m = replace(m, relay_state=decision.action.value, relay_tx_id=decision.relay_tx)
         effects = list(decision.effects)
         if m.answer:

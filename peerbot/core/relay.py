@@ -45,6 +45,7 @@ __all__ = [
     "destination",
     "forward_state_edit",
     "redaction",
+    "without_reply_fallback",
 ]
 
 COPY_OF = "peerbot.copy_of"
@@ -112,6 +113,19 @@ class RelayDecision:
     def relay_tx(self) -> str | None:
         """The tx ID of the copy this decision records, if any."""
         return next((e.tx_id for e in self.effects if e.kind == "relay"), None)
+
+
+def without_reply_fallback(body: str) -> str:
+    """A rich reply's text without the quote of the message it replies to (older clients put
+    one before the answer: ``> <@bot:x> Question...`` then a blank line)."""
+    if not body.startswith(">"):
+        return body
+    lines = body.split("\n")
+    n = 0
+    while n < len(lines) and lines[n].startswith(">"):
+        n += 1
+    rest = "\n".join(lines[n:]).strip()
+    return rest or body
 
 
 def destination(q: QuestionRow, side: str) -> tuple[str, str] | None:

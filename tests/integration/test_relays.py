@@ -143,10 +143,12 @@ async def test_answer_comes_back_to_the_asker_and_rings_only_her(world: World) -
     assert not any(highlighted(n["actions"]) for n in bobs), bobs
 
     # A rich reply to the forward (outside its thread) comes back too.
-    await world.bob.send_text(cardio, "> ...\n\nEt la kaliémie", reply_to=fwd["event_id"])
-    await world.alice.wait_for_event(
+    fallback = f"> <{bot_id}> Question transmise par PeerBot\n\nEt la kaliémie"
+    await world.bob.send_text(cardio, fallback, reply_to=fwd["event_id"])
+    rich = await world.alice.wait_for_event(
         entraide, lambda e: from_bot(bot_id, qid)(e) and "Et la kaliémie" in e["content"]["body"]
     )
+    assert "Question transmise" not in rich["content"]["body"]  # its reply quote is left out
     # The forward shows the state at a glance: answered by 2.
     await world.bob.wait_for_event(cardio, replacing(fwd["event_id"], "Réponses : 2"))
     # ✅ by the asker: the forward says solved.

@@ -17,6 +17,7 @@ from peerbot.core.relay import (
     decide,
     forward_state_edit,
     redaction,
+    without_reply_fallback,
 )
 from peerbot.plugin_api import Finding, GuardAction, Verdict
 
@@ -169,3 +170,10 @@ def test_forward_state_edit_shows_answers_and_solved_once_per_cause() -> None:
     assert other is not None and other.tx_id != out.tx_id
     assert other.content["m.new_content"]["body"].endswith("Answers: 3")
     assert forward_state_edit(replace(Q, forward_event_id=None), fwd, "$r", FR) is None
+
+
+def test_a_rich_replys_quote_is_not_relayed() -> None:
+    body = "> <@peerbot:x> Question transmise par PeerBot\n> > ECG ?\n\nRegarde le QT"
+    assert without_reply_fallback(body) == "Regarde le QT"
+    assert without_reply_fallback("Regarde le QT\n> cité") == "Regarde le QT\n> cité"
+    assert without_reply_fallback("> seulement une citation") == "> seulement une citation"
