@@ -1,4 +1,7 @@
-"""Command line: ``peerbot run | check-config | demo``. Exit 2 on a bad configuration."""
+"""Command line: ``peerbot run | check-config | doctor | import-history | demo``.
+
+Exit 2 on a bad configuration.
+"""
 
 from __future__ import annotations
 
@@ -90,7 +93,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     config = _load(Path(args.config))
     if config is None:
         return EXIT_CONFIG
-    setup_logging("WARNING")
+    setup_logging("WARNING", config.log_format)
     return asyncio.run(run_import(config, list(args.room or [])))
 
 
@@ -99,8 +102,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(Path(args.config))
     if config is None:
         return EXIT_CONFIG
-    setup_logging(args.log_level or config.log_level)
+    setup_logging(args.log_level or config.log_level, config.log_format)
     return asyncio.run(run_bot(config, reset_identity=args.reset_identity))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Log in and check rooms, power levels, encryption, plugins, database and keys."""
+    from peerbot.bot.doctor import run_doctor
+
+    config = _load(Path(args.config_file or args.config))
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging("WARNING", config.log_format)
+    return asyncio.run(run_doctor(config))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -133,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config_file", nargs="?", help="path to bot.yaml")
     check.add_argument("--config", "-c", default="bot.yaml", help=argparse.SUPPRESS)
     check.set_defaults(func=cmd_check_config)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="log in and check rooms, power levels, encryption, plugins, database and keys "
+        "(exit 0 all ok, 1 problems, 2 bad config)",
+    )
+    doctor.add_argument("config_file", nargs="?", help="path to bot.yaml")
+    doctor.add_argument("--config", "-c", default="bot.yaml", help="path to bot.yaml")
+    doctor.set_defaults(func=cmd_doctor)
 
     imp = sub.add_parser(
         "import-history", help="index past questions from room history (bot stopped)"

@@ -28,6 +28,7 @@ __all__ = [
     "IntakeRoom",
     "InvitesConfig",
     "MatrixConfig",
+    "MetricsConfig",
     "PluginEntry",
     "RelatedConfig",
     "RoutingConfig",
@@ -90,6 +91,14 @@ class MatrixConfig:
     def server_name(self) -> str:
         """The bot's own server name, from its user ID."""
         return self.user_id.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The HTTP listener for ``/health`` and ``/metrics`` (off when ``bind`` is None)."""
+
+    bind: tuple[str, int] | None = None
+    """Host and port, loopback unless the operator says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,11 @@ class Config:
     log_level: str = "INFO"
     encryption: EncryptionConfig = EncryptionConfig()
     communities: tuple[Community, ...] = ()
+    admin_room: str | None = None
+    """Where start-up problems are posted (once per start); None: only the log."""
+    metrics: MetricsConfig = MetricsConfig()
+    log_format: str = "text"
+    """text (one readable line per event) or json (one JSON object per line)."""
 
     def configured_rooms(self) -> list[str]:
         """Every room reference named in the config (intake, specialties, fallback)."""
@@ -458,6 +472,9 @@ class _Checker:
                 "log_level",
                 "encryption",
                 "communities",
+                "admin_room",
+                "metrics",
+                "log_format",
             ),
         )
         if not isinstance(self.r.data, dict):
@@ -480,6 +497,11 @@ class _Checker:
         plugins = self.plugins(top)
         encryption = self.encryption(top)
         communities = self.communities(top)
+        admin_room = self.room(top, "admin_room", ()) if top.get("admin_room") is not None else None
+        metrics = self.metrics(top)
+        log_format = self.string(top, "log_format", (), required=False, default="text") or "text"
+        if log_format not in ("text", "json"):
+            self.bad(("log_format",), "must be text or json")
         if self.problems or matrix is None or routing is None:
             return None
         return Config(
@@ -495,6 +517,9 @@ class _Checker:
             log_level=log_level,
             encryption=encryption,
             communities=communities,
+            admin_room=admin_room or None,
+            metrics=metrics,
+            log_format=log_format,
         )
 
     def section(self, top: Mapping[str, Any], key: str, known: tuple[str, ...]) -> dict[str, Any]:
@@ -513,7 +538,16 @@ class _Checker:
         m = self.section(
             top,
             "matrix",
-            ("homeserver", "user_id", "password", "access_token", "device_id", "device_name"),
+            (
+                "homeserver",
+                "user_id",
+                "password",
+                "password_file",
+                "access_token",
+                "access_token_file",
+                "device_id",
+                "device_name",
+            ),
         )
         homeserver = self.string(
             m,
@@ -529,18 +563,18 @@ class _Checker:
             check=lambda s: bool(_USER_ID.match(s)),
             what="not a Matrix user ID (like @peerbot:example.org)",
         )
-        password = self.env.get("PEERBOT_PASSWORD") or self.string(m, "password", p, required=False)
-        token = self.env.get("PEERBOT_ACCESS_TOKEN") or self.string(
-            m, "access_token", p, required=False
-        )
+        password = self.env.get("PEERBOT_PASSWORD") or self.secret(m, "password", p)
+        token = self.env.get("PEERBOT_ACCESS_TOKEN") or self.secret(m, "access_token", p)
         device_id = self.string(m, "device_id", p, required=False)
         device_name = self.string(m, "device_name", p, required=False, default="PeerBot")
         wrong_type = any(k in m and not isinstance(m[k], str) for k in ("password", "access_token"))
-        if not password and not token and not wrong_type:  # a wrong type is reported already
+        file_problem = any(pr.path.startswith("matrix.") for pr in self.problems)
+        if not password and not token and not wrong_type and not file_problem:
             self.bad(
                 p,
-                "needs a password or an access_token "
-                "(or PEERBOT_PASSWORD / PEERBOT_ACCESS_TOKEN in the environment)",
+                "needs a password or an access_token (or password_file / access_token_file, "
+                "PEERBOT_PASSWORD / PEERBOT_ACCESS_TOKEN in the environment, or a 'password' "
+                "or 'access_token' file in $CREDENTIALS_DIRECTORY)",
             )
         if token and not device_id and not password:
             self.bad((*p, "device_id"), "is required with access_token")
@@ -667,7 +701,17 @@ class _Checker:
     def encryption(self, top: Mapping[str, Any]) -> EncryptionConfig:
         p: _Path = ("encryption",)
         d = self.section(
-            top, "encryption", ("enabled", "store_path", "key_file", "pickle_key", "passphrase")
+            top,
+            "encryption",
+            (
+                "enabled",
+                "store_path",
+                "key_file",
+                "pickle_key",
+                "pickle_key_file",
+                "passphrase",
+                "passphrase_file",
+            ),
         )
         enabled = self.boolean(d, "enabled", p)
         store_path = self.path(d, "store_path", p, Path("peerbot-store"))
@@ -677,10 +721,10 @@ class _Checker:
                 (*p, "passphrase"),
                 "is never read from bot.yaml: set PEERBOT_KEY_PASSPHRASE in the environment",
             )
-        pickle_key = self.env.get("PEERBOT_PICKLE_KEY") or self.string(
-            d, "pickle_key", p, required=False
+        pickle_key = self.env.get("PEERBOT_PICKLE_KEY") or self.secret(d, "pickle_key", p)
+        passphrase = self.env.get("PEERBOT_KEY_PASSPHRASE") or self.secret(
+            d, "passphrase", p, inline=False, credential="key_passphrase"
         )
-        passphrase = self.env.get("PEERBOT_KEY_PASSPHRASE") or None
         if enabled:
             if not pickle_key:
                 self.bad(
@@ -688,8 +732,14 @@ class _Checker:
                     "is required when encryption is enabled "
                     "(or PEERBOT_PICKLE_KEY in the environment)",
                 )
-            if not passphrase:
-                self.bad(p, "PEERBOT_KEY_PASSPHRASE must be set")
+            if not passphrase and not any(
+                pr.path == "encryption.passphrase_file" for pr in self.problems
+            ):
+                self.bad(
+                    p,
+                    "PEERBOT_KEY_PASSPHRASE must be set (or encryption.passphrase_file, or a "
+                    "'key_passphrase' file in $CREDENTIALS_DIRECTORY)",
+                )
         return EncryptionConfig(
             enabled=enabled,
             store_path=store_path,
@@ -697,6 +747,76 @@ class _Checker:
             pickle_key=pickle_key,
             passphrase=passphrase,
         )
+
+    def secret(
+        self,
+        d: Mapping[str, Any],
+        key: str,
+        path: _Path,
+        *,
+        inline: bool = True,
+        credential: str | None = None,
+    ) -> str | None:
+        """A secret from ``KEY_file``, else bot.yaml's ``KEY`` (when ``inline``), else a file
+        named ``credential`` (default: KEY) in ``$CREDENTIALS_DIRECTORY`` (systemd's
+        LoadCredential)."""
+        file_key = f"{key}_file"
+        if file_key in d and d[file_key] is not None:
+            if inline and d.get(key) is not None:
+                self.bad((*path, file_key), f"set {key} or {file_key}, not both")
+                return None
+            raw = self.string(d, file_key, path, required=False)
+            if raw is None:
+                return None
+            return self.read_secret((*path, file_key), self.secret_path((*path, file_key), raw))
+        if inline:
+            value = self.string(d, key, path, required=False)
+            if value:
+                return value
+        creds = self.env.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            candidate = Path(creds) / (credential or key)
+            if candidate.is_file():
+                return self.read_secret(
+                    (*path, file_key), candidate, origin="$CREDENTIALS_DIRECTORY"
+                )
+        return None
+
+    def secret_path(self, p: _Path, raw: str) -> Path | None:
+        creds = self.env.get("CREDENTIALS_DIRECTORY")
+        for var in ("${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY"):
+            if var in raw:
+                if not creds:
+                    self.bad(p, f"names {var}, but CREDENTIALS_DIRECTORY is not set")
+                    return None
+                raw = raw.replace(var, creds)
+        value = Path(os.path.expanduser(raw))
+        return value if value.is_absolute() else self.base_dir / value
+
+    def read_secret(self, p: _Path, file: Path | None, origin: str = "") -> str | None:
+        """The first line of a secret file, refused when others may read it."""
+        if file is None:
+            return None
+        where = f"{file} (from {origin})" if origin else str(file)
+        problem = secret_file_problem(file)
+        if problem is not None:
+            self.bad(p, f"{where}: {problem}")
+            return None
+        text = file.read_text(encoding="utf-8").strip()
+        if not text:
+            self.bad(p, f"{where} is empty")
+            return None
+        return text.splitlines()[0].strip()
+
+    def metrics(self, top: Mapping[str, Any]) -> MetricsConfig:
+        d = self.section(top, "metrics", ("bind",))
+        raw = self.string(d, "bind", ("metrics",), required=False)
+        if raw is None:
+            return MetricsConfig()
+        bind = parse_bind(raw)
+        if bind is None:
+            self.bad(("metrics", "bind"), 'must be host:port, like "127.0.0.1:9109"')
+        return MetricsConfig(bind=bind)
 
     def related(self, top: Mapping[str, Any]) -> RelatedConfig:
         d = self.section(top, "related", ("max_results", "min_score"))
@@ -784,6 +904,38 @@ class _Checker:
                     )
                 )
         return tuple(out)
+
+
+def parse_bind(value: str) -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:port`` for IPv6) as a pair; None when it is not one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or any(c.isspace() for c in host):
+        return None
+    return host, int(port)
+
+
+def secret_file_problem(file: Path) -> str | None:
+    """Why a secret file cannot be used (missing, unreadable, readable by others), or None."""
+    try:
+        mode = file.stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if not os.path.isfile(file):
+        return "is not a file"
+    # Group read stays allowed (root:peerbot 0640 is a common way to hand a secret over).
+    if mode & 0o027:
+        return f"other users may read or change it (mode {mode & 0o777:o}); chmod 600 {file}"
+    try:
+        with open(file, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    return None
 
 
 def _kind(value: Any) -> str:

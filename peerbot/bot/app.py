@@ -18,6 +18,7 @@ from typing import Any
 from peerbot.bot.admin import ChatCommands
 from peerbot.bot.events import EventHandlers
 from peerbot.bot.forwarding import Lanes
+from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Backoff, Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
@@ -60,6 +61,8 @@ class PeerBot:
         self._since: str | None = None
         self.idle = asyncio.Event()
         """Set whenever the worker has nothing left to do (tests and tools wait on it)."""
+        self.metrics = Metrics()
+        """Figures for /metrics and the sync's health for /health (see :mod:`.ops`)."""
         self.rooms = RoomDirectory(config, client, store)
         self.outbox = Outbox(store, client, self._stopping)
         """Sends everything recorded but the forwards (the lanes send those)."""
@@ -73,6 +76,7 @@ class PeerBot:
             self.outbox,
             self.texts,
             self._stopping,
+            metrics=self.metrics,
         )
         self.lanes = Lanes(store, self.pipeline, self._stopping, self._wake.set)
         self.relays = Relays(store, client, self.rooms, self.plugins, self.outbox, self.texts)
@@ -101,7 +105,9 @@ class PeerBot:
             self._wake.set,
             encryption=self.encryption_on,
             relays=self.relays,
+            metrics=self.metrics,
         )
+        self.metrics.read_from(self.events, self.plugins, client)
 
     @property
     def rules(self) -> routing.RuleSet:
@@ -239,11 +245,17 @@ class PeerBot:
 
     async def _sync_loop(self) -> None:
         backoff = Backoff()
+        health = self.metrics.health
         while not self._stopping.is_set():
             try:
-                batch = await self.mx.sync(self._since, full_state=False)
+                # The first one answers at once: start-up (READY, /health) ends when the bot
+                # has caught up, not after a 30 s long-poll in a quiet room.
+                batch = await self.mx.sync(
+                    self._since, full_state=False, wait=health.first_ok_at is not None
+                )
             except Transient as exc:
                 delay = backoff.next_delay()
+                self.metrics.sync_failed(type(exc).__name__)
                 log.warning("Sync failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -251,11 +263,13 @@ class PeerBot:
                 if isinstance(exc, Forbidden) and exc.errcode in ("M_UNKNOWN_TOKEN",):
                     raise
                 delay = backoff.next_delay()
+                self.metrics.sync_failed(exc.errcode or type(exc).__name__)
                 log.error("Sync refused (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
             await self.handle_batch(batch)
+            self.metrics.sync_ok()
 
     async def handle_batch(self, batch: SyncBatch) -> None:
         """Handle one sync's invites and events, then save its token."""

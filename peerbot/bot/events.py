@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from peerbot.bot.admin import ChatCommands
+from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.relays import Relays
 from peerbot.bot.rooms import RoomDirectory
@@ -53,6 +54,7 @@ class EventHandlers:
         *,
         encryption: bool,
         relays: Relays,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -66,6 +68,7 @@ class EventHandlers:
         self.relays = relays
         self.encryption = encryption
         """End-to-end encryption is on: encrypted rooms are joined, read and written."""
+        self.metrics = metrics or Metrics()
         self.errors = 0
         """Handler failures so far (each logged with its traceback)."""
 
@@ -164,6 +167,7 @@ class EventHandlers:
             created_ts=msg.ts if own else 0,
         )
         if added:
+            self.metrics.question_seen()
             log.info("Question %s noticed in %s", question_id, room_id)
             self._wake()
 

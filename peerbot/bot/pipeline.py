@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.plugins import PluginSet
 from peerbot.bot.rooms import RoomDirectory
@@ -66,8 +67,10 @@ class QuestionPipeline:
         outbox: Outbox,
         texts: Texts,
         stopping: asyncio.Event,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.store = store
         self.mx = client
         self.rooms = rooms
@@ -114,6 +117,7 @@ class QuestionPipeline:
             self.outbox.wake()
         if step.state is QuestionState.HELD:
             held = step.record.held if step.record else ()
+            self.metrics.question_held()
             log.info("Question %s held (%s)", q.event_id, ", ".join(held) or "encryption")
             _fault_point("held")
             return None
@@ -210,6 +214,7 @@ class QuestionPipeline:
             # stays forwarding and is acknowledged after the restart.
             await self.store.update_question(q.event_id, forward_event_id=fwd_event)
             return
+        self.metrics.question_forwarded()
         target = RoomID(q.target_room)
         # Everyone who can read the asker's room, now or later, reads this list.
         related = await self.related_lines(q.body, q.room_id, exclude=(q.event_id,))

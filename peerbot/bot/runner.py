@@ -38,6 +38,7 @@ async def run_bot(
 ) -> int:
     """Run until SIGINT/SIGTERM; return an exit status."""
     from peerbot.bot.app import PeerBot, StartupError
+    from peerbot.bot.ops import Operations, OpsError
     from peerbot.bot.plugins import PluginLoadError, ensure_data_dirs
     from peerbot.matrix import MatrixClient, MatrixError
     from peerbot.matrix.crosssign import CrossSigningError, IdentityMismatch, KeysLost
@@ -59,11 +60,19 @@ async def run_bot(
     SECRETS.add(config.encryption.pickle_key)
     SECRETS.add(config.encryption.passphrase)
     client = MatrixClient(config.matrix, config.encryption, reset_identity=reset_identity)
+    ops: Operations | None = None
     try:
         bot = PeerBot(config, store, client, plugins)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, bot.stop)
+        # Before the login: /health answers 503 (starting) from the first moment.
+        ops = Operations(config, bot, plugins=([p.name for p in plugins.plugins], None))
+        try:
+            await ops.start()
+        except OpsError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
         try:
             await bot.start()
             SECRETS.add(client.access_token)
@@ -94,6 +103,8 @@ async def run_bot(
         log.info("PeerBot stopped")
         return EXIT_OK
     finally:
+        if ops is not None:
+            await ops.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().remove_signal_handler(sig)
         await client.close()

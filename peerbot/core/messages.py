@@ -202,6 +202,8 @@ _FR: Mapping[str, str] = {
     "forward_denied": "Seule la personne qui a posé la question peut confirmer son envoi.",
     "forward_nothing_held": "Aucune question n'attend de confirmation !forward dans ce fil.",
     "command_failed": "Désolé, la commande a échoué ; l'équipe a été prévenue.",
+    "startup_problems": "PeerBot a démarré avec {n} problème(s) à corriger (les vérifications de `peerbot doctor`, en anglais) :",
+    "startup_more": "… et {n} autre(s) : `peerbot doctor --config bot.yaml` les liste tous.",
     # -- relays: answers and clarifications between the asker's thread and the forward's --
     "relay_answer": "{asker} : réponse de {name} dans {room}",
     "relay_from_asker": "{name}, qui a posé la question, ajoute dans {room}",
@@ -322,6 +324,8 @@ _EN: Mapping[str, str] = {
     "forward_denied": "Only the person who asked can confirm sending it.",
     "forward_nothing_held": "No question in this thread is waiting for !forward.",
     "command_failed": "Sorry, the command failed; the team has been told.",
+    "startup_problems": "PeerBot started with {n} problem(s) to fix (the same checks as `peerbot doctor`):",
+    "startup_more": "… and {n} more: `peerbot doctor --config bot.yaml` lists them all.",
     # -- relays: answers and clarifications between the asker's thread and the forward's --
     "relay_answer": "{asker}: answer from {name} in {room}",
     "relay_from_asker": "{name}, who asked, adds in {room}",
@@ -525,6 +529,19 @@ class Texts:
         """Several lines of already-worded text (command answers), escaped."""
         safe = [defang(line) for line in lines]
         return Rendered("\n".join(safe), "<br>".join(_e(line) for line in safe))
+
+    def startup_problems(self, problems: Sequence[str], limit: int = 8) -> Rendered:
+        """The one short message posted to admin_room when start-up checks find problems."""
+        shown = list(problems[:limit])
+        lines = [self.s("startup_problems", n=len(problems))] + [f"- {p}" for p in shown]
+        if len(problems) > limit:
+            lines.append(self.s("startup_more", n=len(problems) - limit))
+        safe = [defang(line) for line in lines]
+        items = "".join(f"<li>{_e(line[2:])}</li>" for line in safe[1 : 1 + len(shown)])
+        html_out = f"<p>{_e(safe[0])}</p><ul>{items}</ul>"
+        if len(problems) > limit:
+            html_out += f"<p>{_e(safe[-1])}</p>"
+        return Rendered("\n".join(safe), html_out)
 
     def plain(self, key: str, **values: object) -> Rendered:
         """A one-sentence notice."""

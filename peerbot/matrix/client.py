@@ -3,8 +3,9 @@
 The rest of PeerBot sees plain event dicts (``event.source``) and the exceptions below, never nio's
 response objects.
 
-long: every nio call and its error mapping live here on purpose (one boundary); the natural cut,
-sync and gap filling apart from rooms and sends, is left to the ``peerbot/matrix/`` package.
+long: every nio call and its error mapping live here on purpose (one module imports nio); the
+client is cut in three classes instead: the session (login, encryption, raw HTTP), the timeline
+(sync, gap filling, late decryption) and rooms and sends.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 import aiohttp
 import nio
@@ -135,6 +136,18 @@ class _NioClient(nio.AsyncClient):  # type: ignore[misc]
     (an invited room's encryption and create events, the content of invite member events)."""
 
     last_invites: dict[str, Any] | None = None
+    connection_failures = 0
+    """Requests that could not reach the homeserver (nio retries them itself)."""
+    last_connection_failure: float | None = None
+    """When the last one happened (monotonic seconds)."""
+
+    async def get_timeout_retry_wait_time(self, got_timeouts: int) -> float:
+        # Called by nio for each connection failure or time-out before it retries: the one
+        # place a sync that keeps retrying inside nio shows that the homeserver is down.
+        self.connection_failures += 1
+        self.last_connection_failure = time.monotonic()
+        wait: float = await super().get_timeout_retry_wait_time(got_timeouts)
+        return wait
 
     async def parse_body(self, transport_response: Any) -> dict[str, Any]:
         body: dict[str, Any] = await super().parse_body(transport_response)
@@ -147,8 +160,8 @@ class _NioClient(nio.AsyncClient):  # type: ignore[misc]
         return body
 
 
-class MatrixClient:
-    """A logged-in connection to the homeserver."""
+class _Session:
+    """The nio client, its login and encryption set-up (the base of :class:`MatrixClient`)."""
 
     def __init__(
         self,
@@ -190,11 +203,13 @@ class MatrixClient:
         # refused together, again and again. (nio itself sleeps retry_after_ms and retries.)
         self._send_gate = asyncio.Lock()
         self._throttled_until = 0.0
+        self.error_counts: dict[str, int] = {}
+        """The homeserver's error answers so far, by errcode (or HTTP status), 429s included."""
         if nio_client is None:
             self._client.add_response_callback(self._on_error_response, nio.ErrorResponse)
 
     @classmethod
-    def wrap(cls, client: nio.AsyncClient) -> MatrixClient:
+    def wrap(cls, client: nio.AsyncClient) -> Self:
         """A MatrixClient over an nio client that is already logged in (tests and tools only).
 
         No encryption set-up and no rate-limit tracking of its own; :meth:`close` closes it.
@@ -207,7 +222,11 @@ class MatrixClient:
         return cls(config, nio_client=client)
 
     async def _on_error_response(self, resp: Any) -> None:
-        if getattr(resp, "status_code", None) == "M_LIMIT_EXCEEDED":
+        code = getattr(resp, "status_code", None)
+        transport = getattr(resp, "transport_response", None)
+        key = str(code or getattr(transport, "status", None) or "unknown")
+        self.error_counts[key] = self.error_counts.get(key, 0) + 1
+        if code == "M_LIMIT_EXCEEDED":
             wait_ms = getattr(resp, "retry_after_ms", None) or 5000
             self._throttled_until = max(
                 self._throttled_until, time.monotonic() + wait_ms / 1000 + THROTTLE_GRACE
@@ -351,13 +370,94 @@ class MatrixClient:
         """Close the HTTP session (the device stays logged in for the next start)."""
         await self._client.close()
 
+    # -- raw HTTP (cross-signing, tools) ---------------------------------------------------
+
+    async def raw(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        *,
+        what: str | None = None,
+    ) -> tuple[int, dict[str, Any] | None]:
+        """One authenticated client-server API call, 429s waited out (``retry_after_ms``).
+
+        Returns the HTTP status and the JSON object answered (None when the answer is not a
+        JSON object, e.g. a proxy's error page). Raises :class:`Transient` when the server
+        cannot be reached or is still rate-limiting after a few waits, :class:`Forbidden`
+        before a login.
+        """
+        what = what or f"{method} {path}"
+        token = self._client.access_token
+        if not token:
+            raise Forbidden(what, None, "the Matrix client is not logged in", None)
+        headers = {"Authorization": f"Bearer {token}"}
+        data = json.dumps(body) if body is not None else None
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        for _ in range(RAW_RATE_LIMIT_RETRIES + 1):
+            try:
+                resp = await self._client.send(method, path, data, headers)
+                try:
+                    status = int(resp.status)
+                    try:
+                        payload = await resp.json(content_type=None)
+                    except ValueError:  # an HTML error page from a proxy
+                        payload = None
+                finally:
+                    resp.release()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise Transient(what, None, f"cannot reach the homeserver: {exc!r}", None) from exc
+            answer = payload if isinstance(payload, dict) else None
+            if status >= 400:
+                code = (answer or {}).get("errcode")
+                key = code if isinstance(code, str) else str(status)
+                self.error_counts[key] = self.error_counts.get(key, 0) + 1
+            if status != 429:
+                return status, answer
+            delay_ms = (answer or {}).get("retry_after_ms")
+            delay_ms = delay_ms if isinstance(delay_ms, int) else 1000
+            await asyncio.sleep(min(max(delay_ms, 0), RAW_MAX_WAIT_MS) / 1000)
+        raise Transient(what, "M_LIMIT_EXCEEDED", "still rate-limited", 429)
+
+    async def _raw(
+        self, method: str, path: str, body: Mapping[str, Any] | None, what: str
+    ) -> dict[str, Any]:
+        """:meth:`raw`, a refusal (HTTP 400 and up) raised as one of the errors above."""
+        status, answer = await self.raw(method, path, body, what=what)
+        if status >= 400:
+            payload = answer or {}
+            code = payload.get("errcode")
+            _raise_for(
+                what, code if isinstance(code, str) else None, str(payload.get("error", "")), status
+            )
+        return answer or {}
+
+
+class _Timeline(_Session):
+    """Sync batches, gap filling and events that cannot be decrypted yet."""
+
     # -- sync -------------------------------------------------------------------------------
 
-    async def sync(self, since: str | None, *, full_state: bool, first: bool = False) -> SyncBatch:
-        """One sync. ``first``: an initial sync that only fetches state and the latest token."""
+    @property
+    def connection_failures(self) -> int:
+        """Requests that could not reach the homeserver so far (each retried)."""
+        return int(getattr(self._client, "connection_failures", 0))
+
+    @property
+    def last_connection_failure(self) -> float | None:
+        """When a request last could not reach the homeserver (monotonic), or None."""
+        value = getattr(self._client, "last_connection_failure", None)
+        return float(value) if value is not None else None
+
+    async def sync(
+        self, since: str | None, *, full_state: bool, first: bool = False, wait: bool = True
+    ) -> SyncBatch:
+        """One sync. ``first``: an initial sync that only fetches state and the latest token;
+        ``wait``: long-poll until something happens (else answer at once)."""
         limit = 1 if first else TIMELINE_LIMIT
         resp = await self._client.sync(
-            timeout=0 if first else SYNC_TIMEOUT_MS,
+            timeout=0 if first or not wait else SYNC_TIMEOUT_MS,
             since=since,
             full_state=full_state,
             # The bot's own messages are not news to it: without not_senders each one it sends
@@ -489,6 +589,22 @@ class MatrixClient:
                 version = str(content.get("room_version", "1"))
         return Invite(room_id, inviter if isinstance(inviter, str) else None, encrypted, version)
 
+    async def get_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        """One event of a room, as a dict."""
+        resp = await self._client.room_get_event(room_id, event_id)
+        if not isinstance(resp, nio.RoomGetEventResponse):
+            _raise(f"get {event_id}", resp)
+        event = resp.event
+        if isinstance(event, nio.MegolmEvent) and self._client.olm is not None:
+            event.room_id = room_id
+            with contextlib.suppress(nio.EncryptionError, nio.LocalProtocolError):
+                event = self._client.decrypt_event(event)
+        return _source(event)
+
+
+class MatrixClient(_Timeline):
+    """A logged-in connection to the homeserver: sync (:class:`_Timeline`), rooms and sends."""
+
     # -- rooms ------------------------------------------------------------------------------
 
     def joined_rooms(self) -> set[RoomID]:
@@ -615,18 +731,6 @@ class MatrixClient:
         path = f"/_matrix/client/v3/rooms/{_q(room_id)}/leave"
         await self._raw("POST", path, {"reason": reason}, f"decline {room_id}")
 
-    async def get_event(self, room_id: str, event_id: str) -> dict[str, Any]:
-        """One event of a room, as a dict."""
-        resp = await self._client.room_get_event(room_id, event_id)
-        if not isinstance(resp, nio.RoomGetEventResponse):
-            _raise(f"get {event_id}", resp)
-        event = resp.event
-        if isinstance(event, nio.MegolmEvent) and self._client.olm is not None:
-            event.room_id = room_id
-            with contextlib.suppress(nio.EncryptionError, nio.LocalProtocolError):
-                event = self._client.decrypt_event(event)
-        return _source(event)
-
     async def send(
         self,
         room_id: str,
@@ -653,63 +757,6 @@ class MatrixClient:
         if not isinstance(resp, nio.RoomSendResponse):
             _raise(f"send to {room_id}", resp)
         return EventID(resp.event_id)
-
-    async def raw(
-        self,
-        method: str,
-        path: str,
-        body: Mapping[str, Any] | None,
-        *,
-        what: str | None = None,
-    ) -> tuple[int, dict[str, Any] | None]:
-        """One authenticated client-server API call, 429s waited out (``retry_after_ms``).
-
-        Returns the HTTP status and the JSON object answered (None when the answer is not a
-        JSON object, e.g. a proxy's error page). Raises :class:`Transient` when the server
-        cannot be reached or is still rate-limiting after a few waits, :class:`Forbidden`
-        before a login.
-        """
-        what = what or f"{method} {path}"
-        token = self._client.access_token
-        if not token:
-            raise Forbidden(what, None, "the Matrix client is not logged in", None)
-        headers = {"Authorization": f"Bearer {token}"}
-        data = json.dumps(body) if body is not None else None
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        for _ in range(RAW_RATE_LIMIT_RETRIES + 1):
-            try:
-                resp = await self._client.send(method, path, data, headers)
-                try:
-                    status = int(resp.status)
-                    try:
-                        payload = await resp.json(content_type=None)
-                    except ValueError:  # an HTML error page from a proxy
-                        payload = None
-                finally:
-                    resp.release()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise Transient(what, None, f"cannot reach the homeserver: {exc!r}", None) from exc
-            answer = payload if isinstance(payload, dict) else None
-            if status != 429:
-                return status, answer
-            delay_ms = (answer or {}).get("retry_after_ms")
-            delay_ms = delay_ms if isinstance(delay_ms, int) else 1000
-            await asyncio.sleep(min(max(delay_ms, 0), RAW_MAX_WAIT_MS) / 1000)
-        raise Transient(what, "M_LIMIT_EXCEEDED", "still rate-limited", 429)
-
-    async def _raw(
-        self, method: str, path: str, body: Mapping[str, Any] | None, what: str
-    ) -> dict[str, Any]:
-        """:meth:`raw`, a refusal (HTTP 400 and up) raised as one of the errors above."""
-        status, answer = await self.raw(method, path, body, what=what)
-        if status >= 400:
-            payload = answer or {}
-            code = payload.get("errcode")
-            _raise_for(
-                what, code if isinstance(code, str) else None, str(payload.get("error", "")), status
-            )
-        return answer or {}
 
 
 def _private_dir(path: Path) -> Path:

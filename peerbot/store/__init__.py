@@ -17,6 +17,7 @@ from peerbot.core.records import (
 from peerbot.store.answers import AnswerQueries
 from peerbot.store.db import Database, StoreError
 from peerbot.store.effects import EffectQueries
+from peerbot.store.ops import OpsQueries
 from peerbot.store.overrides import OverrideQueries
 from peerbot.store.questions import QuestionQueries
 from peerbot.store.relays import RelayQueries
@@ -43,6 +44,7 @@ class Store(
     OverrideQueries,
     UndecryptableQueries,
     AnswerQueries,
+    OpsQueries,
     Database,
 ):
     """PeerBot's SQLite database: open with ``async with Store.open(path) as store``."""
