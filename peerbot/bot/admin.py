@@ -1,5 +1,9 @@
 """Chat commands: ``!related``, ``!solved``, ``!confirm`` for everyone; ``!route``, ``!intake``,
-``!plugins`` for room admins; ``!peerbot help``."""
+``!plugins`` for room admins; ``!peerbot help``.
+
+long: the handler table and every handler sit together, so the command list lives in one place
+(splitting the admin commands into their own module is left for when they grow again).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from peerbot.bot.outbox import Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
 from peerbot.bot.related import RelatedThreads
+from peerbot.bot.relays import Relays
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.bot.route_commands import RouteCommands
 from peerbot.config import Config, Trigger
@@ -44,9 +49,11 @@ class ChatCommands:
         related: RelatedThreads,
         outbox: Outbox,
         texts: Texts,
+        relays: Relays,
         extra: Mapping[str, Callable[[str, Message, Command], Awaitable[None]]] | None = None,
     ) -> None:
         self.config = config
+        self.relays = relays
         self.store = store
         self.mx = client
         self.rooms = rooms
@@ -155,10 +162,17 @@ class ChatCommands:
         )
         self.related.set_solved(q.event_id, solved)
         await self.say(room_id, msg, self.t.s("solved_done" if solved else "unsolved_done"))
+        await self.relays.state_changed(q.event_id, msg.event_id)
 
     async def cmd_confirm(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!confirm`` in the thread of a question held by a guard."""
         q = await self._thread_question(room_id, msg)
+        # Not the question held: the author's messages held back from an unencrypted room.
+        if q is not None and q.state != QuestionState.HELD:  # noqa: SIM102 - two different whys
+            if await self.relays.consent(room_id, msg, q):
+                room = self.rooms.label(q.target_room or "")
+                await self.say(room_id, msg, self.t.s("relay_confirmed", room=room))
+                return
         if q is None or q.state != QuestionState.HELD:
             await self.say(room_id, msg, self.t.s("guard_nothing_held"))
             return

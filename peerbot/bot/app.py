@@ -25,6 +25,7 @@ from peerbot.bot.outbox import Backoff, Outbox
 from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
 from peerbot.bot.related import RelatedThreads
+from peerbot.bot.relays import Relays
 from peerbot.bot.rooms import RoomDirectory, StartupError
 from peerbot.config import Config
 from peerbot.core import routing
@@ -83,6 +84,8 @@ class PeerBot:
         )
         self.followup = FollowupScheduler(config, store, client, self.rooms, self.outbox)
         self.lanes = Lanes(store, self.pipeline, self._stopping, self.wake)
+        self.relays = Relays(store, client, self.rooms, self.plugins, self.outbox, self.texts)
+        """Copies each message of a question's two threads to the other one."""
         self.commands = ChatCommands(
             config,
             store,
@@ -93,6 +96,7 @@ class PeerBot:
             self.related,
             self.outbox,
             self.texts,
+            self.relays,
             extra=FollowupCommands(config, store, self.rooms, self.outbox, self.texts).handlers,
         )
         self.events = EventHandlers(
@@ -106,6 +110,7 @@ class PeerBot:
             self.texts,
             self._wake.set,
             encryption=self.encryption_on,
+            relays=self.relays,
             metrics=self.metrics,
         )
         self.metrics.read_from(self.events, self.plugins, client)

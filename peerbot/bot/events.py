@@ -17,13 +17,14 @@ from peerbot.bot.admin import ChatCommands
 from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.related import RelatedThreads
+from peerbot.bot.relays import Relays
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.config import Config
 from peerbot.core import intake
 from peerbot.core.commands import parse_command
 from peerbot.core.ids import RoomID, tx_id
 from peerbot.core.messages import Texts
-from peerbot.core.records import QuestionRow, QuestionState, ThreadMessage
+from peerbot.core.records import QuestionRow, QuestionState
 from peerbot.matrix import Forbidden, Invite, MatrixClient, MatrixError, NotFound, Undecryptable
 from peerbot.store import Store
 
@@ -52,6 +53,7 @@ class EventHandlers:
         wake: Callable[[], None],
         *,
         encryption: bool,
+        relays: Relays,
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
@@ -63,6 +65,7 @@ class EventHandlers:
         self.outbox = outbox
         self.texts = texts
         self._wake = wake
+        self.relays = relays
         self.encryption = encryption
         """End-to-end encryption is on: encrypted rooms are joined, read and written."""
         self.metrics = metrics or Metrics()
@@ -185,22 +188,13 @@ class EventHandlers:
         return None
 
     async def _note_thread_message(self, room_id: RoomID, msg: intake.Message) -> None:
-        """Record a person's message in either thread of a question (answers counted)."""
+        """A person's message in either thread of a question: recorded (answers counted) and
+        relayed to the other thread, in one transaction (:class:`Relays`)."""
         found = await self.thread_of(room_id, msg)
         if found is None:
             return
         q, side = found
-        await self.store.add_thread_message(
-            ThreadMessage(
-                event_id=msg.event_id,
-                question_id=q.event_id,
-                room_id=room_id,
-                side=side,
-                sender=msg.sender,
-                ts=msg.ts,
-                answer=msg.sender != q.sender,
-            )
-        )
+        await self.relays.on_message(room_id, msg, q, side)
 
     # -- encrypted events the bot cannot read (yet) -------------------------------------------
 
@@ -264,7 +258,10 @@ class EventHandlers:
     async def _on_edit(self, room_id: RoomID, msg: intake.Message) -> None:
         assert msg.replaces is not None
         q = await self.store.question(msg.replaces)
-        if q is None or q.room_id != room_id or q.sender != msg.sender:
+        if q is None or q.room_id != room_id:
+            await self.relays.on_edit(room_id, msg)
+            return
+        if q.sender != msg.sender:
             return
         if await self.store.is_handled(msg.event_id):
             return
@@ -304,10 +301,13 @@ class EventHandlers:
                     )
                     self.outbox.wake()
             return
+        if await self.relays.on_redaction(room_id, redacts):
+            return
         solved = await self.store.question_solved_by(redacts)
         if solved is not None:
             await self.store.update_question(solved.event_id, solved=False, solved_by=None)
             self.related.set_solved(solved.event_id, False)
+            await self.relays.state_changed(solved.event_id, str(event.get("event_id")))
 
     async def _on_reaction(self, room_id: RoomID, event: Mapping[str, Any]) -> None:
         content = event.get("content")
@@ -335,3 +335,4 @@ class EventHandlers:
         )
         self.related.set_solved(q.event_id, True)
         log.info("Question %s marked solved", q.event_id)
+        await self.relays.state_changed(q.event_id, str(event.get("event_id")))

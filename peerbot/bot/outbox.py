@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import logging
 import random
+from dataclasses import replace
 
 from peerbot.core.records import Effect, QuestionState
+from peerbot.core.relay import COPY_OF
 from peerbot.matrix import MatrixClient, MatrixError, Transient
 from peerbot.store import Store
 
@@ -139,9 +141,15 @@ class Outbox:
     async def _send_group(self, effects: list[Effect]) -> None:
         try:
             async with self._slots:
-                for effect in effects:
+                for n, effect in enumerate(effects):
                     if self._stopping.is_set() and not self._draining:
                         return
+                    if effect.kind == "forward_state" and any(
+                        e.kind == "forward_state" for e in effects[n + 1 :]
+                    ):
+                        # Each edit of the forward shows its whole state: only the latest counts.
+                        await self.store.effect_superseded(effect.tx_id)
+                        continue
                     try:
                         await self.deliver(effect)
                     except Stopping:
@@ -164,12 +172,17 @@ class Outbox:
         """Send an effect until it is sent or cannot ever be; None when it failed for good."""
         if effect.state == "done":
             return effect.event_id
-        if effect.state == "failed":
+        if effect.state in ("failed", "superseded"):
             return None
+        if COPY_OF in effect.content:
+            resolved = await self._resolve_copy(effect)
+            if resolved is None:
+                return None
+            effect = resolved
         backoff = Backoff()
         while True:
             try:
-                if effect.kind == "redact":
+                if effect.kind in ("redact", "relay_redact"):
                     event_id: str = await self.mx.redact(
                         effect.room_id,
                         str(effect.content.get("redacts")),
@@ -198,8 +211,28 @@ class Outbox:
             await self._settled(effect, event_id, None)
             return event_id
 
+    async def _resolve_copy(self, effect: Effect) -> Effect | None:
+        """An edit or redaction of a copy recorded before the copy was sent: its event ID now.
+
+        None when it cannot be sent yet (the copy is pending: retried on a later pass) or ever
+        (the copy was never sent: failed for good)."""
+        copy = await self.store.effect(str(effect.content[COPY_OF]))
+        if copy is not None and copy.state == "pending":
+            return None
+        if copy is None or copy.event_id is None:
+            await self.store.effect_failed(effect.tx_id, "the copy it changes was never sent")
+            return None
+        content = {k: v for k, v in effect.content.items() if k != COPY_OF}
+        if effect.kind == "relay_redact":
+            content["redacts"] = copy.event_id
+        else:
+            content["m.relates_to"] = {**content["m.relates_to"], "event_id": copy.event_id}
+        return replace(effect, content=content)
+
     async def _settled(self, effect: Effect, event_id: str | None, error: str | None) -> None:
         """An acknowledgement's fate is its question's: its event ID, or the question failed."""
+        if effect.kind == "relay" and event_id is not None:
+            await self.store.relay_sent(effect.tx_id, event_id)
         if effect.kind == "ack" and effect.question_id is not None:
             if event_id is not None:
                 await self.store.update_question(effect.question_id, ack_event_id=event_id)

@@ -101,7 +101,7 @@ class RelatedLine:
 _FR: Mapping[str, str] = {
     "forward_title": "Question transmise par PeerBot",
     "forward_from": "de {name} ({user}) dans {room}",
-    "forward_reply": "Répondre dans le fil d'origine",
+    "forward_reply": "Vos réponses dans ce fil sont relayées dans le fil d'origine",
     "shortened": "[… message raccourci : {total} caractères au total, lire l'original]",
     "ack_specialty": "Votre question a été transmise au salon {room} ({specialty}).",
     "ack_fallback": (
@@ -147,8 +147,9 @@ _FR: Mapping[str, str] = {
     "help_everyone": (
         "Pour tous : !related <texte> (ou !search) cherche des fils similaires ; dans le fil de "
         "votre question, !solved / !unsolved la marque résolue ou non (ou réagissez avec ✅) ; "
-        "!confirm transmet une question retenue par un contrôle ; !forward l'envoie vers un salon "
-        "non chiffré."
+        "!confirm transmet une question retenue par un contrôle (ou relaie vos messages retenus "
+        "faute de chiffrement) ; !forward l'envoie vers un salon non chiffré. Les réponses sous "
+        "une question transmise reviennent dans le fil d'origine, et inversement."
     ),
     "help_admin": (
         "Administrateurs : !route list | add <nom> <salon> <mot, mot...> | remove <nom> | "
@@ -203,12 +204,30 @@ _FR: Mapping[str, str] = {
     "command_failed": "Désolé, la commande a échoué ; l'équipe a été prévenue.",
     "startup_problems": "PeerBot a démarré avec {n} problème(s) à corriger (les vérifications de `peerbot doctor`, en anglais) :",
     "startup_more": "… et {n} autre(s) : `peerbot doctor --config bot.yaml` les liste tous.",
+    # -- relays: answers and clarifications between the asker's thread and the forward's --
+    "relay_answer": "{asker} : réponse de {name} dans {room}",
+    "relay_from_asker": "{name}, qui a posé la question, ajoute dans {room}",
+    "relay_from_other": "{name} écrit dans {room}",
+    "relay_link": "Voir le message d'origine",
+    "relay_held": (
+        "Votre message n'a pas été relayé dans l'autre fil : il semble contenir {findings}. "
+        "Ces informations permettent d'identifier un patient hors de ce salon. "
+        "Modifiez votre message pour les retirer : il sera relayé dès qu'il sera propre."
+    ),
+    "relay_unencrypted": (
+        "Votre message vient d'un salon chiffré ; l'autre fil de cette question est dans {room}, "
+        "qui n'est pas chiffré : il n'y a pas été relayé. Pour l'y relayer quand même, "
+        "répondez !confirm à votre message."
+    ),
+    "relay_confirmed": "Message relayé dans {room}.",
+    "forward_state_answers": "Réponses : {n}",
+    "forward_state_solved": "✅ Résolu",
 }
 
 _EN: Mapping[str, str] = {
     "forward_title": "Question forwarded by PeerBot",
     "forward_from": "from {name} ({user}) in {room}",
-    "forward_reply": "Reply in the original thread",
+    "forward_reply": "Your replies in this thread are relayed to the original thread",
     "shortened": "[… message shortened: {total} characters in all, read the original]",
     "ack_specialty": "Your question was forwarded to {room} ({specialty}).",
     "ack_fallback": "No specialty matched: your question was forwarded to the triage room {room}.",
@@ -249,7 +268,9 @@ _EN: Mapping[str, str] = {
     "help_everyone": (
         "Everyone: !related <text> (or !search) finds similar threads; in your question's "
         "thread, !solved / !unsolved marks it solved or not (or react with ✅); !confirm "
-        "forwards a question held by a check; !forward sends it to an unencrypted room."
+        "forwards a question held by a check (or relays your messages held for lack of "
+        "encryption); !forward sends it to an unencrypted room. Answers under a forwarded "
+        "question come back to the original thread, and the other way round."
     ),
     "help_admin": (
         "Admins: !route list | add <name> <room> <word, word...> | remove <name> | "
@@ -305,6 +326,24 @@ _EN: Mapping[str, str] = {
     "command_failed": "Sorry, the command failed; the team has been told.",
     "startup_problems": "PeerBot started with {n} problem(s) to fix (the same checks as `peerbot doctor`):",
     "startup_more": "… and {n} more: `peerbot doctor --config bot.yaml` lists them all.",
+    # -- relays: answers and clarifications between the asker's thread and the forward's --
+    "relay_answer": "{asker}: answer from {name} in {room}",
+    "relay_from_asker": "{name}, who asked, adds in {room}",
+    "relay_from_other": "{name} writes in {room}",
+    "relay_link": "See the original message",
+    "relay_held": (
+        "Your message was not relayed to the other thread: it seems to contain {findings}. "
+        "Outside this room, that could identify a patient. Edit your message to remove it: it "
+        "will be relayed as soon as it is clean."
+    ),
+    "relay_unencrypted": (
+        "Your message comes from an encrypted room; this question's other thread is in {room}, "
+        "which is not encrypted: it was not relayed there. To relay it anyway, reply !confirm "
+        "to your message."
+    ),
+    "relay_confirmed": "Message relayed to {room}.",
+    "forward_state_answers": "Answers: {n}",
+    "forward_state_solved": "✅ Solved",
 }
 
 # -- follow-ups: escalation, experts, the ✅ reminder, digests, !unanswered, !stats ------------
@@ -545,13 +584,16 @@ class Texts:
             lines_html.append(f"<li>{_link(item.url, first)} ({_e(meta)}){mark}</li>")
         return "\n".join(lines_txt), f"<p>{_e(title)}</p><ul>{''.join(lines_html)}</ul>"
 
-    def guard_held(self, findings: Sequence[Any], confirmable: bool) -> Rendered:
-        """Why a question is held, never quoting what was found."""
+    def guard_held(
+        self, findings: Sequence[Any], confirmable: bool, key: str = "guard_held"
+    ) -> Rendered:
+        """Why a question (or, with ``key="relay_held"``, a relay) is held, never quoting what
+        was found."""
         seen: dict[str, Any] = {}
         for f in findings:
             seen.setdefault(f.kind, f)
         labels = [str(f.label) for f in seen.values()]
-        first = self.s("guard_held", findings=", ".join(labels) or "?")
+        first = self.s(key, findings=", ".join(labels) or "?")
         lines = [first]
         lines += [
             "- " + self.s("guard_why", label=str(f.label), why=str(f.why))
@@ -567,6 +609,56 @@ class Texts:
         if confirmable:
             html_lines.append(f"<p>{_e(self.s('guard_held_confirm'))}</p>")
         return Rendered("\n".join(lines), "".join(html_lines))
+
+    def relayed(
+        self,
+        *,
+        head: str,
+        text: str,
+        author_name: str,
+        author_id: str,
+        room: str,
+        url: str,
+        asker_name: str = "",
+        asker_id: str = "",
+    ) -> Rendered:
+        """A message relayed to the other thread: who wrote it, where, its text and a link.
+
+        ``head`` is ``relay_answer`` (into the asker's thread: the asker's pill, the only
+        mention), ``relay_from_asker`` or ``relay_from_other`` (into the forward's thread)."""
+        quoted, cut = shorten(text)
+        quoted = defang(quoted)
+        who = author_name if author_name and author_name != author_id else ""
+        name = defang(f"{who} ({author_id})" if who else author_id)
+        pill = "\x00"
+        line = self.s(head, asker=pill, name=name, room=defang(room))
+        asker = defang(asker_name or asker_id)
+        colon = self.s("colon")
+        link = self.s("relay_link")
+        marker = self.s("shortened", total=len(text)) if cut else ""
+        body = line.replace(pill, asker) + colon + "\n"
+        body += "\n".join("> " + part for part in quoted.split("\n")) + "\n"
+        body += (f"{marker}\n" if marker else "") + f"{link}{colon} {url}"
+        pill_html = f'<a href="https://matrix.to/#/{_e(asker_id)}">{_e(asker)}</a>'
+        html_out = (
+            f"<p>{_e(line).replace(pill, pill_html)}{_e(colon)}</p>"
+            f"<blockquote>{_quote_html(quoted)}</blockquote>"
+            + (f"<p><em>{_e(marker)}</em></p>" if marker else "")
+            + f"<p>{_link(url, link)}</p>"
+        )
+        return Rendered(body, html_out)
+
+    def forward_state(self, forward: Mapping[str, Any], answers: int, solved: bool) -> Rendered:
+        """The forward's text with its state at a glance (answers so far, solved)."""
+        parts = [self.s("forward_state_answers", n=answers)] if answers else []
+        if solved:
+            parts.append(self.s("forward_state_solved"))
+        state = " · ".join(parts)
+        body = str(forward.get("body", ""))
+        formatted = str(forward.get("formatted_body") or _e(body))
+        if not state:
+            return Rendered(body, formatted)
+        return Rendered(f"{body}\n{state}", f"{formatted}<p><strong>{_e(state)}</strong></p>")
 
     def lines(self, lines: Sequence[str]) -> Rendered:
         """Several lines of already-worded text (command answers), escaped."""

@@ -142,6 +142,8 @@ class ThreadMessage:
     answer: bool
     relay_tx_id: str | None = None
     relay_event_id: str | None = None
+    relay_state: str | None = None
+    """``relayed``, ``held``, ``refused`` or ``ignored`` (``peerbot.core.relay.RelayAction``)."""
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ its whole history); or the operator declared R and S one community in ``bot.yaml
 whoever joins R later. And a thread from an encrypted room is never shown in an unencrypted one,
 whatever else holds. Rooms whose state the bot does not know count as closed.
 
-The acknowledgement's related threads, ``!related``, digests, escalations and relays all call
+The acknowledgement's related threads, ``!related``, digests and escalations call
 :func:`may_show` (or :func:`shown_rooms`) with the rooms' current state, so a room that turns
-private stops sharing at the next sync.
+private stops sharing at the next sync. Relays (:mod:`peerbot.core.relay`) are not listings: a
+message written in a question's thread is written to the asker (the forward says so), and only
+the encryption rule applies to it, with the author's consent as the way past it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from peerbot.bot.runner import run_bot
 from peerbot.config import Config, MatrixConfig, load_config
@@ -35,6 +37,12 @@ DEMO_QUESTIONS: Sequence[str] = (
     "#DocTocToc Renouvellement d'ordonnance de benzodiazépines au domicile : comment faites-vous ?",
 )
 CHAT = "Bonjour à tous, bonne garde ce soir !"
+EXPERT_ANSWER = (
+    "Avant d'anticoaguler : calculez le CHA2DS2-VASc et le HAS-BLED ; à 82 ans, un AOD à dose "
+    "adaptée à la fonction rénale."
+)
+"""What the demo's cardiologist answers under the forward of the first question."""
+_PERMALINK = re.compile(r"https://matrix\.to/#/([^/\s]+)/([^?\s/]+)")
 
 
 @dataclass
@@ -46,6 +54,8 @@ class DemoWorld:
     alice_id: str
     alice_password: str
     rooms: dict[str, RoomID]
+    expert_id: str = ""
+    expert_password: str = ""
 
 
 def _write_config(directory: Path, server: SynapseServer, bot_password: str, language: str) -> Path:
@@ -96,13 +106,19 @@ async def _setup(directory: Path, language: str) -> DemoWorld:
     state_file = directory / "demo.json"
     if state_file.exists():
         saved = json.loads(state_file.read_text(encoding="utf-8"))
-        return DemoWorld(
+        world = DemoWorld(
             server,
             directory / "bot.yaml",
             saved["alice_id"],
             saved["alice_password"],
             {k: RoomID(v) for k, v in saved["rooms"].items()},
+            saved.get("expert_id", ""),
+            saved.get("expert_password", ""),
         )
+        if not world.expert_id:  # a demo folder made before the expert existed
+            world.expert_id, world.expert_password = await _register_expert(server, "bruno-2")
+            _save(state_file, world)
+        return world
     bot_password = secrets.token_urlsafe(12)
     alice_password = secrets.token_urlsafe(9)
     bot = await server.register("peerbot", bot_password)
@@ -119,11 +135,83 @@ async def _setup(directory: Path, language: str) -> DemoWorld:
     finally:
         await client.close()
     config_path = _write_config(directory, server, bot_password, language)
-    state_file.write_text(
-        json.dumps({"alice_id": alice.user_id, "alice_password": alice_password, "rooms": rooms}),
-        encoding="utf-8",
+    expert_id, expert_password = await _register_expert(server, "bruno")
+    world = DemoWorld(
+        server, config_path, alice.user_id, alice_password, rooms, expert_id, expert_password
     )
-    return DemoWorld(server, config_path, alice.user_id, alice_password, rooms)
+    _save(state_file, world)
+    return world
+
+
+def _save(state_file: Path, world: DemoWorld) -> None:
+    state = {
+        "alice_id": world.alice_id,
+        "alice_password": world.alice_password,
+        "rooms": world.rooms,
+        "expert_id": world.expert_id,
+        "expert_password": world.expert_password,
+    }
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+
+
+async def _register_expert(server: SynapseServer, name: str) -> tuple[str, str]:
+    """A cardiologist who answers in #cardiologie."""
+    password = secrets.token_urlsafe(9)
+    user = await server.register(name, password)
+    client = MatrixClient(MatrixConfig(server.base_url, user.user_id, password=password))
+    try:
+        await client.login(None, None)
+        await client.set_display_name("Dr Bruno Lefèvre (cardiologue)")
+    finally:
+        await client.close()
+    return user.user_id, password
+
+
+async def _answer_back(world: DemoWorld, question_id: str, ack: str, out: list[str]) -> bool:
+    """The cardiologist answers under the forward (found from the acknowledgement's link);
+    True when PeerBot brought the answer back into Alice's thread."""
+    found = _PERMALINK.search(ack)
+    if found is None:
+        out.append("(the acknowledgement has no link to the forward)")
+        return False
+    room_id, forward_id = unquote(found.group(1)), unquote(found.group(2))
+    expert = MatrixClient(
+        MatrixConfig(world.server.base_url, world.expert_id, password=world.expert_password)
+    )
+    alice = MatrixClient(
+        MatrixConfig(world.server.base_url, world.alice_id, password=world.alice_password)
+    )
+    try:
+        await alice.login(None, None)
+        since = (await alice.sync(None, full_state=True, first=True)).next_batch
+        await expert.login(None, None)
+        await expert.join(room_id)
+        relation = {"rel_type": "m.thread", "event_id": forward_id, "is_falling_back": True}
+        relation["m.in_reply_to"] = {"event_id": forward_id}
+        content = {"msgtype": "m.text", "body": EXPERT_ANSWER, "m.relates_to": relation}
+        await expert.send(RoomID(room_id), content, f"demo-{time.time_ns()}")
+        out.append(f"Dr Bruno Lefèvre answered under the forward in #cardiologie:  {EXPERT_ANSWER}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            batch = await alice.sync(since, full_state=False)
+            since = batch.next_batch
+            for event_room, event in batch.events:
+                c = event.get("content") or {}
+                rel = c.get("m.relates_to") or {}
+                if (
+                    event_room == world.rooms["entraide"]
+                    and rel.get("event_id") == question_id
+                    and c.get("msgtype") == "m.text"
+                    and EXPERT_ANSWER[:30] in str(c.get("body", ""))
+                ):
+                    out.append("PeerBot brought the answer back to her thread (ringing her only):")
+                    out.extend(f"    {line}" for line in str(c.get("body", "")).splitlines())
+                    return True
+        out.append("(the answer did not come back within 30 s)")
+        return False
+    finally:
+        await expert.close()
+        await alice.close()
 
 
 async def _ask(world: DemoWorld, out: list[str]) -> bool:
@@ -162,7 +250,11 @@ async def _ask(world: DemoWorld, out: list[str]) -> bool:
             out.extend(f"    {line}" for line in answer.splitlines())
             out.append("")
         out.append(f"Plain chat ({CHAT!r}) was left alone.")
-        return len(answers) == len(asked)
+        if len(answers) < len(asked):
+            return False
+        out.append("")
+        first = next(iter(asked))
+        return await _answer_back(world, first, answers[first], out)
     finally:
         await client.close()
 

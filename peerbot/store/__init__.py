@@ -21,6 +21,7 @@ from peerbot.store.followup import FollowupQueries
 from peerbot.store.ops import OpsQueries
 from peerbot.store.overrides import OverrideQueries
 from peerbot.store.questions import QuestionQueries
+from peerbot.store.relays import RelayQueries
 from peerbot.store.threads import ThreadQueries
 from peerbot.store.undecryptable import UndecryptableQueries
 from peerbot.store.vectors import VectorQueries
@@ -39,6 +40,7 @@ __all__ = [
 
 class Store(
     FollowupQueries,
+    RelayQueries,
     QuestionQueries,
     EffectQueries,
     ThreadQueries,

@@ -10,7 +10,10 @@ from peerbot.store.db import Connection
 
 __all__ = ["AnswerQueries"]
 
-_COLUMNS = "event_id, question_id, room_id, side, sender, ts, answer, relay_tx_id, relay_event_id"
+_COLUMNS = (
+    "event_id, question_id, room_id, side, sender, ts, answer, relay_tx_id, relay_event_id, "
+    "relay_state"
+)
 
 
 def _message(row: sqlite3.Row | tuple[Any, ...]) -> ThreadMessage:
@@ -25,6 +28,7 @@ def _message(row: sqlite3.Row | tuple[Any, ...]) -> ThreadMessage:
         answer=bool(r[6]),
         relay_tx_id=r[7],
         relay_event_id=r[8],
+        relay_state=r[9],
     )
 
 
@@ -34,32 +38,37 @@ class AnswerQueries(Connection):
     async def add_thread_message(self, m: ThreadMessage) -> bool:
         """Record a message once (False if known) and update the question's figures."""
         async with self._transaction():
-            cur = await self._db.execute(
-                f"INSERT INTO thread_messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (event_id) DO NOTHING",
-                (
-                    m.event_id,
-                    m.question_id,
-                    m.room_id,
-                    m.side,
-                    m.sender,
-                    m.ts,
-                    int(m.answer),
-                    m.relay_tx_id,
-                    m.relay_event_id,
-                ),
+            return await self._insert_thread_message(m)
+
+    async def _insert_thread_message(self, m: ThreadMessage) -> bool:
+        """:meth:`add_thread_message` inside the caller's transaction."""
+        cur = await self._db.execute(
+            f"INSERT INTO thread_messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            (
+                m.event_id,
+                m.question_id,
+                m.room_id,
+                m.side,
+                m.sender,
+                m.ts,
+                int(m.answer),
+                m.relay_tx_id,
+                m.relay_event_id,
+                m.relay_state,
+            ),
+        )
+        added = cur.rowcount == 1
+        if added:
+            await self._db.execute(
+                "UPDATE questions SET "
+                "last_activity_ts = MAX(COALESCE(last_activity_ts, 0), ?), "
+                "answers = answers + ?, "
+                "first_answer_ts = CASE WHEN ? = 1 THEN "
+                "MIN(COALESCE(first_answer_ts, ?), ?) ELSE first_answer_ts END "
+                "WHERE event_id = ?",
+                (m.ts, int(m.answer), int(m.answer), m.ts, m.ts, m.question_id),
             )
-            added = cur.rowcount == 1
-            if added:
-                await self._db.execute(
-                    "UPDATE questions SET "
-                    "last_activity_ts = MAX(COALESCE(last_activity_ts, 0), ?), "
-                    "answers = answers + ?, "
-                    "first_answer_ts = CASE WHEN ? = 1 THEN "
-                    "MIN(COALESCE(first_answer_ts, ?), ?) ELSE first_answer_ts END "
-                    "WHERE event_id = ?",
-                    (m.ts, int(m.answer), int(m.answer), m.ts, m.ts, m.question_id),
-                )
         return added
 
     async def thread_message(self, event_id: str) -> ThreadMessage | None:

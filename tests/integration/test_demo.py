@@ -23,6 +23,9 @@ def test_demo_once(tmp_path: Path) -> None:
     assert "transmise au salon #pediatrie:localhost (Pédiatrie)" in out
     assert "salon de tri #triage:localhost" in out
     assert "Log in with any Matrix client as @alice:localhost" in out
+    # An answer typed under the forward in #cardiologie comes back into Alice's thread.
+    assert "PeerBot brought the answer back to her thread (ringing her only):" in out
+    assert "Alice Martin (IDE) : réponse de Dr Bruno Lefèvre (cardiologue)" in out
     # A second run reuses the same server, users and rooms, and now finds related threads.
     again = subprocess.run(
         [sys.executable, "-m", "peerbot.cli", "demo", "--once", "--dir", str(tmp_path / "demo")],
@@ -33,3 +36,4 @@ def test_demo_once(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Fils similaires déjà posés" in again.stdout
+    assert "PeerBot brought the answer back to her thread" in again.stdout

@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from peerbot.bot.app import PeerBot
 from peerbot.config import IntakeRoom, Trigger, parse_config
+from peerbot.core.ids import tx_id
 from peerbot.matrix import RoomID, SyncBatch
 from peerbot.store import Store
 
@@ -25,11 +26,28 @@ class OfflineClient:
 
     user_id = ME
 
+    def __init__(self) -> None:
+        self.encrypted: set[str] = set()
+        self.sent: dict[str, dict[str, Any]] = {}
+        """Events get_event can read (what the server would have)."""
+
     def joined_rooms(self) -> set[RoomID]:
         return {ROOM}
 
     def is_encrypted(self, room_id: str) -> bool:
-        return False
+        return room_id in self.encrypted
+
+    async def get_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        return self.sent[event_id]
+
+    def display_name(self, room_id: str, user_id: str) -> str | None:
+        return None
+
+    async def profile_name(self, user_id: str) -> str | None:
+        return None
+
+    def room_label(self, room_id: str) -> str:
+        return room_id
 
 
 @pytest_asyncio.fixture
@@ -194,8 +212,51 @@ async def test_both_threads_of_a_question_are_recorded_once(bot: PeerBot) -> Non
     assert (q.answers, q.first_answer_ts, q.last_activity_ts) == (2, 5000, 9000)
     got = [(m.event_id, m.side, m.answer) for m in await bot.store.thread_messages("$q")]
     assert got == [("$a1", "forward", True), ("$c1", "origin", False), ("$a2", "forward", True)]
+    # Each message is relayed to the other thread once, however often it is delivered.
+    relays = [e for e in await bot.store.effects_for("$q") if e.kind == "relay"]
+    assert [(e.tx_id, e.room_id) for e in relays] == [
+        (tx_id("relay", "$a1"), ROOM),
+        (tx_id("relay", "$c1"), specialty),
+        (tx_id("relay", "$a2"), ROOM),
+    ]
+    assert [e.content["msgtype"] for e in relays] == ["m.text", "m.notice", "m.text"]
+    assert relays[0].content["m.mentions"] == {"user_ids": ["@alice:x"]}
+    assert relays[1].content["m.relates_to"]["event_id"] == "$fwd"
     # A reply in the forward's thread typed in another room is not part of it.
     elsewhere = msg("$x", "hors sujet", sender="@bob:x", **in_thread("$fwd"))
     await bot.handle_batch(SyncBatch("t4", events=[(RoomID("!autre:x"), elsewhere)]))
     assert await bot.store.thread_message("$x") is None
+    assert bot.handler_errors == 0
+
+
+async def test_encrypted_clarification_waits_for_its_authors_confirm(bot: PeerBot) -> None:
+    client = bot.mx
+    assert isinstance(client, OfflineClient)
+    client.encrypted.add(ROOM)  # the intake room is encrypted, the specialty room is not
+    specialty = RoomID("!cardio:x")
+    await bot.handle_batch(SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))]))
+    await bot.store.update_question(
+        "$q", target_room=specialty, forward_event_id="$fwd", state="done"
+    )
+    clarif = msg("$c", "Il a 80 ans", **in_thread("$q"))
+    client.sent["$c"] = clarif
+    other = msg("$o", "!confirm", sender="@bob:x", **in_thread("$q"))
+    mine = msg("$k", "!confirm", **in_thread("$q"))
+    await bot.handle_batch(SyncBatch("t2", events=[(ROOM, clarif), (ROOM, other)]))
+
+    def kinds() -> list[tuple[str, str]]:
+        return [(e.kind, e.room_id) for e in effects]
+
+    effects = await bot.store.effects_for("$q")
+    assert kinds() == [("relay_notice", ROOM)]  # told, in her thread; nothing left the room
+    assert "!confirm" in effects[0].content["body"]
+    stored = await bot.store.thread_message("$c")
+    assert stored is not None and stored.relay_state == "refused"
+    # Bob's !confirm is not hers: nothing relayed.
+    assert await bot.store.refused_relays("$q", "@alice:x")
+    await bot.handle_batch(SyncBatch("t3", events=[(ROOM, mine), (ROOM, mine)]))
+    effects = await bot.store.effects_for("$q")
+    assert kinds() == [("relay_notice", ROOM), ("relay", specialty)]
+    assert "Il a 80 ans" in effects[1].content["body"]
+    assert not await bot.store.refused_relays("$q", "@alice:x")
     assert bot.handler_errors == 0

@@ -1,0 +1,255 @@
+"""Relays between a question's two threads: gather the inputs, let :mod:`peerbot.core.relay`
+decide, record the message and its effects in one transaction; the outbox sends them.
+
+Called by the sync handlers for a person's message in either thread, its edits and its
+redaction, and by the commands (``!confirm`` to relay from an encrypted room to an unencrypted
+one; ``!solved`` / ``!unsolved``, like a ✅, change the forward's state).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+
+from peerbot.bot.outbox import Outbox
+from peerbot.bot.plugins import PluginSet
+from peerbot.bot.rooms import RoomDirectory
+from peerbot.core import intake, relay
+from peerbot.core.lifecycle import Outgoing
+from peerbot.core.messages import Texts, permalink
+from peerbot.core.records import QuestionRow, ThreadMessage
+from peerbot.core.relay import RelayAction, RelayDecision, RelayInputs, RelayLabels
+from peerbot.matrix import Forbidden, MatrixClient, NotFound
+from peerbot.plugin_api import Question, Verdict
+from peerbot.store import Store
+
+__all__ = ["Relays"]
+
+log = logging.getLogger(__name__)
+
+_FAULT = os.environ.get("PEERBOT_TEST_FAULT", "")
+"""Fault tests only: ``exit-after-relay-recorded`` makes the process die right after a relay
+is recorded, before the outbox sends it."""
+
+
+def _fault_point(where: str) -> None:
+    if f"exit-after-{where}" == _FAULT:
+        os._exit(137)
+
+
+class Relays:
+    """Copies each person's message to the other thread of its question, once."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: MatrixClient,
+        rooms: RoomDirectory,
+        plugins: PluginSet,
+        outbox: Outbox,
+        texts: Texts,
+    ) -> None:
+        self.store = store
+        self.mx = client
+        self.rooms = rooms
+        self.plugins = plugins
+        self.outbox = outbox
+        self.texts = texts
+
+    async def on_message(
+        self, room_id: str, msg: intake.Message, q: QuestionRow, side: str
+    ) -> None:
+        """A person's message in one thread of ``q``: recorded with its relay, in one go."""
+        if msg.event_id == q.trigger_event_id or msg.sender == self.mx.user_id:
+            return
+        if await self.store.thread_message(msg.event_id) is not None:
+            return
+        m = ThreadMessage(
+            event_id=msg.event_id,
+            question_id=q.event_id,
+            room_id=room_id,
+            side=side,
+            sender=msg.sender,
+            ts=msg.ts,
+            answer=msg.sender != q.sender,
+        )
+        text = relay.without_reply_fallback(msg.body) if msg.reply_to else msg.body
+        decision = await self._decide(m, text, q)
+        m = replace(m, relay_state=decision.action.value, relay_tx_id=decision.relay_tx)
+        effects = list(decision.effects)
+        if m.answer:
+            state = await self._forward_state(replace(q, answers=q.answers + 1), msg.event_id)
+            if state is not None:
+                effects.append(state)
+        if await self.store.record_thread_message(m, effects):
+            log.info(
+                "Message %s in the %s thread of %s: %s",
+                msg.event_id,
+                side,
+                q.event_id,
+                decision.action.value,
+            )
+            _fault_point("relay-recorded")
+            if effects:
+                self.outbox.wake()
+
+    async def on_edit(self, room_id: str, msg: intake.Message) -> bool:
+        """An edit of a recorded message: the copy edited (or, once clean, a held one relayed).
+        False when ``msg`` edits no recorded message."""
+        assert msg.replaces is not None
+        orig = await self.store.thread_message(msg.replaces)
+        if orig is None or orig.room_id != room_id:
+            return False
+        if orig.sender != msg.sender or await self.store.is_handled(msg.event_id):
+            return True
+        q = await self.store.question(orig.question_id)
+        if q is None:
+            return True
+        state: str | None = None
+        if orig.relay_state == RelayAction.RELAY and orig.relay_tx_id is not None:
+            copy = await self.store.effect(orig.relay_tx_id)
+            decision = await self._decide(
+                orig,
+                msg.body,
+                q,
+                edit_event_id=msg.event_id,
+                copy_tx=orig.relay_tx_id,
+                copy_event_id=copy.event_id if copy is not None else None,
+            )
+        elif orig.relay_state == RelayAction.HOLD:
+            decision = await self._decide(orig, msg.body, q, edit_event_id=msg.event_id)
+            state = decision.action.value
+        else:
+            await self.store.mark_handled(msg.event_id, room_id)
+            return True
+        await self.store.record_relay(
+            orig.event_id,
+            q.event_id,
+            state=state,
+            effects=decision.effects,
+            relay_tx=decision.relay_tx,
+        )
+        await self.store.mark_handled(msg.event_id, room_id)
+        log.info("Edit %s of %s: %s", msg.event_id, orig.event_id, decision.action.value)
+        if decision.effects:
+            self.outbox.wake()
+        return True
+
+    async def on_redaction(self, room_id: str, redacts: str) -> bool:
+        """A recorded message redacted: its copy redacted too. False when it is not one."""
+        orig = await self.store.thread_message(redacts)
+        if orig is None or orig.room_id != room_id:
+            return False
+        q = await self.store.question(orig.question_id)
+        where = relay.destination(q, orig.side) if q is not None else None
+        if q is not None and where is not None and orig.relay_tx_id is not None:
+            copy = await self.store.effect(orig.relay_tx_id)
+            out = relay.redaction(orig, where[0], copy.event_id if copy is not None else None)
+            if out is not None:
+                await self.store.record_relay(orig.event_id, q.event_id, state=None, effects=[out])
+                self.outbox.wake()
+        await self.store.drop_thread_message(redacts)
+        log.info("Message %s redacted: its relayed copy too", redacts)
+        return True
+
+    async def consent(self, room_id: str, msg: intake.Message, q: QuestionRow) -> int:
+        """``!confirm`` from an author whose messages were not relayed to an unencrypted room:
+        relay them now; how many."""
+        done = 0
+        for m in await self.store.refused_relays(q.event_id, msg.sender):
+            if m.room_id != room_id:
+                continue
+            try:
+                event = await self.mx.get_event(room_id, m.event_id)
+            except (NotFound, Forbidden) as exc:
+                log.warning("Message %s cannot be read any more: %s", m.event_id, exc)
+                continue
+            parsed = intake.parse_message(event)
+            if parsed is None:
+                continue
+            decision = await self._decide(m, parsed.body, q, consented=True)
+            await self.store.record_relay(
+                m.event_id,
+                q.event_id,
+                state=decision.action.value,
+                effects=decision.effects,
+                relay_tx=decision.relay_tx,
+            )
+            done += decision.action is RelayAction.RELAY
+        if done:
+            self.outbox.wake()
+        return done
+
+    async def state_changed(self, question_id: str, cause: str) -> None:
+        """The question was marked solved or not: show it on the forward."""
+        q = await self.store.question(question_id)
+        if q is None:
+            return
+        out = await self._forward_state(q, cause)
+        if out is not None:
+            await self.store.record_relay(cause, q.event_id, state=None, effects=[out])
+            self.outbox.wake()
+
+    # -- gathering the inputs ---------------------------------------------------------------
+
+    async def _forward_state(self, q: QuestionRow, cause: str) -> Outgoing | None:
+        if q.forward_event_id is None:
+            return None
+        effects = await self.store.effects_for(q.event_id)
+        sent = [e for e in effects if e.kind in ("forward", "move")]
+        forward = next((e for e in sent if e.event_id == q.forward_event_id), None)
+        if forward is None:
+            return None
+        return relay.forward_state_edit(q, forward.content, cause, self.texts)
+
+    async def _decide(
+        self,
+        m: ThreadMessage,
+        text: str,
+        q: QuestionRow,
+        *,
+        edit_event_id: str | None = None,
+        copy_tx: str | None = None,
+        copy_event_id: str | None = None,
+        consented: bool = False,
+    ) -> RelayDecision:
+        where = relay.destination(q, m.side)
+        dest = where[0] if where is not None else None
+        verdicts: list[tuple[str, Verdict]] = []
+        if dest is not None and self.plugins.guards:
+            # The question's room decides which guards apply to its whole conversation.
+            asked = Question(text=text, room_id=q.room_id, sender=m.sender, event_id=m.event_id)
+            verdicts = [(p.name, v) for p, v in await self.plugins.check(asked)]
+        labels = RelayLabels(
+            author_name=self.mx.display_name(m.room_id, m.sender) or await self._profile(m.sender),
+            source_label=self.rooms.label(m.room_id),
+            source_url=permalink(
+                m.room_id, m.event_id, self.rooms.via_servers(m.room_id, m.sender)
+            ),
+            target_label=self.rooms.label(dest) if dest is not None else "",
+            asker_name=q.sender_name or q.sender or "",
+        )
+        allows = dest is not None and self.rooms.allows_from_encrypted(dest)
+        inputs = RelayInputs(
+            message=m,
+            text=text,
+            question=q,
+            bot_id=self.mx.user_id,
+            source_encrypted=self.mx.is_encrypted(m.room_id),
+            target_encrypted=dest is not None and self.mx.is_encrypted(dest),
+            target_allows_from_encrypted=allows,
+            consented=consented,
+            verdicts=verdicts,
+            labels=labels,
+            edit_event_id=edit_event_id,
+            copy_tx=copy_tx,
+            copy_event_id=copy_event_id,
+        )
+        return relay.decide(inputs, self.texts)
+
+    async def _profile(self, user_id: str) -> str:
+        try:
+            return await self.mx.profile_name(user_id) or user_id
+        except Exception:
+            return user_id
