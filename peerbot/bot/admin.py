@@ -16,13 +16,13 @@ from peerbot.bot.pipeline import QuestionPipeline
 from peerbot.bot.plugins import PluginSet
 from peerbot.bot.related import RelatedThreads
 from peerbot.bot.relays import Relays
+from peerbot.bot.replies import Replies
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.bot.route_commands import RouteCommands
 from peerbot.config import Config, Trigger
 from peerbot.core.commands import COMMAND_NAMES, Command
-from peerbot.core.ids import RoomID, tx_id
+from peerbot.core.ids import RoomID
 from peerbot.core.intake import Message
-from peerbot.core.lifecycle import thread_relation
 from peerbot.core.messages import Rendered, Texts
 from peerbot.core.records import QuestionRow, QuestionState
 from peerbot.matrix import MatrixClient, MatrixError
@@ -62,6 +62,9 @@ class ChatCommands:
         self.related = related
         self.outbox = outbox
         self.t = texts
+        replies = Replies(store, outbox, texts)
+        self.reply = replies.reply
+        self.say = replies.say
         self.routes = RouteCommands(
             store, rooms, pipeline, plugins, texts, self.say, self._thread_question
         )
@@ -81,21 +84,6 @@ class ChatCommands:
         }
         missing = set(COMMAND_NAMES) - set(self.handlers)
         assert not missing, f"commands without a handler: {sorted(missing)}"
-
-    async def reply(
-        self, room_id: str, to: Message, rendered: Rendered, kind: str = "reply"
-    ) -> None:
-        """Record a notice in the thread of the message ``to``; the outbox sends it."""
-        content = rendered.content()
-        content["m.relates_to"] = thread_relation(to.thread_root or to.event_id, to.event_id)
-        await self.store.add_effect(
-            tx_id=tx_id(kind, to.event_id), kind=kind, room_id=room_id, content=content
-        )
-        self.outbox.wake()
-
-    async def say(self, room_id: str, msg: Message, *lines: str) -> None:
-        """Answer in the command's thread."""
-        await self.reply(room_id, msg, self.t.lines(list(lines)))
 
     async def handle(self, room_id: str, msg: Message, cmd: Command) -> None:
         """Run one command; an unexpected failure gets an apology, never a traceback."""
@@ -130,7 +118,6 @@ class ChatCommands:
             await self.say(room_id, msg, self.t.s("related_none"))
             return
         body, html = self.t.related_list(lines)
-        from peerbot.core.messages import Rendered
 
         await self.reply(room_id, msg, Rendered(body, html))
 

@@ -8,14 +8,13 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from peerbot.bot.outbox import Outbox
+from peerbot.bot.replies import Replies
 from peerbot.bot.rooms import RoomDirectory
 from peerbot.config import Config
 from peerbot.core.commands import Command
 from peerbot.core.followup import DAY_MS, parse_quiet, specialty_stats, zone
 from peerbot.core.followup_effects import MAX_LISTED, Listed, listed_lines, stats_lines
-from peerbot.core.ids import tx_id
 from peerbot.core.intake import Message
-from peerbot.core.lifecycle import thread_relation
 from peerbot.core.messages import Rendered, Texts, permalink
 from peerbot.store import Store
 from peerbot.store.db import now_ms
@@ -43,6 +42,9 @@ class FollowupCommands:
         self.rooms = rooms
         self.outbox = outbox
         self.t = texts
+        replies = Replies(store, outbox, texts)
+        self._reply = replies.reply
+        self._say = replies.say
         self.handlers: dict[str, Handler] = {
             "expert": self.cmd_expert,
             "unanswered": self.cmd_unanswered,
@@ -55,17 +57,6 @@ class FollowupCommands:
             "quiet": self.expert_quiet,
             "tz": self.expert_tz,
         }
-
-    async def _reply(self, room_id: str, to: Message, rendered: Rendered) -> None:
-        content = rendered.content()
-        content["m.relates_to"] = thread_relation(to.thread_root or to.event_id, to.event_id)
-        await self.store.add_effect(
-            tx_id=tx_id("reply", to.event_id), kind="reply", room_id=room_id, content=content
-        )
-        self.outbox.wake()
-
-    async def _say(self, room_id: str, to: Message, *lines: str) -> None:
-        await self._reply(room_id, to, self.t.lines(list(lines)))
 
     def _specialty_of(self, room_id: str) -> str | None:
         """The specialty whose room this is (the triage room counts, by its label)."""

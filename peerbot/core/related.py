@@ -24,7 +24,7 @@ import re
 import unicodedata
 from array import array
 from bisect import bisect_left
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,8 +184,8 @@ class Hit:
     score: float
 
 
-class RelatedIndex:
-    """An incremental fuzzy index of question threads."""
+class _Vocabulary:
+    """The indexed words: ids, postings (document slots), and letter bigrams for fuzzy lookup."""
 
     def __init__(self) -> None:
         # Vocabulary: word <-> id, with document frequency; ids are recycled when a word's last
@@ -197,6 +197,79 @@ class RelatedIndex:
         # Letter bigrams of the vocabulary ("#w", "wo", "or", "rd", "d#") -> sorted word ids, to
         # find the indexed words near a misspelt query word without scanning the vocabulary.
         self._grams: dict[str, array[int]] = {}
+
+    def _new_word(self, word: str) -> int:
+        if self._free_words:
+            wid = self._free_words.pop()
+            self._words[wid] = word
+        else:
+            wid = len(self._words)
+            self._words.append(word)
+            self._postings.append(array("i"))
+        self._word_id[word] = wid
+        if not word.isdigit():
+            grams = self._grams
+            padded = f"#{word}#"
+            for i in range(len(padded) - 1):
+                gram = padded[i : i + 2]
+                post = grams.get(gram)
+                if post is None:
+                    grams[gram] = array("i", (wid,))
+                elif post[-1] < wid:
+                    post.append(wid)
+                elif post[-1] != wid:  # a recycled id; a repeated bigram is stored once
+                    at = bisect_left(post, wid)
+                    if at == len(post) or post[at] != wid:
+                        post.insert(at, wid)
+        return wid
+
+    def _drop_word(self, wid: int) -> None:
+        word = self._words[wid]
+        assert word is not None
+        del self._word_id[word]
+        self._words[wid] = None
+        self._postings[wid] = array("i")
+        self._free_words.append(wid)
+        if not word.isdigit():
+            for gram in _bigrams(word):
+                post = self._grams[gram]
+                del post[bisect_left(post, wid)]
+                if not post:
+                    del self._grams[gram]
+
+    def _close_words(self, word: str) -> list[int]:
+        """Indexed words within one edit (two for long words) of an unknown query word."""
+        if len(word) < FUZZY_MIN_LEN or word.isdigit():
+            return []
+        max_dist = 1 if len(word) < 8 else 2
+        grams = _bigrams(word)
+        posts = [self._grams[g] for g in grams if g in self._grams]
+        if not posts:
+            return []
+        # An edit changes at most three distinct bigrams (a swap), so a close word shares the rest.
+        need = max(1, len(grams) - 3 * max_dist)
+        ids = np.concatenate([np.frombuffer(p, dtype=np.int32) for p in posts])
+        counts = np.bincount(ids)
+        cands = np.flatnonzero(counts >= need)
+        words = self._words
+        choices = [words[int(w)] for w in cands]
+        found = process.extract(
+            word, choices, scorer=OSA.distance, score_cutoff=max_dist, limit=None
+        )
+        if not found:
+            return []
+        best = min(dist for _, dist, _ in found)
+        close = [int(cands[i]) for _, dist, i in found if dist == best]
+        # Among equally close words, the most used is the likeliest intended spelling.
+        close.sort(key=lambda wid: (-len(self._postings[wid]), wid))
+        return close[:3]
+
+
+class RelatedIndex(_Vocabulary):
+    """An incremental fuzzy index of question threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
         # Documents live in slots; slot-indexed parallel arrays keep them compact.
         self._slot_of: dict[str, int] = {}
         self._thread: list[str | None] = []
@@ -307,46 +380,17 @@ class RelatedIndex:
         self._dlen[slot] = 0.0
         self._toks[slot] = None
 
-    def _new_word(self, word: str) -> int:
-        if self._free_words:
-            wid = self._free_words.pop()
-            self._words[wid] = word
-        else:
-            wid = len(self._words)
-            self._words.append(word)
-            self._postings.append(array("i"))
-        self._word_id[word] = wid
-        if not word.isdigit():
-            grams = self._grams
-            padded = f"#{word}#"
-            for i in range(len(padded) - 1):
-                gram = padded[i : i + 2]
-                post = grams.get(gram)
-                if post is None:
-                    grams[gram] = array("i", (wid,))
-                elif post[-1] < wid:
-                    post.append(wid)
-                elif post[-1] != wid:  # a recycled id; a repeated bigram is stored once
-                    at = bisect_left(post, wid)
-                    if at == len(post) or post[at] != wid:
-                        post.insert(at, wid)
-        return wid
-
-    def _drop_word(self, wid: int) -> None:
-        word = self._words[wid]
-        assert word is not None
-        del self._word_id[word]
-        self._words[wid] = None
-        self._postings[wid] = array("i")
-        self._free_words.append(wid)
-        if not word.isdigit():
-            for gram in _bigrams(word):
-                post = self._grams[gram]
-                del post[bisect_left(post, wid)]
-                if not post:
-                    del self._grams[gram]
-
     # -- search -----------------------------------------------------------------------------
+
+    def _in_rooms(self, rooms: Iterable[str]) -> np.ndarray:
+        """Per slot: is the slot's thread in one of these rooms (free slots: no)."""
+        allowed = np.zeros(len(self._room_names) + 1, dtype=bool)
+        for name in rooms:
+            rid = self._room_id.get(name)
+            if rid is not None:
+                allowed[rid] = True
+        result: np.ndarray = allowed[np.frombuffer(self._room, dtype=np.int32)]
+        return result
 
     def _idf(self, wid: int) -> float:
         n = len(self._slot_of)
@@ -377,33 +421,6 @@ class RelatedIndex:
             missing += max(weights) / FUZZY_PENALTY - sum(weights)
             corrected.append(self._words[matches[0]] or word)
         return terms, missing, corrected
-
-    def _close_words(self, word: str) -> list[int]:
-        """Indexed words within one edit (two for long words) of an unknown query word."""
-        if len(word) < FUZZY_MIN_LEN or word.isdigit():
-            return []
-        max_dist = 1 if len(word) < 8 else 2
-        grams = _bigrams(word)
-        posts = [self._grams[g] for g in grams if g in self._grams]
-        if not posts:
-            return []
-        # An edit changes at most three distinct bigrams (a swap), so a close word shares the rest.
-        need = max(1, len(grams) - 3 * max_dist)
-        ids = np.concatenate([np.frombuffer(p, dtype=np.int32) for p in posts])
-        counts = np.bincount(ids)
-        cands = np.flatnonzero(counts >= need)
-        words = self._words
-        choices = [words[int(w)] for w in cands]
-        found = process.extract(
-            word, choices, scorer=OSA.distance, score_cutoff=max_dist, limit=None
-        )
-        if not found:
-            return []
-        best = min(dist for _, dist, _ in found)
-        close = [int(cands[i]) for _, dist, i in found if dist == best]
-        # Among equally close words, the most used is the likeliest intended spelling.
-        close.sort(key=lambda wid: (-len(self._postings[wid]), wid))
-        return close[:3]
 
     def search(
         self,
@@ -510,12 +527,7 @@ class RelatedIndex:
                 scores[slot] = 0.0
         hit = np.flatnonzero(scores)
         if rooms is not None:
-            allowed = np.zeros(len(self._room_names) + 1, dtype=bool)
-            for name in rooms:
-                rid = self._room_id.get(name)
-                if rid is not None:
-                    allowed[rid] = True
-            hit = hit[allowed[np.frombuffer(self._room, dtype=np.int32)[hit]]]
+            hit = hit[self._in_rooms(rooms)[hit]]
         if not hit.size:
             return []
         dlen = np.frombuffer(self._dlen, dtype=np.float32)[hit]

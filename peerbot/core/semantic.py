@@ -597,12 +597,7 @@ class HybridIndex(RelatedIndex):
         n = len(self._thread)
         ok = self._inv[:n] > 0
         if rooms is not None:
-            allowed = np.zeros(len(self._room_names) + 1, dtype=bool)
-            for name in rooms:
-                rid = self._room_id.get(name)
-                if rid is not None:
-                    allowed[rid] = True
-            ok &= allowed[np.frombuffer(self._room, dtype=np.int32)[:n]]
+            ok &= self._in_rooms(rooms)[:n]
         for thread_id in exclude:
             slot = self._slot_of.get(thread_id)
             if slot is not None:
