@@ -1,7 +1,8 @@
 """``peerbot migrate-store``: copy a SQLite database into PostgreSQL, then check the copy.
 
 Both ends are opened as stores first (the SQLite file's lock proves no bot runs on it; both are
-migrated to the same schema version). Every table of the SQLite file is copied with COPY, the
+migrated to the same schema version). Every table of the SQLite file is copied with COPY (a table
+after those its foreign keys reference: ``question_vectors`` after ``questions``), the
 identity sequences are moved past the copied keys, and the copy is checked: the row count of
 every table, and a sample of rows (evenly spread over the primary key) compared column by
 column. A target that already holds rows is refused unless ``replace`` is given, which empties
@@ -78,18 +79,44 @@ async def _rows(db: Database, sql: str, params: tuple[Any, ...] = ()) -> list[tu
 
 
 async def _sqlite_tables(src: Database) -> list[tuple[str, list[str], list[str]]]:
-    """(table, columns, primary-key columns) of every table of the SQLite file."""
+    """(table, columns, primary-key columns) of every table of the SQLite file, a table after
+    those its foreign keys reference (PostgreSQL checks them row by row during the COPY)."""
     names = await _rows(
         src,
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
         "ORDER BY name",
     )
-    out = []
+    found: dict[str, tuple[str, list[str], list[str]]] = {}
+    refs: dict[str, set[str]] = {}
     for (name,) in names:
         info = await _rows(src, f'PRAGMA table_info("{name}")')
         columns = [str(r[1]) for r in info]
         pk = [str(r[1]) for r in sorted(info, key=lambda r: r[5]) if r[5]]
-        out.append((str(name), columns, pk or columns))
+        found[str(name)] = (str(name), columns, pk or columns)
+        fks = await _rows(src, f'PRAGMA foreign_key_list("{name}")')
+        refs[str(name)] = {str(r[2]) for r in fks} - {str(name)}
+    return [found[t] for t in _referenced_first(refs)]
+
+
+def _referenced_first(refs: dict[str, set[str]]) -> list[str]:
+    """The tables (in their given order where nothing forces another) with every table after
+    the ones it references; a cycle (none in our schema) keeps the given order."""
+    out: list[str] = []
+    placed: set[str] = set()
+    visiting: set[str] = set()
+
+    def place(t: str) -> None:
+        if t in placed or t in visiting or t not in refs:
+            return
+        visiting.add(t)
+        for r in sorted(refs[t]):
+            place(r)
+        visiting.discard(t)
+        placed.add(t)
+        out.append(t)
+
+    for t in refs:
+        place(t)
     return out
 
 

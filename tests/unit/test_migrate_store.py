@@ -48,6 +48,13 @@ async def _fill(path: Path, n: int = 120) -> None:
         await s.add_undecryptable(
             event_id="$u", room_id="!r:x", sender="@a:x", session_id="s", sender_key="k"
         )
+        # Follow-ups (0005) and vectors (0007): deadlines, experts, pings, a BLOB under a FK.
+        await s.plan_escalations({}, (3600.0,))
+        await s.expert_join("!c:x", "@doc:x", "Cardio")
+        await s.set_expert_settings("@doc:x", timezone="Europe/Paris", quiet=(1320, 420))
+        await s.settle("escalate:$q0:0", question_id="$q0", pinged=[("@doc:x", "!c:x")])
+        blob = b"\x01\x02\x00\xff" * 130  # NUL bytes: a BYTEA keeps them
+        assert await s.put_vectors([(f"$q{i}", f"$q{i}", blob) for i in range(n)], "use-m3-q6")
 
 
 async def test_every_table_is_copied_and_checked(tmp_path: Path, postgres: PostgresServer) -> None:
@@ -66,7 +73,13 @@ async def test_every_table_is_copied_and_checked(tmp_path: Path, postgres: Postg
         "route_overrides",
         "intake_overrides",
         "undecryptable",
+        "due_actions",
+        "experts",
+        "expert_settings",
+        "expert_pings",
+        "question_vectors",
     }
+    assert all(t.source_rows > 0 for t in report.tables), report.lines()
     assert by_table["questions"].target_rows == 120 and by_table["questions"].sampled >= 50
     async with await Store.open(url) as pg, await Store.open(db) as lite:
         for i in (0, 7, 119):
@@ -77,6 +90,8 @@ async def test_every_table_is_copied_and_checked(tmp_path: Path, postgres: Postg
             assert await pg.question(f"$q{i}") == original
         assert await pg.get("sync_token") == "s_42"
         assert len(await pg.effects_for("$q3")) == 1
+        assert await pg.vector_of("$q7") == await lite.vector_of("$q7")
+        assert await pg.experts_in("!c:x", 0) == await lite.experts_in("!c:x", 0)
         # The sequences continue after the copied keys: a new question gets a new seq.
         assert await pg.add_question(
             event_id="$new",
