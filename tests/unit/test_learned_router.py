@@ -431,3 +431,23 @@ def test_smoke_accuracy_on_labforsims2(tmp_path: Path) -> None:
     # questions) and 30 above a router that ignores its input.
     assert majority_share < 0.55
     assert accuracy >= 0.78, f"accuracy {accuracy:.3f} on {len(test)} questions"
+
+
+def test_a_small_retraining_reuses_the_calibration_and_a_large_one_does_not(
+    tmp_path: Path,
+) -> None:
+    router = trained_router(tmp_path)
+    first = router.model
+    assert first is not None and first.calibrated_on == 36
+    router.learn("Éruption vésiculeuse du visage chez un enfant, impétigo ?", "dermatologie")
+    second = router.fit()
+    assert second is not None and second is not first
+    assert (second.calibrated_on, second.temperature, second.scales) == (
+        36,
+        first.temperature,
+        first.scales,
+    )
+    for i in range(4):  # 41 examples: more than a tenth over 36.
+        router.learn(f"Fièvre et toux chez un nourrisson de {i + 3} mois ?", "pediatrie")
+    third = router.fit()
+    assert third is not None and third.calibrated_on == 41
