@@ -68,6 +68,7 @@ _HEAD_C = 1.0
 _HEAD_WEIGHT = 1.0
 _NEIGHBOUR_WEIGHT = 0.25
 _NEIGHBOURS = 10
+_NEIGHBOUR_CHUNK = 256
 _CV_FOLDS = 3
 _SEED = 0
 # Blended scores are in units of each scorer's spread (about [-3, 3]); outside this range of
@@ -269,12 +270,16 @@ def _neighbour_scores(
     """Per query, the similarity-weighted votes of its most similar training rows."""
     import numpy as np
 
-    sims = queries @ rows.T
     k = min(_NEIGHBOURS, rows.shape[0])
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    picked = np.take_along_axis(sims, top, axis=1).astype(np.float64)
-    # (n, k) similarities times the (n, k, classes) votes of those rows.
-    result: npt.NDArray[np.float64] = np.einsum("nk,nkc->nc", picked, votes[top])
+    result = np.zeros((queries.shape[0], votes.shape[1]))
+    # In chunks: cross-validating 10,000 questions would otherwise hold a 3,000 x 7,000
+    # similarity matrix and its argpartition at once.
+    for start in range(0, queries.shape[0], _NEIGHBOUR_CHUNK):
+        sims = queries[start : start + _NEIGHBOUR_CHUNK] @ rows.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        picked = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+        # (n, k) similarities times the (n, k, classes) votes of those rows.
+        result[start : start + _NEIGHBOUR_CHUNK] = np.einsum("nk,nkc->nc", picked, votes[top])
     return result
 
 
