@@ -6,9 +6,9 @@ The test split is never read here (``bench/eval_routing.py`` scores it, once). F
 - baseline: TF-IDF word 1–2 + char_wb 3–5 and ``LinearSVC(C=0.5)``, the textbook classifier;
 - concat: the previous plugin model, the same TF-IDF with the unit-norm sentence embedding as
   extra columns of one SVM (weight 1, balanced class weights);
-- the plugin's three scorers (``plugins/learned_model.py``): the SVM on TF-IDF, the logistic
-  regression on embeddings, the embedding neighbours; each alone, then blended as
-  ``svm + a * regression + b * neighbours`` (each centred per row and divided by its spread
+- the plugin's three scorers (``plugins/learned_model.py``): the SVM on TF-IDF, the SVM on
+  embeddings, the embedding neighbours; each alone, then blended as
+  ``svm + a * embedding_svm + b * neighbours`` (each centred per row and divided by its spread
   over all cross-validated scores) over a grid of ``a`` and ``b``.
 
 It prints each accuracy and its difference from the baseline in points, and the grid's rows
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     line("baseline TF-IDF + LinearSVC(C=0.5)", base),
                     line("concat (previous model)", float((result["concat"] == gold).mean())),
                     line("svm on TF-IDF alone", float((svm.argmax(1) == gold).mean())),
-                    line("regression on embeddings alone", float((head.argmax(1) == gold).mean())),
+                    line("svm on embeddings alone", float((head.argmax(1) == gold).mean())),
                     line("neighbours alone", float((neighbours.argmax(1) == gold).mean())),
                 ]
             ),
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             acc = float((blended.argmax(1) == gold).mean())
             gains.append(100 * (acc - float((result["baseline"] == gold).mean())))
         rows.append((min(gains), float(np.mean(gains)), a, b, gains))
-    print("blend svm + a * regression + b * neighbours, points over the baseline per set:")
+    print("blend svm + a * embedding svm + b * neighbours, points over the baseline per set:")
     for worst, mean, a, b, gains in sorted(rows, reverse=True):
         shown = " ".join(f"{g:+.2f}" for g in gains)
         print(f"  a={a:<4} b={b:<4} worst {worst:+.2f} mean {mean:+.2f} | {shown}")
