@@ -1,5 +1,8 @@
 """The learned router's model: features, the three scorers it blends, calibration, training.
 
+long: the embedding cache, the features, the three scorers, their calibration and training
+are one model's parts, tested together; the router plugin holds none of them.
+
 Three scorers are trained on the routed questions and their scores added, each centred per
 question and divided by its own spread (measured on cross-validated scores):
 

