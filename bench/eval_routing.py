@@ -20,11 +20,20 @@ For each data folder (routing_eval.jsonl: id, text, label, labels, split), in on
   the bot does every ``retrain_every`` changes (only new texts are embedded);
   rank p50/p95: the time to rank one test question, embedding it included.
 
+Then, once, the cost on a realistic history: the plugin learns 10,000 distinct questions (every
+row of the three routing sets, then past questions of mqp_curai's corpus, given round-robin
+labels, to make up the number), and the run prints the first training's time, the retraining
+after 20 more, the process's resident memory before learning, after training and at its peak,
+and the time to rank one question never seen (p50/p95 over 300 of rqe_clinical's corpus),
+embedding included. Wall times depend on the machine's load (printed); CPU times (this
+thread's, or the process's for training) are the cost on one core.
+
 ``--sweep`` adds a coverage/accuracy table over confidence thresholds, to choose
-``min_confidence``.
+``min_confidence``. The blend's weights were chosen by ``bench/cv_routing.py`` (cross-validation
+on the train splits only); this script is the one place the test splits are scored.
 
     .venv/bin/python bench/eval_routing.py [--data DIR]... [--embeddings use|none]...
-        [--min-confidence X] [--sweep]
+        [--min-confidence X] [--sweep] [--history N]
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -62,6 +72,11 @@ NN_SCORERS: dict[str, Any] = {
 }
 OFFTOPIC = 200  # questions taken from each other set
 RETRAIN_AFTER = 20  # new questions before the timed retrain (the default retrain_every)
+HISTORY = 10_000  # routed questions in the start-up cost measurement
+HISTORY_FILLER = "mqp_curai"  # a corpus of past questions to make up the history
+HISTORY_FILLER_LABELS = 8
+HISTORY_QUERIES = 300
+HISTORY_QUERY_SET = "rqe_clinical_doctor_questions"  # unseen questions to time ranking on
 SWEEP = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)
 
 
@@ -148,6 +163,8 @@ class PluginRun:
     train_seconds: float
     retrain_seconds: float
     rank_ms: list[float]
+    rank_cpu_ms: list[float]
+    """CPU time of this thread per question: the cost on one core, whatever the machine's load."""
     temperature: float
     embeddings: str
     min_confidence: float
@@ -180,10 +197,12 @@ def run_plugin(
             return None
         ranked = []
         rank_ms = []
+        rank_cpu_ms = []
         for row in test:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             ranked.append(router.rank(row.text))
             rank_ms.append((time.perf_counter() - started) * 1000)
+            rank_cpu_ms.append((time.thread_time() - cpu) * 1000)
         confident, offtopic = asyncio.run(ask_all(router, [test, others], specialties))
     return PluginRun(
         top=[r[0][0] if r else None for r in ranked],
@@ -193,6 +212,7 @@ def run_plugin(
         train_seconds=train_seconds,
         retrain_seconds=retrain_seconds,
         rank_ms=rank_ms,
+        rank_cpu_ms=rank_cpu_ms,
         temperature=model.temperature,
         embeddings=router.embeddings,
         min_confidence=router.settings.min_confidence,
@@ -249,7 +269,9 @@ def evaluate(
             f"| off-topic answered {offtopic_share} "
             f"| train {run.train_seconds:.1f} s, retrain +{RETRAIN_AFTER} "
             f"{run.retrain_seconds:.1f} s, rank p50 {_percentile(run.rank_ms, 0.5):.1f} ms "
-            f"p95 {_percentile(run.rank_ms, 0.95):.1f} ms, T={run.temperature:.3f}",
+            f"p95 {_percentile(run.rank_ms, 0.95):.1f} ms (CPU p50 "
+            f"{_percentile(run.rank_cpu_ms, 0.5):.1f} p95 {_percentile(run.rank_cpu_ms, 0.95):.1f}"
+            f" ms), T={run.temperature:.3f}",
             flush=True,
         )
         if sweep:
@@ -265,6 +287,89 @@ def evaluate(
                     f"on {len(kept)}/{len(test)} ({len(kept) / max(len(test), 1):.0%})",
                     flush=True,
                 )
+
+
+def _rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident memory (or its peak, ``VmHWM``) in MiB, from /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _corpus_texts(name: str) -> list[str]:
+    path = EVAL_ROOT / name / "corpus.jsonl"
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as lines:
+        return [json.loads(line)["text"] for line in lines]
+
+
+def history_texts(folders: Sequence[Path], size: int) -> list[tuple[str, str]]:
+    """Up to ``size`` distinct (text, specialty) pairs standing for a bot's routed history."""
+    pairs: dict[str, tuple[str, str]] = {}
+    for folder in folders:
+        train, test = load(folder)
+        for row in [*train, *test]:
+            pairs.setdefault(row.text, (row.text, f"{folder.name}:{row.label}"))
+    for i, text in enumerate(_corpus_texts(HISTORY_FILLER)):
+        if len(pairs) >= size:
+            break
+        pairs.setdefault(text, (text, f"past:{i % HISTORY_FILLER_LABELS}"))
+    return list(pairs.values())[:size]
+
+
+def measure_history(folders: Sequence[Path], size: int, options: dict[str, Any]) -> None:
+    """Print training time, memory and per-question latency on a history of ``size`` questions."""
+    pairs = history_texts(folders, size)
+    held = RETRAIN_AFTER
+    with tempfile.TemporaryDirectory() as data_dir:
+        context = PluginContext("en", Path(data_dir), logging.getLogger("bench.learned_router"))
+        before_load = _rss_mib()
+        router = LearnedRouter(options, context)
+        before = _rss_mib()
+        for text, label in pairs[: len(pairs) - held]:
+            router.learn(text, label)
+        started, cpu = time.perf_counter(), time.process_time()
+        model = router.fit()
+        train_seconds = time.perf_counter() - started
+        train_cpu = time.process_time() - cpu
+        after = _rss_mib()
+        for text, label in pairs[len(pairs) - held :]:
+            router.learn(text, label)
+        started = time.perf_counter()
+        router.fit()
+        retrain_seconds = time.perf_counter() - started
+        if model is None:
+            print("history: too few examples", flush=True)
+            return
+        # Questions never learned (so never embedded or remembered): another corpus's.
+        seen = {text for text, _ in pairs}
+        queries = [q for q in _corpus_texts(HISTORY_QUERY_SET) if q not in seen]
+        latencies = []
+        cpu_ms = []
+        final = router.model
+        assert final is not None
+        for query in queries[:HISTORY_QUERIES]:
+            started, cpu = time.perf_counter(), time.thread_time()
+            final.rank(query)
+            latencies.append((time.perf_counter() - started) * 1000)
+            cpu_ms.append((time.thread_time() - cpu) * 1000)
+    print(
+        f"history of {len(pairs)} questions, {len(model.classes)} specialties, embeddings "
+        f"{router.embeddings}: first training {train_seconds:.1f} s (CPU {train_cpu:.1f} s, "
+        f"embedding every text included), retrain +{held} "
+        f"{retrain_seconds:.1f} s | RSS {before_load:.0f} MiB before the plugin, {before:.0f} "
+        f"with its models loaded, {after:.0f} after training, peak {_rss_mib('VmHWM'):.0f} "
+        f"| rank one question p50 {_percentile(latencies, 0.5):.1f} ms "
+        f"p95 {_percentile(latencies, 0.95):.1f} ms, CPU p50 {_percentile(cpu_ms, 0.5):.1f} ms "
+        f"p95 {_percentile(cpu_ms, 0.95):.1f} ms (n={len(latencies)}) | load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,6 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="plugin configurations to compare (repeatable; default: the plugin's default, "
         "then none as the ablation)",
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=HISTORY,
+        help=f"routed questions for the start-up cost measurement (0: skip; default {HISTORY})",
+    )
     args = parser.parse_args(argv)
     folders = args.data or [EVAL_ROOT / name for name in DEFAULT_SETS]
     missing = [f for f in folders if not (f / "routing_eval.jsonl").is_file()]
@@ -302,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Other sets' questions stand for off-topic ones: few should get a proposal.
         others = [row for other in folders if other != folder for row in tests[other][:OFFTOPIC]]
         evaluate(folder, variants, args.sweep, others)
+    if args.history > 0:
+        measure_history(folders, args.history, variants[0])
     return 0
 
 

