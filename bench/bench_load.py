@@ -9,6 +9,12 @@ from the homeserver's own timestamps. Exit status 1 if PeerBot lost or duplicate
 
     .venv/bin/python bench/bench_load.py                      # 2,000 questions over 60 s
     .venv/bin/python bench/bench_load.py --questions 300 --seconds 15
+    .venv/bin/python bench/bench_load.py --questions 300 --seconds 60 --profile
+
+Both bots' process CPU time over the posting and answering (``/proc/PID/stat``, read before the
+first question and once the answers are in) is printed per question. ``--profile`` also prints
+where one question's time goes, stage by stage, from the wall-clock timestamps PeerBot keeps
+when ``PEERBOT_STAGES`` names a file (:mod:`peerbot.bot.stages`) and the bare bot's own two.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -49,9 +56,13 @@ _PERMALINK_EVENT = re.compile(r"https://matrix\.to/#/[^/\s]+/([^?\s]+)")
 
 
 async def baseline_bot(
-    homeserver: str, user_id: str, device_id: str, token: str, room: str
+    homeserver: str, user_id: str, device_id: str, token: str, room: str, stages_path: str
 ) -> None:
-    """The simplest correct nio bot: echo one notice into the thread of each question."""
+    """The simplest correct nio bot: echo one notice into the thread of each question.
+
+    It notes when it saw each question and when its echo's send returned (wall clock, as
+    PeerBot's stages), written to ``stages_path`` at the end with its CPU time.
+    """
     from nio import AsyncClient, AsyncClientConfig, MatrixRoom, RoomMessageText
 
     config = AsyncClientConfig(encryption_enabled=False, store_sync_tokens=False)
@@ -61,12 +72,15 @@ async def baseline_bot(
     sync_filter = {"room": {"timeline": {"limit": 1000}}, "presence": {"types": []}}
     await client.sync(timeout=0, full_state=True, sync_filter={"room": {"timeline": {"limit": 1}}})
 
+    marks: list[tuple[str, str, float]] = []
+
     async def on_text(mroom: MatrixRoom, event: RoomMessageText) -> None:
         content = event.source.get("content") or {}
         if mroom.room_id != room or event.sender == user_id or HASHTAG not in event.body:
             return
         if content.get("msgtype") != "m.text":
             return
+        marks.append((event.event_id, "seen", time.time()))
         await client.room_send(
             room,
             "m.room.message",
@@ -83,6 +97,7 @@ async def baseline_bot(
             },
             tx_id=f"echo-{event.event_id}",
         )
+        marks.append((event.event_id, "sent", time.time()))
 
     client.add_event_callback(on_text, RoomMessageText)  # type: ignore[arg-type]
     print("baseline ready", flush=True)
@@ -94,6 +109,10 @@ async def baseline_bot(
     with contextlib.suppress(asyncio.CancelledError):
         await task
     await client.close()
+    times = os.times()
+    lines = [json.dumps({"cpu": {"user": times.user, "system": times.system}})]
+    lines += [json.dumps(list(m)) for m in marks]
+    Path(stages_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 # --- the benchmark ---------------------------------------------------------------------
@@ -221,6 +240,101 @@ async def count_answers(
     return n, limited, str(data["next_batch"])
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """A process's CPU time so far (user + system), from ``/proc/PID/stat``; None if gone."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces, inside parentheses).
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_marks(path: Path) -> dict[str, dict[str, float]]:
+    """Stage marks written by a bot: event ID -> stage -> first time (s) it was reached."""
+    out: dict[str, dict[str, float]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        if isinstance(item, list):
+            key, stage, ts = item
+            out.setdefault(key, {}).setdefault(stage, float(ts))
+    return out
+
+
+# The question's homeserver time, the bot's stages, the forward's homeserver time: the rows of
+# the breakdown are the steps between consecutive points a question passed.
+PEERBOT_POINTS = (
+    "q_ts",
+    "sync",
+    "handler",
+    "recorded",
+    "token",
+    "picked",
+    "guarded",
+    "routed",
+    "route_applied",
+    "lane",
+    "effect_recorded",
+    "fwd_ts",
+    "sent",
+    "done_marked",
+    "ack_recorded",
+)
+BARE_POINTS = ("q_ts", "seen", "fwd_ts", "sent")
+
+
+def print_breakdown(
+    title: str,
+    points: tuple[str, ...],
+    marks: dict[str, dict[str, float]],
+    qts: dict[str, int],
+    fwd_ts: dict[str, int],
+    until: str,
+) -> None:
+    """p50 / p95 of each step between consecutive points, over the questions that passed all."""
+    rows: dict[str, list[float]] = {}
+    total: list[float] = []
+    complete = 0
+    for q, q_ms in qts.items():
+        pts = dict(marks.get(q, {}))
+        pts["q_ts"] = q_ms / 1000
+        if q in fwd_ts:
+            pts["fwd_ts"] = fwd_ts[q] / 1000
+        present = [p for p in points if p in pts]
+        if not all(p in pts for p in ("q_ts", until)):
+            continue
+        complete += 1
+        for a, b in itertools.pairwise(present):
+            rows.setdefault(f"{a} -> {b}", []).append((pts[b] - pts[a]) * 1000)
+        total.append((pts[until] - pts["q_ts"]) * 1000)
+    print(f"\n{title}: {complete} questions ({until} reached); ms")
+    print(f"  {'step':<34}{'n':>5}{'p50':>9}{'p95':>9}{'mean':>9}")
+    for name, values in rows.items():
+        values.sort()
+        print(
+            f"  {name:<34}{len(values):>5}{_percentile_f(values, 50):>9.1f}"
+            f"{_percentile_f(values, 95):>9.1f}{statistics.fmean(values):>9.1f}"
+        )
+    if total:
+        total.sort()
+        print(
+            f"  {'q_ts -> ' + until + ' (whole)':<34}{len(total):>5}"
+            f"{_percentile_f(total, 50):>9.1f}{_percentile_f(total, 95):>9.1f}"
+            f"{statistics.fmean(total):>9.1f}"
+        )
+
+
+def _percentile_f(values: list[float], p: float) -> float:
+    if len(values) == 1:
+        return values[0]
+    return float(statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1])
+
+
 async def run_bench(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="peerbot-bench-"))
     print(f"working in {workdir}", flush=True)
@@ -290,7 +404,11 @@ async def run_bench(args: argparse.Namespace) -> int:
                 },
             }
             peerbot = BotProcess(config, workdir, "peerbot")
-            await peerbot.start_ready(log_level="INFO")
+            pb_stages, bare_stages = workdir / "peerbot-stages.jsonl", workdir / "bare-stages.jsonl"
+            if args.profile:
+                os.environ["PEERBOT_STAGES"] = str(pb_stages)
+            await peerbot.start_ready(log_level=args.log_level)
+            os.environ.pop("PEERBOT_STAGES", None)
             baseline = await asyncio.create_subprocess_exec(
                 sys.executable,
                 str(Path(__file__).resolve()),
@@ -300,6 +418,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                 bare_user.device_id,
                 bare_user.access_token,
                 rooms["entraide"],
+                str(bare_stages),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=(workdir / "baseline.log").open("wb"),
             )
@@ -314,6 +433,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                 f"posting {n} questions over {seconds:.0f} s from {len(posters)} clients...",
                 flush=True,
             )
+            cpu_before = (cpu_seconds(peerbot.pid), cpu_seconds(baseline.pid))
             started = time.monotonic()
 
             async def one(i: int) -> str:
@@ -355,6 +475,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                         seen, last_change = count, time.monotonic()
                     await asyncio.sleep(5)
             print(f"answers seen: {seen}/{expected}", flush=True)
+            cpu_after = (cpu_seconds(peerbot.pid), cpu_seconds(baseline.pid))
 
             # Stop both bots: the counts below are final.
             await peerbot.terminate()
@@ -423,6 +544,35 @@ async def run_bench(args: argparse.Namespace) -> int:
                     f"on the {len(both)} questions both bots answered: p50 PeerBot forward "
                     f"{p_fwd:.0f} ms, bare echo {p_bare:.0f} ms, ratio {p_fwd / p_bare:.2f}"
                 )
+        cpu = [
+            None if a is None or b is None else (b - a) / n
+            for a, b in zip(cpu_before, cpu_after, strict=True)
+        ]
+        if cpu[0] is not None and cpu[1] is not None:
+            ratio_cpu = f", ratio {cpu[0] / cpu[1]:.2f}" if cpu[1] else ""
+            print(
+                f"process CPU per question (user+system, posting to last answer): PeerBot "
+                f"{cpu[0] * 1000:.1f} ms, bare echo {cpu[1] * 1000:.1f} ms{ratio_cpu}"
+            )
+        if args.profile:
+            fwd_ts = {q: qts[q] + min(v) for q, v in pb_fwd.delays_ms.items()}
+            echo_ts = {q: qts[q] + min(v) for q, v in bare.delays_ms.items()}
+            print_breakdown(
+                "PeerBot, question -> forward, stage by stage",
+                PEERBOT_POINTS,
+                read_marks(pb_stages),
+                qts,
+                fwd_ts,
+                "fwd_ts",
+            )
+            print_breakdown(
+                "bare nio echo, question -> echo",
+                BARE_POINTS,
+                read_marks(bare_stages),
+                qts,
+                echo_ts,
+                "fwd_ts",
+            )
         ok = fwd["lost"] == 0 and fwd["duplicated"] == 0
         ok = ok and rows[1][1]["lost"] == 0 and rows[1][1]["duplicated"] == 0
         return 0 if ok else 1
@@ -454,7 +604,15 @@ def main(argv: list[str] | None = None) -> int:
         help="stop waiting when no answer came for this long (a lost question never comes)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
-    parser.add_argument("--baseline-bot", nargs=5, metavar="ARG", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where each question's time goes, stage by stage (PEERBOT_STAGES)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="PeerBot's log level during the run (INFO)"
+    )
+    parser.add_argument("--baseline-bot", nargs=6, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_bot:
         asyncio.run(baseline_bot(*args.baseline_bot))

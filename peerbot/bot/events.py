@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from peerbot.bot import stages
 from peerbot.bot.admin import ChatCommands
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.rooms import RoomDirectory
@@ -146,6 +147,7 @@ class EventHandlers:
         rule = self.rooms.intake.get(room_id)
         if rule is None:
             return
+        stages.mark(msg.event_id, "handler")  # bench_load.py --profile
         question_id = intake.detect_question(msg, rule.trigger, rule.hashtags)
         if question_id is None:
             return
@@ -160,6 +162,7 @@ class EventHandlers:
             body=msg.body if own else None,
             created_ts=msg.ts if own else 0,
         )
+        stages.mark(question_id, "recorded")  # bench_load.py --profile
         if added:
             log.info("Question %s noticed in %s", question_id, room_id)
             self._wake()

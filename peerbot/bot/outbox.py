@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 
+from peerbot.bot import stages
 from peerbot.core.records import Effect, QuestionState
 from peerbot.matrix import MatrixClient, MatrixError, Transient
 from peerbot.store import Store
@@ -194,8 +195,12 @@ class Outbox:
                 await self.store.effect_failed(effect.tx_id, str(exc))
                 await self._settled(effect, None, str(exc))
                 return None
+            if effect.kind == "forward" and effect.question_id:  # bench_load.py --profile
+                stages.mark(effect.question_id, "sent")
             await self.store.effect_done(effect.tx_id, event_id)
             await self._settled(effect, event_id, None)
+            if effect.kind == "forward" and effect.question_id:
+                stages.mark(effect.question_id, "done_marked")
             return event_id
 
     async def _settled(self, effect: Effect, event_id: str | None, error: str | None) -> None:

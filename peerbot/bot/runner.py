@@ -96,6 +96,9 @@ async def run_bot(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().remove_signal_handler(sig)
+        from peerbot.bot import stages
+
+        stages.dump()  # only when PEERBOT_STAGES names a file (bench_load.py --profile)
         await client.close()
         await store.close()
         await plugins.close()

@@ -15,16 +15,18 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 
 __all__ = ["Connection", "Database", "StoreError", "now_ms"]
 
 log = logging.getLogger("peerbot.store")
+
+_T = TypeVar("_T")
 
 
 class StoreError(RuntimeError):
@@ -71,6 +73,48 @@ class Connection:
         """One write statement in its own (autocommit) transaction, never inside another."""
         async with self._write_lock:
             return await self._db.execute(sql, params)
+
+    # Each await on aiosqlite is a trip to its thread and back (a queue put, a wake-up, a
+    # call_soon_threadsafe): BEGIN, two INSERTs and COMMIT were four trips, a read with
+    # ``async with execute() as cur: fetchone()`` three. On the path of every question these
+    # trips, not SQLite, were most of PeerBot's own time (bench_load.py --profile; README,
+    # benchmark section): the two helpers below make each transaction and each read one trip.
+
+    async def _atomic(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work(conn)`` between BEGIN IMMEDIATE and COMMIT (ROLLBACK on any error), alone on
+        the connection and in one trip to its thread; what ``work`` returns.
+
+        ``work`` runs on the database thread: plain sqlite3 calls only, nothing that awaits.
+        A cancelled caller cannot leave the transaction open, as a cancel between the awaits
+        of :meth:`_transaction` could: the thread runs ``work`` to COMMIT or ROLLBACK anyway.
+        """
+
+        def run() -> _T:
+            conn = self._db._conn  # on the database thread, as aiosqlite's own calls do
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        async with self._write_lock:
+            # aiosqlite has no public "run this on the connection's thread"; _execute is what
+            # its own execute() and commit() use (aiosqlite 0.20 to 0.22; tests/unit/test_store
+            # checks it, so an aiosqlite that drops it fails there, loudly).
+            result: _T = await self._db._execute(run)  # type: ignore[no-untyped-call]
+            return result
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """The rows of one read, in one trip (execute, fetchall and close together)."""
+        return list(await self._db.execute_fetchall(sql, params))
+
+    async def _row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        """The first row of one read (or None), in one trip."""
+        rows = await self._db.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
 
 class Database(Connection):
@@ -222,10 +266,8 @@ class Database(Connection):
 
     async def is_handled(self, event_id: str) -> bool:
         """True when this event was already acted on."""
-        async with self._db.execute(
-            "SELECT 1 FROM handled_events WHERE event_id = ?", (event_id,)
-        ) as cur:
-            return await cur.fetchone() is not None
+        row = await self._row("SELECT 1 FROM handled_events WHERE event_id = ?", (event_id,))
+        return row is not None
 
     async def mark_handled(self, event_id: str, room_id: str) -> None:
         """Remember that this event was acted on."""

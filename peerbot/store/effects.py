@@ -40,8 +40,9 @@ class EffectQueries(Connection):
 
     # -- the outbox --------------------------------------------------------------------------
 
-    async def _insert_effect(
-        self,
+    @staticmethod
+    def _insert_effect(
+        conn: sqlite3.Connection,
         tx_id: str,
         question_id: str | None,
         kind: str,
@@ -50,8 +51,9 @@ class EffectQueries(Connection):
         event_type: str,
         now: int,
     ) -> None:
-        """Record one pending effect (inside the caller's transaction); a known tx_id is kept."""
-        await self._db.execute(
+        """Record one pending effect (inside the caller's ``_atomic`` work, on the database
+        thread); a known tx_id is kept."""
+        conn.execute(
             "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
             "state, created_at, updated_at, event_type) "
             "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
@@ -77,14 +79,18 @@ class EffectQueries(Connection):
         question_id: str | None = None,
         event_type: str = "m.room.message",
     ) -> Effect:
-        """Record a message to send (idempotent on tx_id)."""
-        async with self._transaction():
-            await self._insert_effect(
-                tx_id, question_id, kind, room_id, content, event_type, now_ms()
-            )
-        effect = await self.effect(tx_id)
-        assert effect is not None
-        return effect
+        """Record a message to send (idempotent on tx_id); the effect as stored (after a
+        crash, perhaps already sent). One trip to the database thread."""
+        now = now_ms()
+
+        def work(conn: sqlite3.Connection) -> Effect:
+            self._insert_effect(conn, tx_id, question_id, kind, room_id, content, event_type, now)
+            row = conn.execute(
+                f"SELECT {EFFECT_COLUMNS} FROM effects WHERE tx_id = ?", (tx_id,)
+            ).fetchone()
+            return effect_from_row(row)
+
+        return await self._atomic(work)
 
     async def apply(self, question_id: str, step: Step) -> None:
         """A lifecycle step in one transaction: the question's new columns and its effects.
@@ -100,31 +106,30 @@ class EffectQueries(Connection):
         if step.state == QuestionState.DONE and step.forward_event_id is not None:
             columns["forwarded_ts"] = now
         sets = ", ".join(f"{k} = ?" for k in columns)
-        async with self._transaction():
-            await self._db.execute(
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 f"UPDATE questions SET {sets} WHERE event_id = ?",
                 (*columns.values(), question_id),
             )
             for e in step.effects:
-                await self._insert_effect(
-                    e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
+                self._insert_effect(
+                    conn, e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
                 )
+
+        await self._atomic(work)
 
     async def effect(self, tx_id: str) -> Effect | None:
         """An effect by its transaction ID."""
-        async with self._db.execute(
-            f"SELECT {EFFECT_COLUMNS} FROM effects WHERE tx_id = ?", (tx_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._row(f"SELECT {EFFECT_COLUMNS} FROM effects WHERE tx_id = ?", (tx_id,))
         return effect_from_row(row) if row else None
 
     async def pending_effects(self, limit: int = 100) -> list[Effect]:
         """Effects not yet sent, oldest first."""
-        async with self._db.execute(
+        rows = await self._rows(
             f"SELECT {EFFECT_COLUMNS} FROM effects WHERE state = 'pending' ORDER BY seq LIMIT ?",
             (limit,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [effect_from_row(r) for r in rows]
 
     async def effect_attempt(self, tx_id: str, error: str | None) -> None:
