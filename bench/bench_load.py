@@ -240,12 +240,14 @@ async def count_answers(
     return n, limited, str(data["next_batch"])
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """A process's CPU time so far (user + system), from ``/proc/PID/stat``; None if gone."""
+def cpu_seconds(pid: int | None, task: int | None = None) -> float | None:
+    """CPU time so far (user + system) of a process, or of one of its threads, from
+    ``/proc/PID/stat`` (``/proc/PID/task/TID/stat``); None if gone."""
     if pid is None:
         return None
+    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(path).read_text()
     except OSError:
         return None
     # Fields after the command name (which may hold spaces, inside parentheses).
@@ -273,7 +275,6 @@ PEERBOT_POINTS = (
     "sync",
     "handler",
     "recorded",
-    "token",
     "picked",
     "guarded",
     "routed",
@@ -285,7 +286,13 @@ PEERBOT_POINTS = (
     "done_marked",
     "ack_recorded",
 )
+# Beside the path: the worker is woken once the question is recorded, while the sync handler
+# goes on to the batch's other events and then saves the sync token.
+SIDE_STEPS = (("recorded", "token"),)
 BARE_POINTS = ("q_ts", "seen", "fwd_ts", "sent")
+# PeerBot's own work before the forward's send: from the sync handing it the question to the
+# forward recorded in the outbox, less the time it waited behind earlier forwards to its room.
+OWN_WORK = ("sync", "effect_recorded", "route_applied", "lane")
 
 
 def print_breakdown(
@@ -299,6 +306,7 @@ def print_breakdown(
     """p50 / p95 of each step between consecutive points, over the questions that passed all."""
     rows: dict[str, list[float]] = {}
     total: list[float] = []
+    own: list[float] = []
     complete = 0
     for q, q_ms in qts.items():
         pts = dict(marks.get(q, {}))
@@ -311,7 +319,13 @@ def print_breakdown(
         complete += 1
         for a, b in itertools.pairwise(present):
             rows.setdefault(f"{a} -> {b}", []).append((pts[b] - pts[a]) * 1000)
+        for a, b in SIDE_STEPS:
+            if a in pts and b in pts and a in points:
+                rows.setdefault(f"  (beside: {a} -> {b})", []).append((pts[b] - pts[a]) * 1000)
         total.append((pts[until] - pts["q_ts"]) * 1000)
+        if all(p in pts for p in OWN_WORK):
+            first, last, q_in, q_out = OWN_WORK
+            own.append((pts[last] - pts[first] - (pts[q_out] - pts[q_in])) * 1000)
     print(f"\n{title}: {complete} questions ({until} reached); ms")
     print(f"  {'step':<34}{'n':>5}{'p50':>9}{'p95':>9}{'mean':>9}")
     for name, values in rows.items():
@@ -326,6 +340,14 @@ def print_breakdown(
             f"  {'q_ts -> ' + until + ' (whole)':<34}{len(total):>5}"
             f"{_percentile_f(total, 50):>9.1f}{_percentile_f(total, 95):>9.1f}"
             f"{statistics.fmean(total):>9.1f}"
+        )
+    if own:
+        own.sort()
+        print(
+            f"  {'own work before the send (*)':<34}{len(own):>5}"
+            f"{_percentile_f(own, 50):>9.1f}{_percentile_f(own, 95):>9.1f}"
+            f"{statistics.fmean(own):>9.1f}\n"
+            "  (*) sync -> effect_recorded, less the wait behind earlier forwards to its room"
         )
 
 
@@ -433,7 +455,12 @@ async def run_bench(args: argparse.Namespace) -> int:
                 f"posting {n} questions over {seconds:.0f} s from {len(posters)} clients...",
                 flush=True,
             )
-            cpu_before = (cpu_seconds(peerbot.pid), cpu_seconds(baseline.pid))
+            # PeerBot's main thread (the event loop) apart: the rest is aiosqlite's thread.
+            cpu_before = (
+                cpu_seconds(peerbot.pid),
+                cpu_seconds(baseline.pid),
+                cpu_seconds(peerbot.pid, peerbot.pid),
+            )
             started = time.monotonic()
 
             async def one(i: int) -> str:
@@ -475,7 +502,11 @@ async def run_bench(args: argparse.Namespace) -> int:
                         seen, last_change = count, time.monotonic()
                     await asyncio.sleep(5)
             print(f"answers seen: {seen}/{expected}", flush=True)
-            cpu_after = (cpu_seconds(peerbot.pid), cpu_seconds(baseline.pid))
+            cpu_after = (
+                cpu_seconds(peerbot.pid),
+                cpu_seconds(baseline.pid),
+                cpu_seconds(peerbot.pid, peerbot.pid),
+            )
 
             # Stop both bots: the counts below are final.
             await peerbot.terminate()
@@ -550,9 +581,10 @@ async def run_bench(args: argparse.Namespace) -> int:
         ]
         if cpu[0] is not None and cpu[1] is not None:
             ratio_cpu = f", ratio {cpu[0] / cpu[1]:.2f}" if cpu[1] else ""
+            main = "" if cpu[2] is None else f" ({cpu[2] * 1000:.1f} in its event loop's thread)"
             print(
                 f"process CPU per question (user+system, posting to last answer): PeerBot "
-                f"{cpu[0] * 1000:.1f} ms, bare echo {cpu[1] * 1000:.1f} ms{ratio_cpu}"
+                f"{cpu[0] * 1000:.1f} ms{main}, bare echo {cpu[1] * 1000:.1f} ms{ratio_cpu}"
             )
         if args.profile:
             fwd_ts = {q: qts[q] + min(v) for q, v in pb_fwd.delays_ms.items()}

@@ -151,9 +151,9 @@ class EventHandlers:
         question_id = intake.detect_question(msg, rule.trigger, rule.hashtags)
         if question_id is None:
             return
-        if await self.store.is_handled(msg.event_id) and question_id == msg.event_id:
-            return
         own = question_id == msg.event_id
+        # An own question whose event was handled before (erased after a redaction, say) is not
+        # recorded again; checked inside add_question's transaction: one trip, not two.
         added = await self.store.add_question(
             event_id=question_id,
             room_id=room_id,
@@ -161,6 +161,7 @@ class EventHandlers:
             sender=msg.sender if own else None,
             body=msg.body if own else None,
             created_ts=msg.ts if own else 0,
+            skip_handled=own,
         )
         stages.mark(question_id, "recorded")  # bench_load.py --profile
         if added:

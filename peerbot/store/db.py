@@ -94,10 +94,11 @@ class Connection:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = work(conn)
+                conn.execute("COMMIT")
             except BaseException:
+                # A failed COMMIT too: the connection is never left inside a transaction.
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return result
 
         async with self._write_lock:

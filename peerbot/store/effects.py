@@ -85,10 +85,11 @@ class EffectQueries(Connection):
 
         def work(conn: sqlite3.Connection) -> Effect:
             self._insert_effect(conn, tx_id, question_id, kind, room_id, content, event_type, now)
-            row = conn.execute(
+            # fetchall, not fetchone: a statement left mid-step would make COMMIT fail.
+            rows = conn.execute(
                 f"SELECT {EFFECT_COLUMNS} FROM effects WHERE tx_id = ?", (tx_id,)
-            ).fetchone()
-            return effect_from_row(row)
+            ).fetchall()
+            return effect_from_row(rows[0])
 
         return await self._atomic(work)
 

@@ -70,14 +70,25 @@ class QuestionQueries(Connection):
         sender: str | None,
         body: str | None,
         created_ts: int,
+        skip_handled: bool = False,
     ) -> bool:
         """Record a new question and mark its trigger handled; False if it was known.
 
-        One transaction, in one trip to the database thread (see ``Connection._atomic``).
+        ``skip_handled``: record nothing when the trigger event was already handled (e.g. a
+        question that was redacted and erased, replayed by a sync). One transaction, the check
+        included, in one trip to the database thread (see ``Connection._atomic``).
         """
         now = now_ms()
 
         def work(conn: sqlite3.Connection) -> bool:
+            # fetchall, not fetchone: a statement left mid-step would make COMMIT fail.
+            if (
+                skip_handled
+                and conn.execute(
+                    "SELECT 1 FROM handled_events WHERE event_id = ?", (trigger_event_id,)
+                ).fetchall()
+            ):
+                return False
             cur = conn.execute(
                 "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
                 "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'new', ?)",
@@ -195,8 +206,11 @@ class QuestionQueries(Connection):
                 "THEN 'failed' ELSE state END, error = 'redacted' WHERE question_id = ?",
                 (event_id,),
             )
-        # Overwrite freed pages so the text does not linger in the file.
-        await self._write("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Overwrite freed pages so the text does not linger in the file. Its result row read to
+        # the end: a checkpoint statement left open makes the next COMMIT fail ("SQL statements
+        # in progress") when that COMMIT runs in the same trip to the database thread.
+        async with self._write_lock:
+            await self._db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         return row
 
     async def question_count_by_room(self) -> dict[str, int]:
