@@ -15,6 +15,9 @@ Both bots' process CPU time over the posting and answering (``/proc/PID/stat``, 
 first question and once the answers are in) is printed per question. ``--profile`` also prints
 where one question's time goes, stage by stage, from the wall-clock timestamps PeerBot keeps
 when ``PEERBOT_STAGES`` names a file (:mod:`peerbot.bot.stages`) and the bare bot's own two.
+
+long: one script on purpose (the bare bot it runs as a subprocess of itself, the set-up, the
+tallies and the stage breakdown), so that a benchmark run is one file to read and to copy.
 """
 
 from __future__ import annotations
