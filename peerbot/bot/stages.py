@@ -15,10 +15,11 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["STAGES", "StageClock", "dump", "mark", "mark_all"]
+__all__ = ["STAGES", "StageClock", "dump", "mark", "mark_all", "mark_events"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,19 @@ class StageClock:
             now = time.time()
             self._marks.extend((k, stage, now) for k in keys)
 
+    def mark_events(self, events: Iterable[tuple[Any, Any]], stage: str) -> None:
+        """The same stage for each event of a sync batch (``(room, event)`` pairs); events
+        that are not mappings with a string ``event_id`` (garbage a sync may bring) are skipped."""
+        if self.enabled:
+            self.mark_all(
+                (
+                    e["event_id"]
+                    for _, e in events
+                    if isinstance(e, Mapping) and isinstance(e.get("event_id"), str)
+                ),
+                stage,
+            )
+
     def marks(self) -> list[tuple[str, str, float]]:
         """What is recorded, oldest first."""
         return list(self._marks)
@@ -82,4 +96,5 @@ _CLOCK = StageClock(Path(_env) if _env else None)
 
 mark = _CLOCK.mark
 mark_all = _CLOCK.mark_all
+mark_events = _CLOCK.mark_events
 dump = _CLOCK.dump
