@@ -22,13 +22,14 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeAlias, TypeVar
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 
+from peerbot.store.driver import Cursor, Done, Driver, Plan, drive_sync
 from peerbot.store.postgres import (
     PgDriver,
     connect,
@@ -38,7 +39,7 @@ from peerbot.store.postgres import (
     translate_ddl,
 )
 
-__all__ = ["Connection", "Database", "Done", "Plan", "Statement", "StoreError", "now_ms"]
+__all__ = ["Connection", "Database", "StoreError", "now_ms"]
 
 log = logging.getLogger("peerbot.store")
 
@@ -87,37 +88,6 @@ def _to_apply(current: int, dialect: str) -> list[tuple[int, str]]:
             f"knows ({latest}); upgrade PeerBot"
         )
     return [(v, sql) for v, sql in migrations if v > current]
-
-
-class Cursor(Protocol):
-    """What a statement gives back (aiosqlite's cursor, or postgres.PgCursor)."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    async def fetchone(self) -> Any: ...
-
-    async def fetchall(self) -> Any: ...
-
-
-class Execution(Protocol):
-    """``execute``'s result: awaited, or used as ``async with ... as cur``."""
-
-    def __await__(self) -> Generator[Any, None, Cursor]: ...
-
-    async def __aenter__(self) -> Cursor: ...
-
-    async def __aexit__(self, *exc: Any) -> Any: ...
-
-
-class Driver(Protocol):
-    """The one method the query groups use: aiosqlite's ``execute`` (or PgDriver's)."""
-
-    def execute(self, sql: str, parameters: Any = ..., /) -> Execution: ...
-
-    async def execute_fetchall(self, sql: str, parameters: Any = ..., /) -> Iterable[Any]: ...
-
-    async def close(self) -> None: ...
 
 
 class Connection:
@@ -177,7 +147,7 @@ class Connection:
             conn = db._conn  # on the database thread, as aiosqlite's own calls do
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = _drive_sync(conn, plan())
+                result = drive_sync(conn, plan())
                 conn.execute("COMMIT")
             except BaseException:
                 # A failed COMMIT too: the connection is never left inside a transaction.
@@ -213,36 +183,6 @@ class Connection:
         """The first row of one read (or None), in one trip."""
         rows = await self._db.execute_fetchall(sql, params)
         return next(iter(rows), None)
-
-
-class Done:
-    """What one statement of a plan gave: its rows (read to the end) and its row count."""
-
-    __slots__ = ("rowcount", "rows")
-
-    def __init__(self, rows: list[Any], rowcount: int) -> None:
-        self.rows = rows
-        self.rowcount = rowcount
-
-
-Statement = tuple[str, Sequence[Any]]
-"""One statement of a plan: SQL text (``?`` placeholders) and its parameters."""
-
-Plan: TypeAlias = Generator[Statement, Done, _T]
-"""A transaction's statements as a generator (see :meth:`Connection._atomic`)."""
-
-
-def _drive_sync(conn: sqlite3.Connection, plan: Plan[_T]) -> _T:
-    """Run a plan on the database thread. Every statement's rows are read to the end: a
-    statement left mid-step would make the COMMIT fail ("SQL statements in progress")."""
-    try:
-        statement = next(plan)
-        while True:
-            cur = conn.execute(*statement)
-            statement = plan.send(Done(cur.fetchall(), cur.rowcount))
-    except StopIteration as stop:
-        result: _T = stop.value
-        return result
 
 
 class Database(Connection):

@@ -9,7 +9,8 @@ from typing import Any
 
 from peerbot.core.lifecycle import Step
 from peerbot.core.records import Effect, QuestionState
-from peerbot.store.db import Connection, Plan, now_ms
+from peerbot.store.db import Connection, now_ms
+from peerbot.store.driver import Plan
 
 __all__ = ["EFFECT_COLUMNS", "EffectQueries", "effect_from_row"]
 

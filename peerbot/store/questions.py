@@ -8,7 +8,8 @@ from collections.abc import Collection
 from typing import Any
 
 from peerbot.core.records import QuestionRow, QuestionState, RouteRecord
-from peerbot.store.db import Connection, Plan, now_ms
+from peerbot.store.db import Connection, now_ms
+from peerbot.store.driver import Plan
 
 __all__ = ["QUESTION_COLUMNS", "QuestionQueries", "question_from_row"]
 

@@ -14,7 +14,7 @@ import pytest_asyncio
 from peerbot.core.lifecycle import Outgoing, Step
 from peerbot.core.records import QuestionState
 from peerbot.store import Store
-from peerbot.store.db import Plan
+from peerbot.store.driver import Plan
 from peerbot.store.questions import EXCLUDE_IN_SQL
 
 
