@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from peerbot.bot import stages
 from peerbot.bot.admin import ChatCommands
 from peerbot.bot.events import EventHandlers
 from peerbot.bot.followup import FollowupScheduler
@@ -282,6 +283,7 @@ class PeerBot:
     async def handle_batch(self, batch: SyncBatch) -> None:
         """Handle one sync's invites and events, then save its token."""
         events = self.events
+        stages.mark_events(batch.events, "sync")  # bench_load.py --profile
         for invite in batch.invites:
             await events.guard(events.handle_invite(invite), "invite")
         for room_id, event in batch.events:
@@ -295,6 +297,7 @@ class PeerBot:
         # Only now: a crash before this line replays the batch, and handled events are skipped.
         self._since = batch.next_batch
         await self.store.put("sync_token", batch.next_batch)
+        stages.mark_events(batch.events, "token")  # bench_load.py --profile
         self.wake()
 
     async def _work_loop(self) -> None:
@@ -318,8 +321,9 @@ class PeerBot:
 
     async def _work_once(self) -> bool:
         """Route waiting questions onto their lanes (and nudge the outbox); True if any work."""
-        did = await self.outbox.pump() > 0
-        return await self.lanes.route_waiting() or did
+        # Routing first: a new question's forward does not wait for the outbox's read.
+        did = await self.lanes.route_waiting()
+        return await self.outbox.pump() > 0 or did
 
     async def deliver(self, effect: Effect) -> str | None:
         """Send one effect now (tools and tests); the outbox does this for everything else."""

@@ -49,7 +49,11 @@ class Lanes:
     async def route_waiting(self) -> bool:
         """Check and route the waiting questions, oldest first; True if there were any."""
         did = False
-        for q in await self.store.questions_in_state(*WAITING, limit=BATCH):
+        # The questions on a lane are left out by the query itself: the worker wakes at each
+        # sync and each forward, and re-reading a queue that grew under load cost more CPU
+        # than anything else PeerBot does (bench_load.py --profile).
+        waiting = await self.store.questions_in_state(*WAITING, limit=BATCH, exclude=self.in_lane)
+        for q in waiting:
             if self._stopping.is_set():
                 return did
             if q.event_id in self.in_lane:

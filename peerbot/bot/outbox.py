@@ -18,6 +18,7 @@ import logging
 import random
 from dataclasses import replace
 
+from peerbot.bot import stages
 from peerbot.core.records import Effect, QuestionState
 from peerbot.core.relay import COPY_OF
 from peerbot.matrix import MatrixClient, MatrixError, Transient
@@ -207,8 +208,12 @@ class Outbox:
                 await self.store.effect_failed(effect.tx_id, str(exc))
                 await self._settled(effect, None, str(exc))
                 return None
+            if effect.kind == "forward" and effect.question_id:  # bench_load.py --profile
+                stages.mark(effect.question_id, "sent")
             await self.store.effect_done(effect.tx_id, event_id)
             await self._settled(effect, event_id, None)
+            if effect.kind == "forward" and effect.question_id:
+                stages.mark(effect.question_id, "done_marked")
             return event_id
 
     async def _resolve_copy(self, effect: Effect) -> Effect | None:

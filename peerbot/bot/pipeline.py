@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from peerbot.bot import stages
 from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.plugins import PluginSet
@@ -84,6 +85,7 @@ class QuestionPipeline:
 
     async def prepare(self, q: QuestionRow) -> QuestionRow | None:
         """Check and route one question; the routed question, or None (held or failed)."""
+        stages.mark(q.event_id, "picked")  # bench_load.py --profile (so are the marks below)
         if q.body is None or q.sender is None:
             q = await self._fetch_root(q)
             if q.state == QuestionState.FAILED:
@@ -96,8 +98,10 @@ class QuestionPipeline:
             if not q.guard_override and self.plugins.guards:
                 checked = await self.plugins.check(self.as_question(q))
                 verdicts = [(plugin.name, verdict) for plugin, verdict in checked]
+            stages.mark(q.event_id, "guarded")
             route = await self.route(q.body, self.as_question(q))
             sender_name = self.mx.display_name(q.room_id, q.sender) or await self._profile(q.sender)
+            stages.mark(q.event_id, "routed")
         target = route.room if route is not None else q.target_room
         assert target is not None
         inputs = RouteInputs(
@@ -110,6 +114,7 @@ class QuestionPipeline:
         )
         step = route_step(q, inputs, self.texts)
         await self.store.apply(q.event_id, step)
+        stages.mark(q.event_id, "route_applied")
         if step.effects:
             self.outbox.wake()
         if step.state is QuestionState.HELD:
@@ -190,6 +195,7 @@ class QuestionPipeline:
         """Record a routed question's forward and send it inline (the same transaction ID after
         a crash: the server keeps one); then record the acknowledgement for the outbox."""
         assert q.body is not None and q.sender is not None and q.target_room is not None
+        stages.mark(q.event_id, "lane")  # bench_load.py --profile (so are the marks below)
         labels = self.labels(q)
         forward = forward_outgoing(
             q, question=q.body, sender_id=q.sender, labels=labels, texts=self.texts
@@ -201,6 +207,7 @@ class QuestionPipeline:
             content=dict(forward.content),
             question_id=q.event_id,
         )
+        stages.mark(q.event_id, "effect_recorded")
         fwd_event = await self.outbox.deliver(effect)
         if fwd_event is None:
             await self.store.apply(q.event_id, forward_failed(q, "forward failed", self.texts))
@@ -224,6 +231,7 @@ class QuestionPipeline:
             texts=self.texts,
         )
         await self.store.apply(q.event_id, step)
+        stages.mark(q.event_id, "ack_recorded")
         self.outbox.wake()
         # Indexed once acknowledged: the question itself is never its own related thread. Read
         # again: an edit handled since this question was taken is in the store, not in ``q``.

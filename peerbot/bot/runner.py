@@ -150,6 +150,9 @@ async def run_bot(
             asyncio.get_running_loop().remove_signal_handler(sig)
         if watcher is not None:
             watcher.cancel()
+        from peerbot.bot import stages
+
+        stages.dump()  # only when PEERBOT_STAGES names a file (bench_load.py --profile)
         await client.close()
         await store.close()
         await plugins.close()

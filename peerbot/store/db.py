@@ -22,13 +22,14 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 
+from peerbot.store.driver import Cursor, Done, Driver, Plan, drive_sync
 from peerbot.store.postgres import (
     PgDriver,
     connect,
@@ -45,6 +46,8 @@ log = logging.getLogger("peerbot.store")
 # Held (transaction-level) while a PostgreSQL instance migrates: two instances starting together
 # must not both apply a migration.
 _MIGRATION_LOCK = 0x70656572_626F7401
+
+_T = TypeVar("_T")
 
 
 class StoreError(RuntimeError):
@@ -87,35 +90,6 @@ def _to_apply(current: int, dialect: str) -> list[tuple[int, str]]:
     return [(v, sql) for v, sql in migrations if v > current]
 
 
-class Cursor(Protocol):
-    """What a statement gives back (aiosqlite's cursor, or postgres.PgCursor)."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    async def fetchone(self) -> Any: ...
-
-    async def fetchall(self) -> Any: ...
-
-
-class Execution(Protocol):
-    """``execute``'s result: awaited, or used as ``async with ... as cur``."""
-
-    def __await__(self) -> Generator[Any, None, Cursor]: ...
-
-    async def __aenter__(self) -> Cursor: ...
-
-    async def __aexit__(self, *exc: Any) -> Any: ...
-
-
-class Driver(Protocol):
-    """The one method the query groups use: aiosqlite's ``execute`` (or PgDriver's)."""
-
-    def execute(self, sql: str, parameters: Any = ..., /) -> Execution: ...
-
-    async def close(self) -> None: ...
-
-
 class Connection:
     """The one shared connection and the two ways to write on it."""
 
@@ -142,6 +116,73 @@ class Connection:
         """One write statement in its own (autocommit) transaction, never inside another."""
         async with self._write_lock:
             return await self._db.execute(sql, params)
+
+    # Each await on aiosqlite is a trip to its thread and back (a queue put, a wake-up, a
+    # call_soon_threadsafe): BEGIN, two INSERTs and COMMIT were four trips, a read with
+    # ``async with execute() as cur: fetchone()`` three. On the path of every question these
+    # trips, not SQLite, were most of PeerBot's own time (bench_load.py --profile; README,
+    # benchmark section): the helpers below make each transaction and each read one trip.
+
+    async def _atomic(self, plan: Callable[[], Plan[_T]]) -> _T:
+        """The statements ``plan()`` yields, between BEGIN IMMEDIATE and COMMIT (ROLLBACK on any
+        error), alone on the connection; what the plan returns.
+
+        A plan is a generator: it yields ``(sql, params)`` and is sent back each statement's
+        :class:`Done` (its rows, read to the end, and its row count), so it can decide on what
+        it read. The same plan runs on both backends:
+
+        * SQLite: the whole plan on aiosqlite's thread, in one trip (the plan's own code then
+          runs on that thread: plain Python only, nothing that awaits). A cancelled caller
+          cannot leave the transaction open, as a cancel between the awaits of
+          :meth:`_transaction` could: the thread runs the plan to COMMIT or ROLLBACK anyway.
+        * PostgreSQL (asyncpg has no thread to hand work to): :meth:`_transaction`, each
+          statement awaited in turn (:meth:`_drive`).
+        """
+        db = self._db
+        if not isinstance(db, aiosqlite.Connection):
+            async with self._transaction():
+                return await self._drive(plan())
+
+        def run() -> _T:
+            conn = db._conn  # on the database thread, as aiosqlite's own calls do
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = drive_sync(conn, plan())
+                conn.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT too: the connection is never left inside a transaction.
+                conn.execute("ROLLBACK")
+                raise
+            return result
+
+        async with self._write_lock:
+            # aiosqlite has no public "run this on the connection's thread"; _execute is what
+            # its own execute() and commit() use (aiosqlite 0.20 to 0.22; test_store_trips.py
+            # checks it, so an aiosqlite that drops it fails there, loudly).
+            result: _T = await db._execute(run)  # type: ignore[no-untyped-call]
+            return result
+
+    async def _drive(self, plan: Plan[_T]) -> _T:
+        """Run a plan's statements one await each, inside the caller's transaction (the
+        PostgreSQL form of :meth:`_atomic`, and a plan inside a :meth:`_transaction`)."""
+        try:
+            statement = next(plan)
+            while True:
+                cur = await self._db.execute(*statement)
+                statement = plan.send(Done(list(await cur.fetchall()), cur.rowcount))
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read, in one trip (execute, fetchall and close together); on
+        PostgreSQL, PgDriver's execute_fetchall."""
+        return list(await self._db.execute_fetchall(sql, params))
+
+    async def _row(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first row of one read (or None), in one trip."""
+        rows = await self._db.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
 
 class Database(Connection):
@@ -332,10 +373,8 @@ class Database(Connection):
 
     async def is_handled(self, event_id: str) -> bool:
         """True when this event was already acted on."""
-        async with self._db.execute(
-            "SELECT 1 FROM handled_events WHERE event_id = ?", (event_id,)
-        ) as cur:
-            return await cur.fetchone() is not None
+        row = await self._row("SELECT 1 FROM handled_events WHERE event_id = ?", (event_id,))
+        return row is not None
 
     async def mark_handled(self, event_id: str, room_id: str) -> None:
         """Remember that this event was acted on."""

@@ -10,6 +10,7 @@ from typing import Any
 from peerbot.core.lifecycle import Step
 from peerbot.core.records import Effect, QuestionState
 from peerbot.store.db import Connection, now_ms
+from peerbot.store.driver import Plan
 
 __all__ = ["EFFECT_COLUMNS", "EffectQueries", "effect_from_row"]
 
@@ -40,8 +41,8 @@ class EffectQueries(Connection):
 
     # -- the outbox --------------------------------------------------------------------------
 
-    async def _insert_effect(
-        self,
+    @staticmethod
+    def _insert_effect(
         tx_id: str,
         question_id: str | None,
         kind: str,
@@ -49,9 +50,11 @@ class EffectQueries(Connection):
         content: Mapping[str, Any],
         event_type: str,
         now: int,
-    ) -> None:
-        """Record one pending effect (inside the caller's transaction); a known tx_id is kept."""
-        await self._db.execute(
+    ) -> Plan[None]:
+        """Record one pending effect, a known tx_id kept: a statement for the caller's plan
+        (``yield from`` in an ``_atomic`` plan; ``await self._drive(...)`` inside a
+        ``_transaction``)."""
+        yield (
             "INSERT OR IGNORE INTO effects (tx_id, question_id, kind, room_id, content, "
             "state, created_at, updated_at, event_type) "
             "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
@@ -77,14 +80,18 @@ class EffectQueries(Connection):
         question_id: str | None = None,
         event_type: str = "m.room.message",
     ) -> Effect:
-        """Record a message to send (idempotent on tx_id)."""
-        async with self._transaction():
-            await self._insert_effect(
-                tx_id, question_id, kind, room_id, content, event_type, now_ms()
+        """Record a message to send (idempotent on tx_id); the effect as stored (after a
+        crash, perhaps already sent). One trip to the database thread."""
+        now = now_ms()
+
+        def plan() -> Plan[Effect]:
+            yield from self._insert_effect(
+                tx_id, question_id, kind, room_id, content, event_type, now
             )
-        effect = await self.effect(tx_id)
-        assert effect is not None
-        return effect
+            done = yield (f"SELECT {EFFECT_COLUMNS} FROM effects WHERE tx_id = ?", (tx_id,))
+            return effect_from_row(done.rows[0])
+
+        return await self._atomic(plan)
 
     async def apply(self, question_id: str, step: Step) -> None:
         """A lifecycle step in one transaction: the question's new columns and its effects.
@@ -100,31 +107,30 @@ class EffectQueries(Connection):
         if step.state == QuestionState.DONE and step.forward_event_id is not None:
             columns["forwarded_ts"] = now
         sets = ", ".join(f"{k} = ?" for k in columns)
-        async with self._transaction():
-            await self._db.execute(
+
+        def plan() -> Plan[None]:
+            yield (
                 f"UPDATE questions SET {sets} WHERE event_id = ?",
                 (*columns.values(), question_id),
             )
             for e in step.effects:
-                await self._insert_effect(
+                yield from self._insert_effect(
                     e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
                 )
 
+        await self._atomic(plan)
+
     async def effect(self, tx_id: str) -> Effect | None:
         """An effect by its transaction ID."""
-        async with self._db.execute(
-            f"SELECT {EFFECT_COLUMNS} FROM effects WHERE tx_id = ?", (tx_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._row(f"SELECT {EFFECT_COLUMNS} FROM effects WHERE tx_id = ?", (tx_id,))
         return effect_from_row(row) if row else None
 
     async def pending_effects(self, limit: int = 100) -> list[Effect]:
         """Effects not yet sent, oldest first."""
-        async with self._db.execute(
+        rows = await self._rows(
             f"SELECT {EFFECT_COLUMNS} FROM effects WHERE state = 'pending' ORDER BY seq LIMIT ?",
             (limit,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [effect_from_row(r) for r in rows]
 
     async def effect_attempt(self, tx_id: str, error: str | None) -> None:

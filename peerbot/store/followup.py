@@ -133,8 +133,10 @@ class FollowupQueries(EffectQueries):
             if cur.rowcount != 1:
                 return False
             for e in effects:
-                await self._insert_effect(
-                    e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
+                await self._drive(
+                    self._insert_effect(
+                        e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
+                    )
                 )
             for user_id, room_id in pinged:
                 await self._db.execute(

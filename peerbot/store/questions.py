@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Collection
 from typing import Any
 
 from peerbot.core.records import QuestionRow, QuestionState, RouteRecord
 from peerbot.store.db import Connection, now_ms
+from peerbot.store.driver import Plan
 
 __all__ = ["QUESTION_COLUMNS", "QuestionQueries", "question_from_row"]
 
@@ -51,6 +53,10 @@ def question_from_row(row: sqlite3.Row | tuple[Any, ...]) -> QuestionRow:
     )
 
 
+EXCLUDE_IN_SQL = 500
+"""At most this many excluded IDs go into the query as parameters (SQLite's limit is higher)."""
+
+
 class QuestionQueries(Connection):
     """The questions table (and the handled trigger events recorded with them)."""
 
@@ -65,48 +71,65 @@ class QuestionQueries(Connection):
         sender: str | None,
         body: str | None,
         created_ts: int,
+        skip_handled: bool = False,
     ) -> bool:
-        """Record a new question and mark its trigger handled; False if it was known."""
-        async with self._transaction():
-            cur = await self._db.execute(
+        """Record a new question and mark its trigger handled; False if it was known.
+
+        ``skip_handled``: record nothing when the trigger event was already handled (e.g. a
+        question that was redacted and erased, replayed by a sync). One transaction, the check
+        included, in one trip to the database thread (see ``Connection._atomic``).
+        """
+        now = now_ms()
+
+        def plan() -> Plan[bool]:
+            if skip_handled:
+                done = yield (
+                    "SELECT 1 FROM handled_events WHERE event_id = ?",
+                    (trigger_event_id,),
+                )
+                if done.rows:
+                    return False
+            done = yield (
                 "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
                 "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'new', ?)",
-                (
-                    event_id,
-                    room_id,
-                    sender,
-                    body,
-                    created_ts,
-                    trigger_event_id,
-                    now_ms(),
-                ),
+                (event_id, room_id, sender, body, created_ts, trigger_event_id, now),
             )
-            added = cur.rowcount == 1
-            await self._db.execute(
+            added = done.rowcount == 1
+            yield (
                 "INSERT OR IGNORE INTO handled_events (event_id, room_id, handled_at) "
                 "VALUES (?, ?, ?)",
-                (trigger_event_id, room_id, now_ms()),
+                (trigger_event_id, room_id, now),
             )
-        return added
+            return added
+
+        return await self._atomic(plan)
 
     async def question(self, event_id: str) -> QuestionRow | None:
         """A question by its event ID."""
-        async with self._db.execute(
+        row = await self._row(
             f"SELECT {QUESTION_COLUMNS} FROM questions WHERE event_id = ?", (event_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return question_from_row(row) if row else None
 
-    async def questions_in_state(self, *states: str, limit: int = 100) -> list[QuestionRow]:
-        """Questions waiting for work, oldest first."""
+    async def questions_in_state(
+        self, *states: str, limit: int = 100, exclude: Collection[str] = ()
+    ) -> list[QuestionRow]:
+        """Questions waiting for work, oldest first; those in ``exclude`` left out.
+
+        ``exclude``: the worker's questions already queued on a lane. Left out in SQL, so a
+        long queue is not read and decoded again at each wake-up of the worker (under load it
+        was a third of PeerBot's CPU time); past ``EXCLUDE_IN_SQL`` IDs they are left out here.
+        """
         marks = ",".join("?" * len(states))
-        async with self._db.execute(
-            f"SELECT {QUESTION_COLUMNS} FROM questions WHERE state IN ({marks}) "
-            "ORDER BY seq LIMIT ?",
-            (*states, limit),
-        ) as cur:
-            rows = await cur.fetchall()
-        return [question_from_row(r) for r in rows]
+        sql = f"SELECT {QUESTION_COLUMNS} FROM questions WHERE state IN ({marks})"
+        params: list[Any] = list(states)
+        in_sql = list(exclude) if len(exclude) <= EXCLUDE_IN_SQL else []
+        if in_sql:
+            sql += f" AND event_id NOT IN ({','.join('?' * len(in_sql))})"
+            params += in_sql
+        rows = await self._rows(sql + " ORDER BY seq LIMIT ?", (*params, limit))
+        found = [question_from_row(r) for r in rows]
+        return found if in_sql or not exclude else [q for q in found if q.event_id not in exclude]
 
     async def update_question(self, event_id: str, **fields: Any) -> None:
         """Set some columns of a question."""
@@ -185,8 +208,11 @@ class QuestionQueries(Connection):
                 "THEN 'failed' ELSE state END, error = 'redacted' WHERE question_id = ?",
                 (event_id,),
             )
-        # Overwrite freed pages so the text does not linger in the file.
-        await self._write("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Overwrite freed pages so the text does not linger in the file. Its result row read to
+        # the end: a checkpoint statement left open makes the next COMMIT fail ("SQL statements
+        # in progress") when that COMMIT runs in the same trip to the database thread.
+        async with self._write_lock:
+            await self._db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         return row
 
     async def question_count_by_room(self) -> dict[str, int]:

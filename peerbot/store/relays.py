@@ -26,8 +26,10 @@ class RelayQueries(EffectQueries, AnswerQueries):
             added = await self._insert_thread_message(m)
             if added:
                 for e in effects:
-                    await self._insert_effect(
-                        e.tx_id, m.question_id, e.kind, e.room_id, e.content, e.event_type, now
+                    await self._drive(
+                        self._insert_effect(
+                            e.tx_id, m.question_id, e.kind, e.room_id, e.content, e.event_type, now
+                        )
                     )
         return added
 
@@ -55,8 +57,10 @@ class RelayQueries(EffectQueries, AnswerQueries):
                     (relay_tx, event_id),
                 )
             for e in effects:
-                await self._insert_effect(
-                    e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
+                await self._drive(
+                    self._insert_effect(
+                        e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
+                    )
                 )
 
     async def relay_sent(self, relay_tx: str, event_id: str) -> None:
