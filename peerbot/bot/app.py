@@ -173,30 +173,12 @@ class PeerBot:
             await self.events.guard(self.events.handle_invite(invite), "invite")
         await self.rooms.resolve_configured()
         self.plugins.scope(self.rooms.room_id)
-        self._log_rooms()
+        self.rooms.log_states(encryption_on=self.encryption_on)
         await self.rooms.reload_overrides()
         await self._load_index()
         await self._teach_routers()
         if self.encryption_on:
             await self.events.guard(self.events.retry_undecryptable(), "decrypt retry")
-
-    def _log_rooms(self) -> None:
-        joined = self.mx.joined_rooms()
-        for room_id in self.rooms.configured:
-            state = "encrypted" if self.mx.is_encrypted(room_id) else "not encrypted"
-            if room_id not in joined:
-                # Joined just now: nio knows its state after the next sync.
-                state = "joined now; encryption state shown by !peerbot help"
-            log.info("Room %s (%s): %s", self.rooms.label(room_id), room_id, state)
-            if (
-                room_id in self.rooms.yaml_intake
-                and self.mx.is_encrypted(room_id)
-                and not self.encryption_on
-            ):
-                log.warning(
-                    "Intake room %s is encrypted: set encryption.enabled in bot.yaml to read it",
-                    room_id,
-                )
 
     async def _load_index(self) -> None:
         await self.related.load()

@@ -25,7 +25,7 @@ from peerbot.core import intake
 from peerbot.core.commands import parse_command
 from peerbot.core.ids import RoomID, tx_id
 from peerbot.core.messages import Texts
-from peerbot.core.records import QuestionRow, QuestionState
+from peerbot.core.records import QuestionState
 from peerbot.matrix import Forbidden, Invite, MatrixClient, MatrixError, NotFound, Undecryptable
 from peerbot.store import Store
 
@@ -175,26 +175,10 @@ class EventHandlers:
             log.info("Question %s noticed in %s", question_id, room_id)
             self._wake()
 
-    async def thread_of(
-        self, room_id: RoomID, msg: intake.Message
-    ) -> tuple[QuestionRow, str] | None:
-        """The question whose conversation this message is part of, and its side: ``origin``
-        (in or replying to the asker's thread) or ``forward`` (the forward's thread)."""
-        for target in (msg.thread_root, msg.reply_to):
-            if target is None:
-                continue
-            q = await self.store.question(target)
-            if q is not None and q.room_id == room_id:
-                return q, "origin"
-            q = await self.store.question_by_forward(target)
-            if q is not None and q.target_room == room_id:
-                return q, "forward"
-        return None
-
     async def _note_thread_message(self, room_id: RoomID, msg: intake.Message) -> None:
         """A person's message in either thread of a question: recorded (answers counted) and
         relayed to the other thread, in one transaction (:class:`Relays`)."""
-        found = await self.thread_of(room_id, msg)
+        found = await self.store.conversation_of(room_id, (msg.thread_root, msg.reply_to))
         if found is None:
             return
         q, side = found

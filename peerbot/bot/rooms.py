@@ -187,3 +187,18 @@ class RoomDirectory:
     async def may_moderate(self, room_id: str, user_id: str, asker: str | None) -> bool:
         """The asker, or a room moderator, may mark a question solved."""
         return user_id == asker or await self.is_admin(room_id, user_id)
+
+    def log_states(self, *, encryption_on: bool) -> None:
+        """Log each configured room's encryption state once at start-up (and what to fix)."""
+        joined = self.mx.joined_rooms()
+        for room_id in self.configured:
+            state = "encrypted" if self.mx.is_encrypted(room_id) else "not encrypted"
+            if room_id not in joined:
+                # Joined just now: nio knows its state after the next sync.
+                state = "joined now; encryption state shown by !peerbot help"
+            log.info("Room %s (%s): %s", self.label(room_id), room_id, state)
+            if room_id in self.yaml_intake and self.mx.is_encrypted(room_id) and not encryption_on:
+                log.warning(
+                    "Intake room %s is encrypted: set encryption.enabled in bot.yaml to read it",
+                    room_id,
+                )

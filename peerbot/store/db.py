@@ -10,6 +10,9 @@ embedded default), or :class:`peerbot.store.postgres.PgDriver` when ``storage.da
 is translated and how a migration gets a PostgreSQL twin). On SQLite a lock file keeps a second
 instance out; on PostgreSQL several instances may open the database and
 :class:`peerbot.store.leader.Leadership` decides which one runs.
+
+long: the connection core holds both backends' opening, the migrations of each and the one-trip
+transaction plans; the drivers themselves live in ``driver.py`` and ``postgres.py``.
 """
 
 from __future__ import annotations

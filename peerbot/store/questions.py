@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from peerbot.core.records import QuestionRow, QuestionState, RouteRecord
@@ -191,6 +191,23 @@ class QuestionQueries(Connection):
         ) as cur:
             row = await cur.fetchone()
         return question_from_row(row) if row else None
+
+    async def conversation_of(
+        self, room_id: str, targets: Iterable[str | None]
+    ) -> tuple[QuestionRow, str] | None:
+        """The question whose conversation a message in ``room_id`` is part of, from the events
+        it is in the thread of or replies to, and its side: ``origin`` (the asker's thread) or
+        ``forward`` (the forward's thread)."""
+        for target in targets:
+            if target is None:
+                continue
+            q = await self.question(target)
+            if q is not None and q.room_id == room_id:
+                return q, "origin"
+            q = await self.question_by_forward(target)
+            if q is not None and q.target_room == room_id:
+                return q, "forward"
+        return None
 
     async def erase_question(self, event_id: str) -> QuestionRow | None:
         """Delete a redacted question and every copy of its text; return what it was."""

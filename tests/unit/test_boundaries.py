@@ -120,3 +120,21 @@ def test_no_import_circle_through_the_entry_points_the_boundaries_or_the_store()
     ours = ("cli", "runner", "logs", "demo", "crosssign", "signing", "matrix", "store")
     caught = [c for c in _cycles() if any(m.split(".")[1] in ours for m in c if m.count(".") >= 1)]
     assert not caught, caught
+
+
+def test_no_class_over_300_lines_and_long_modules_say_why() -> None:
+    import ast
+
+    too_big: list[str] = []
+    for path in sorted(ROOT.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        doc = ast.get_docstring(tree) or ""
+        if len(source.splitlines()) > 410 and "long:" not in doc:
+            too_big.append(f"{path.name}: {len(source.splitlines())} lines, no 'long:' reason")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                size = node.end_lineno - node.lineno + 1
+                if size > 300:
+                    too_big.append(f"{path.name}: class {node.name} has {size} lines")
+    assert not too_big, too_big
