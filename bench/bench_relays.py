@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -91,6 +92,62 @@ def tally(
     return lost, dup, _percentile(delays, 50), _percentile(delays, 95)
 
 
+async def create_rooms(
+    http: aiohttp.ClientSession,
+    base: str,
+    admin: RegisteredUser,
+    bot_user: RegisteredUser,
+    keys: Sequence[str],
+    joins: Iterable[tuple[RegisteredUser, str]],
+) -> dict[str, str]:
+    """Public rooms ``#KEY-bench`` made by ``admin`` (the bot invited), and who joins which;
+    the room IDs by key."""
+    rooms: dict[str, str] = {}
+    for key in keys:
+        created = await _api(
+            http,
+            "POST",
+            f"{base}/_matrix/client/v3/createRoom",
+            admin.access_token,
+            {
+                "preset": "public_chat",
+                "room_alias_name": f"{key}-bench",
+                "invite": [bot_user.user_id],
+            },
+        )
+        rooms[key] = str(created["room_id"])
+    for user, key in joins:
+        join = f"{base}/_matrix/client/v3/join/{quote(rooms[key], safe='')}"
+        await _api(http, "POST", join, user.access_token, {})
+    return rooms
+
+
+def bench_config(
+    server: SynapseServer, bot_user: RegisteredUser, workdir: Path, **extra: Any
+) -> dict[str, Any]:
+    """bot.yaml for the bench rooms: intake #entraide-bench (#DocTocToc), Cardiologie
+    (keyword ``ecg``) in #cardio-bench, triage #triage-bench; ``extra`` top-level keys added."""
+    return {
+        "matrix": {
+            "homeserver": server.base_url,
+            "user_id": bot_user.user_id,
+            "password": bot_user.password,
+        },
+        "storage": {"database": str(workdir / "peerbot.db")},
+        "invites": {"allowed_servers": [server.server_name]},
+        "intake": [
+            {"room": "#entraide-bench:localhost", "trigger": "hashtag", "hashtags": ["#DocTocToc"]}
+        ],
+        "routing": {
+            "fallback_room": "#triage-bench:localhost",
+            "specialties": [
+                {"name": "Cardiologie", "room": "#cardio-bench:localhost", "keywords": ["ecg"]}
+            ],
+        },
+        **extra,
+    }
+
+
 async def run_bench(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="peerbot-relays-"))
     print(f"working in {workdir}", flush=True)
@@ -103,49 +160,15 @@ async def run_bench(args: argparse.Namespace) -> int:
         bob = await server.register("bob")
         bot_user = await server.register("peerbot")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
-            rooms: dict[str, str] = {}
-            for key in ("entraide", "cardio", "triage"):
-                created = await _api(
-                    http,
-                    "POST",
-                    f"{base}/_matrix/client/v3/createRoom",
-                    admin.access_token,
-                    {
-                        "preset": "public_chat",
-                        "room_alias_name": f"{key}-bench",
-                        "invite": [bot_user.user_id],
-                    },
-                )
-                rooms[key] = str(created["room_id"])
-            for user, key in ((alice, "entraide"), (bob, "cardio"), (bob, "entraide")):
-                join = f"{base}/_matrix/client/v3/join/{quote(rooms[key], safe='')}"
-                await _api(http, "POST", join, user.access_token, {})
-            config = {
-                "matrix": {
-                    "homeserver": base,
-                    "user_id": bot_user.user_id,
-                    "password": bot_user.password,
-                },
-                "storage": {"database": str(workdir / "peerbot.db")},
-                "invites": {"allowed_servers": [server.server_name]},
-                "intake": [
-                    {
-                        "room": "#entraide-bench:localhost",
-                        "trigger": "hashtag",
-                        "hashtags": ["#DocTocToc"],
-                    }
-                ],
-                "routing": {
-                    "fallback_room": "#triage-bench:localhost",
-                    "specialties": [
-                        {
-                            "name": "Cardiologie",
-                            "room": "#cardio-bench:localhost",
-                            "keywords": ["ecg"],
-                        }
-                    ],
-                },
-            }
+            rooms = await create_rooms(
+                http,
+                base,
+                admin,
+                bot_user,
+                ("entraide", "cardio", "triage"),
+                [(alice, "entraide"), (bob, "cardio"), (bob, "entraide")],
+            )
+            config = bench_config(server, bot_user, workdir)
             bot = BotProcess(config, workdir, "peerbot")
             await bot.start_ready(log_level="INFO")
 

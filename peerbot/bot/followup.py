@@ -262,7 +262,7 @@ class FollowupScheduler:
             room, unanswered_only=False, limit=MAX_LISTED
         )
         since = await self.store.last_digest_ts(room) or now - DAY_MS
-        solved = await self.store.solved_since(room, since, MAX_LISTED)
+        solved, solved_total = await self.store.solved_since(room, since, MAX_LISTED)
         effect = digest_effect(
             due,
             self.rooms.label(room),
@@ -270,6 +270,7 @@ class FollowupScheduler:
             total,
             [self._listed(q, None, now) for q in solved],
             self.t,
+            solved_total=solved_total,
         )
         settled = await self.store.settle(
             due.key,
@@ -281,7 +282,7 @@ class FollowupScheduler:
                 "Digest %s: %d open, %d solved%s",
                 due.key,
                 total,
-                len(solved),
+                solved_total,
                 "" if effect else " (not posted)",
             )
             # The next one, planned at once: a stop right now loses nothing.

@@ -218,18 +218,19 @@ def digest_effect(
     open_total: int,
     solved_items: Sequence[Listed],
     texts: Texts,
+    solved_total: int | None = None,
 ) -> Outgoing | None:
-    """A room's digest; None when there is nothing to say."""
-    if not open_total and not solved_items:
+    """A room's digest; None when there is nothing to say. ``open_total`` and ``solved_total``
+    count every question, the items only those listed (``solved_total`` defaults to them)."""
+    solved_n = len(solved_items) if solved_total is None else max(solved_total, len(solved_items))
+    if not open_total and not solved_n:
         return None
-    title = texts.s(
-        "digest_title", room=defang(room_label), open=open_total, solved=len(solved_items)
-    )
+    title = texts.s("digest_title", room=defang(room_label), open=open_total, solved=solved_n)
     txt = [title]
     htm = [f"<p><strong>{_e(title)}</strong></p>"]
     for key, items, total in (
         ("digest_open", open_items, open_total),
-        ("digest_solved", solved_items, len(solved_items)),
+        ("digest_solved", solved_items, solved_n),
     ):
         if not items:
             continue

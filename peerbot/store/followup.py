@@ -251,15 +251,22 @@ class FollowupQueries(EffectQueries):
             total = await cur.fetchone()
         return [question_from_row(r) for r in rows], int(total[0]) if total else 0
 
-    async def solved_since(self, room_id: str, since: int, limit: int) -> list[QuestionRow]:
-        """A room's questions solved after ``since`` (ms), oldest first."""
+    async def solved_since(
+        self, room_id: str, since: int, limit: int
+    ) -> tuple[list[QuestionRow], int]:
+        """A room's questions solved after ``since`` (ms), oldest first (at most ``limit``),
+        and how many there are in all."""
+        where = "target_room = ? AND solved = 1 AND solved_ts > ?"
         async with self._db.execute(
-            f"SELECT {QUESTION_COLUMNS} FROM questions WHERE target_room = ? AND solved = 1 "
-            "AND solved_ts > ? ORDER BY solved_ts LIMIT ?",
+            f"SELECT {QUESTION_COLUMNS} FROM questions WHERE {where} ORDER BY solved_ts LIMIT ?",
             (room_id, since, limit),
         ) as cur:
             rows = await cur.fetchall()
-        return [question_from_row(r) for r in rows]
+        async with self._db.execute(
+            f"SELECT COUNT(*) FROM questions WHERE {where}", (room_id, since)
+        ) as cur:
+            total = await cur.fetchone()
+        return [question_from_row(r) for r in rows], int(total[0]) if total else 0
 
     async def stat_rows(self, since: int) -> list[StatRow]:
         """Forwarded questions asked after ``since`` (ms), for !stats."""

@@ -337,6 +337,17 @@ def test_digest_says_nothing_when_there_is_nothing() -> None:
     assert effect.content["m.mentions"] == {}
 
 
+def test_digest_counts_every_solved_question_not_only_the_listed() -> None:
+    # bench_community found digests saying "15 solved" when 18 had been: the list is bounded,
+    # the count must not be.
+    due = DueAction("digest:!r:slot-9", "digest", None, "!r", 0, False, 0)
+    item = Listed("ECG ?", 60, 1, "https://matrix.to/#/!r/$f")
+    effect = digest_effect(due, "#cardio:x", [], 0, [item] * 15, texts_for("en"), solved_total=18)
+    assert effect is not None
+    assert "0 open question(s), 18 solved" in effect.content["body"]
+    assert "… and 3 more." in effect.content["body"]
+
+
 # -- stats ---------------------------------------------------------------------------------------
 
 

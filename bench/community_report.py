@@ -1,0 +1,213 @@
+"""The community benchmark's tables: what the rooms show against what the simulation did.
+
+:class:`Truth` is what :mod:`bench_community` records while it plays the community; :func:`report`
+reads the rooms back (every event, with the homeserver's timestamps) and prints relays lost,
+duplicated and their delays, escalations against their schedule, digests against the truth, and
+the answered share and time to first answer PeerBot reports (``!stats`` and its store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_load import _percentile
+from bench_relays import linked, tally
+
+from peerbot.core.followup import percentile
+
+Event = dict[str, Any]
+_DIGEST = re.compile(r"^Digest of .*?: (\d+) open question\(s\), (\d+) solved\.")
+_STATS = re.compile(
+    r"Cardiologie, 7 d: (\d+) question\(s\), (\S+) answered, first answer after (.+?) \(median\)"
+)
+_REMINDER = "still waiting for an answer"
+
+
+@dataclass
+class Truth:
+    """What happened, as the simulation knows it (event IDs)."""
+
+    questions: dict[str, int] = field(default_factory=dict)  # qid -> plan number
+    forwards: dict[str, str] = field(default_factory=dict)  # qid -> forward event
+    answers: dict[str, list[str]] = field(default_factory=dict)  # qid -> non-asker messages
+    sources: dict[str, str] = field(default_factory=dict)  # relayable message -> its room key
+    edited: dict[str, str] = field(default_factory=dict)  # message -> token of its new text
+    redacted: set[str] = field(default_factory=set)
+    solved: dict[str, str] = field(default_factory=dict)  # qid -> the !solved event
+
+
+def in_thread(e: Event) -> str | None:
+    rel = (e.get("content") or {}).get("m.relates_to") or {}
+    return str(rel["event_id"]) if rel.get("rel_type") == "m.thread" else None
+
+
+def fmt(v: float | None, unit: str = "ms") -> str:
+    return "-" if v is None else f"{v:,.0f} {unit}"
+
+
+def report(
+    args: argparse.Namespace,
+    truth: Truth,
+    ev: dict[str, list[Event]],
+    bot_id: str,
+    steps: list[float],
+    down: tuple[float, float],
+    stats_text: str,
+    workdir: Path,
+) -> int:
+    """Print the tables; 1 when a relay was lost or duplicated."""
+    stamps = {str(e["event_id"]): int(e["origin_server_ts"]) for es in ev.values() for e in es}
+    other = {"entraide": "cardio", "cardio": "entraide"}
+    copies = {k: linked(ev[other[k]], bot_id) for k in other}
+    print(
+        f"\n{len(truth.questions)} questions over {args.seconds:.0f} s, "
+        f"{args.answerers} answerers, "
+        f"{args.askers} askers, seed {args.seed}; one SIGKILL midway, down {args.down:.0f} s\n"
+    )
+    print(f"{'':44} {'count':>6} {'lost':>5} {'dup':>5} {'p50':>10} {'p95':>10}")
+    rows = [
+        (
+            "forwards (question -> forward)",
+            len(truth.questions),
+            tally(
+                {q: stamps[q] for q in truth.questions},
+                {q: [stamps[f]] for q, f in truth.forwards.items()},
+            ),
+        )
+    ]
+    for key, name in (
+        ("cardio", "relays forward's thread -> asker's"),
+        ("entraide", "relays asker's thread -> forward's"),
+    ):
+        src = {
+            s: stamps[s] for s, k in truth.sources.items() if k == key and s not in truth.redacted
+        }
+        rows.append((name, len(src), tally(src, copies[key])))
+    bad = 0
+    for name, count, (lost, dup, p50, p95) in rows:
+        bad += lost + dup
+        print(f"{name:44} {count:>6} {lost:>5} {dup:>5} {fmt(p50):>10} {fmt(p95):>10}")
+
+    def edits_in(room: str) -> str:
+        return " ".join(
+            str(((e.get("content") or {}).get("m.new_content") or {}).get("body", ""))
+            for e in ev[room]
+            if e.get("sender") == bot_id
+        )
+
+    followed = sum(1 for s, tok in truth.edited.items() if tok in edits_in(other[truth.sources[s]]))
+    gone = sum(1 for s in truth.redacted if s not in copies[truth.sources[s]])
+    print(f"edits followed on the relayed copy: {followed}/{len(truth.edited)}; ", end="")
+    print(f"redactions followed (copy gone): {gone}/{len(truth.redacted)}")
+
+    # -- escalations --------------------------------------------------------------------------
+    reminders: dict[str, list[int]] = {}
+    for e in ev["cardio"]:
+        body = str((e.get("content") or {}).get("body", ""))
+        root = in_thread(e)
+        if e.get("sender") == bot_id and root and _REMINDER in body:
+            reminders.setdefault(root, []).append(int(e["origin_server_ts"]))
+    expected = fired = unexpected = missing = ambiguous = 0
+    on_time: list[int] = []
+    late: list[int] = []
+    late_down: list[int] = []
+    for qid, fwd in truth.forwards.items():
+        first = min((stamps[a] for a in truth.answers.get(qid, []) if a in stamps), default=None)
+        got = sorted(reminders.get(fwd, []))
+        fired += len(got)
+        for k, step in enumerate(steps):
+            due = stamps[fwd] + int(step * 1000)
+            if first is not None and abs(first - due) < 3000:
+                ambiguous += 1
+                continue
+            want = first is None or first > due
+            expected += want
+            if k >= len(got):
+                missing += want
+                continue
+            if not want:
+                unexpected += 1
+                continue
+            delay = got[k] - due
+            if abs(delay) <= 2000:
+                on_time.append(delay)
+            elif down[0] <= due <= down[1] + 2000:
+                late_down.append(delay)
+            else:
+                late.append(delay)
+    triage = sum(
+        1 for e in ev["triage"] if e.get("sender") == bot_id and e.get("type") == "m.room.message"
+    )
+    print(
+        f"\nescalation steps {steps} s: expected {expected}, fired {fired} "
+        f"(unexpected {unexpected}, missing {missing}, {ambiguous} too close to call); "
+        f"last steps shown in triage: {triage}"
+    )
+    p = [float(x) for x in sorted(on_time)]
+    print(
+        f"  on time (within 2 s of forward ts + step): {len(on_time)}, delay p50 "
+        f"{fmt(_percentile(sorted(on_time), 50))}, max {fmt(max(p) if p else None)}; "
+        f"late: {len(late)} {sorted(late)[-3:]}; due while the bot was down: {len(late_down)}"
+        f" (fired {fmt(_percentile(sorted(late_down), 50))} p50 after their due time)"
+    )
+
+    # -- digests ------------------------------------------------------------------------------
+    solved_ts = {q: stamps[s] for q, s in truth.solved.items() if s in stamps}
+    prev = 0
+    digests = []
+    for e in ev["cardio"]:
+        m = _DIGEST.match(str((e.get("content") or {}).get("body", "")))
+        if e.get("sender") != bot_id or m is None:
+            continue
+        d = int(e["origin_server_ts"])
+        open_truth = sum(
+            1
+            for q, f in truth.forwards.items()
+            if stamps[f] <= d and not (q in solved_ts and solved_ts[q] <= d)
+        )
+        solved_truth = sum(1 for t in solved_ts.values() if prev < t <= d)
+        digests.append((d, int(m.group(1)), open_truth, int(m.group(2)), solved_truth))
+        prev = d
+    exact = sum(1 for _, a, b, c, d in digests if a == b and c == d)
+    print(f"\ndigests every {args.digest:g} s: {len(digests)} posted, {exact} exactly right")
+    t_first = min(stamps[q] for q in truth.questions)
+    for d, o, ot, s, st in digests:
+        print(
+            f"  at {(d - t_first) / 1000:6.0f} s: open {o:>4} (truth {ot:>4}), "
+            f"solved since last {s:>3} (truth {st:>3})"
+        )
+
+    # -- answered share and time to first answer ----------------------------------------------
+    waits = []
+    for qid in truth.forwards:
+        firsts = [stamps[a] for a in truth.answers.get(qid, []) if a in stamps]
+        if firsts:
+            waits.append((min(firsts) - stamps[qid]) / 1000)
+    n_fwd = len(truth.forwards)
+    print(
+        f"\nsimulation: {n_fwd} forwarded, {len(waits)} answered "
+        f"({len(waits) / n_fwd:.0%}), first answer p50 {percentile(waits, 50):.1f} s, "
+        f"p90 {percentile(waits, 90):.1f} s"
+    )
+    m = _STATS.search(stats_text)
+    if m:
+        print(f"!stats says: {m.group(1)} question(s), {m.group(2)} answered, p50 {m.group(3)}")
+    else:
+        print(f"!stats answer not understood: {stats_text[:300]!r}")
+    db = sqlite3.connect(workdir / "peerbot.db")
+    rows_db = db.execute(
+        "SELECT created_ts, first_answer_ts FROM questions WHERE forwarded_ts IS NOT NULL"
+    ).fetchall()
+    db.close()
+    store_waits = [(b - a) / 1000 for a, b in rows_db if b is not None]
+    print(
+        f"store says: {len(rows_db)} forwarded, {len(store_waits)} answered "
+        f"({len(store_waits) / max(1, len(rows_db)):.0%}), first answer p50 "
+        f"{percentile(store_waits, 50) or 0:.1f} s, p90 {percentile(store_waits, 90) or 0:.1f} s"
+    )
+    return 1 if bad else 0
