@@ -10,6 +10,12 @@ from the homeserver's own timestamps. Exit status 1 if PeerBot lost or duplicate
     .venv/bin/python bench/bench_load.py                      # 2,000 questions over 60 s
     .venv/bin/python bench/bench_load.py --questions 300 --seconds 15
     .venv/bin/python bench/bench_load.py --questions 300 --seconds 60 --profile
+    .venv/bin/python bench/bench_load.py --questions 300 --seconds 60 --store postgresql
+
+``--store postgresql`` keeps PeerBot's state in a throwaway PostgreSQL on loopback (the test
+suite's ``tests/pgserver.py``: Debian's ``postgresql`` binaries, trust authentication) instead of
+a SQLite file. PeerBot's CPU time is its own process; the server's (postmaster and
+backends) is printed apart.
 
 Both bots' process CPU time over the posting and answering (``/proc/PID/stat``, read before the
 first question and once the answers are in) is printed per question. ``--profile`` also prints
@@ -48,6 +54,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 from botproc import BotProcess  # noqa: E402
+from pgserver import PostgresServer  # noqa: E402
 
 from peerbot.dev.devserver import RegisteredUser, SynapseServer  # noqa: E402
 
@@ -258,6 +265,24 @@ def cpu_seconds(pid: int | None, task: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu_seconds(pg: PostgresServer | None) -> float | None:
+    """CPU time so far of a PostgreSQL server: its postmaster and the processes it runs now
+    (PeerBot's connections stay open for the run, so their backends are counted)."""
+    if pg is None:
+        return None
+    try:
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if stat.read_text().rpartition(")")[2].split()[1] == str(postmaster):
+                pids.append(int(stat.parent.name))
+    times = [cpu_seconds(pid) for pid in pids]
+    return sum(t for t in times if t is not None)
+
+
 def read_marks(path: Path) -> dict[str, dict[str, float]]:
     """Stage marks written by a bot: event ID -> stage -> first time (s) it was reached."""
     out: dict[str, dict[str, float]] = {}
@@ -366,7 +391,14 @@ async def run_bench(args: argparse.Namespace) -> int:
     server = await SynapseServer.start(workdir / "synapse")
     peerbot: BotProcess | None = None
     baseline: asyncio.subprocess.Process | None = None
+    pg: PostgresServer | None = None
     try:
+        database = str(workdir / "peerbot.db")
+        if args.store == "postgresql":
+            pg = PostgresServer()
+            pg.start()
+            database = await pg.create_database("bench")
+        print(f"PeerBot's store: {args.store}", flush=True)
         base = server.base_url
         admin = await server.register("admin")
         observer = await server.register("observer")
@@ -407,7 +439,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                     "user_id": bot_user.user_id,
                     "password": bot_user.password,
                 },
-                "storage": {"database": str(workdir / "peerbot.db")},
+                "storage": {"database": database},
                 "log_level": "WARNING",
                 "invites": {"allowed_servers": [server.server_name]},
                 "intake": [
@@ -459,10 +491,12 @@ async def run_bench(args: argparse.Namespace) -> int:
                 flush=True,
             )
             # PeerBot's main thread (the event loop) apart: the rest is aiosqlite's thread.
+            # With PostgreSQL, the server's processes too (the store's work moves there).
             cpu_before = (
                 cpu_seconds(peerbot.pid),
                 cpu_seconds(baseline.pid),
                 cpu_seconds(peerbot.pid, peerbot.pid),
+                server_cpu_seconds(pg),
             )
             started = time.monotonic()
 
@@ -509,6 +543,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                 cpu_seconds(peerbot.pid),
                 cpu_seconds(baseline.pid),
                 cpu_seconds(peerbot.pid, peerbot.pid),
+                server_cpu_seconds(pg),
             )
 
             # Stop both bots: the counts below are final.
@@ -589,6 +624,8 @@ async def run_bench(args: argparse.Namespace) -> int:
                 f"process CPU per question (user+system, posting to last answer): PeerBot "
                 f"{cpu[0] * 1000:.1f} ms{main}, bare echo {cpu[1] * 1000:.1f} ms{ratio_cpu}"
             )
+        if cpu[3] is not None:
+            print(f"PostgreSQL server CPU per question (PeerBot's store): {cpu[3] * 1000:.1f} ms")
         if args.profile:
             fwd_ts = {q: qts[q] + min(v) for q, v in pb_fwd.delays_ms.items()}
             echo_ts = {q: qts[q] + min(v) for q, v in bare.delays_ms.items()}
@@ -618,6 +655,8 @@ async def run_bench(args: argparse.Namespace) -> int:
             baseline.kill()
             await baseline.wait()
         await server.stop()
+        if pg is not None:
+            pg.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
@@ -639,6 +678,12 @@ def main(argv: list[str] | None = None) -> int:
         help="stop waiting when no answer came for this long (a lost question never comes)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="PeerBot's database: a SQLite file, or a throwaway PostgreSQL on loopback",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
