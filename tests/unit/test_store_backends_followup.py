@@ -251,10 +251,11 @@ async def test_open_questions_solved_since_and_stat_rows(store: Store) -> None:
     rows, total = await store.open_questions(CARDIO, unanswered_only=False, limit=1)
     assert ([q.event_id for q in rows], total) == (["$q1"], 2)
     assert await store.open_questions("!neuro:x", unanswered_only=False, limit=5) == ([], 0)
-    [solved] = await store.solved_since(CARDIO, f1 - DAY, 10)
+    [solved], solved_total = await store.solved_since(CARDIO, f1 - DAY, 10)
+    assert solved_total == 1
     assert solved.event_id == "$q3" and solved.solved
     assert solved.solved_ts is not None
-    assert await store.solved_since(CARDIO, solved.solved_ts, 10) == []
+    assert await store.solved_since(CARDIO, solved.solved_ts, 10) == ([], 0)
     stats = sorted(await store.stat_rows(T0 - DAY), key=lambda r: (r.specialty, repr(r)))
     assert stats == [
         StatRow("", T0, None),
