@@ -201,6 +201,22 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
+def post_burst(site: Site, n: int) -> asyncio.Future[list[str]]:
+    """Alice posts ``n`` questions in the intake room, 8 at a time (one in three for triage,
+    the rest for cardiology); the future gives their event IDs in order."""
+    run = unique_name("run")
+    gate = asyncio.Semaphore(8)
+
+    async def post(i: int) -> str:
+        topic = "renouveler une ordonnance" if i % 3 == 0 else "ECG avec arythmie"
+        async with gate:
+            return await site.alice.send_text(
+                site.rooms["entraide"], f"#DocTocToc Q{i:03d}-{run} {topic}, que faire ?"
+            )
+
+    return asyncio.gather(*(post(i) for i in range(n)))
+
+
 def live_count(user: TestUser, room_ids: list[str], bot_id: str) -> int:
     """The bot's messages a user's sync has recorded so far in some rooms."""
     return sum(len(bot_messages(user.events(r), bot_id)) for r in room_ids)
@@ -262,18 +278,7 @@ async def test_exactly_once_across_two_sigkills(
     entraide = site.rooms["entraide"]
     targets = [site.rooms["cardio"], site.rooms["triage"]]
     bot_id = site.bot_user.user_id
-    run = unique_name("run")
-
-    gate = asyncio.Semaphore(8)
-
-    async def post(i: int) -> str:
-        topic = "renouveler une ordonnance" if i % 3 == 0 else "ECG avec arythmie"
-        async with gate:
-            return await site.alice.send_text(
-                entraide, f"#DocTocToc Q{i:03d}-{run} {topic}, que faire ?"
-            )
-
-    posting = asyncio.gather(*(post(i) for i in range(100)))
+    posting = post_burst(site, 100)
     at_kill: list[int] = []
     for threshold in (15, 55):
         await wait_until(

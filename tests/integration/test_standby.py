@@ -9,7 +9,6 @@ is cut stops at once (exit 1) so that two never lead together.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 from botproc import READY_LINE, BotProcess
-from helpers import MakeUser, unique_name
+from helpers import MakeUser
 from pgserver import PostgresServer
 from test_faults import (
     assert_exactly_once,
@@ -26,6 +25,7 @@ from test_faults import (
     history,
     live_count,
     make_site,
+    post_burst,
     wait_all_acked,
     wait_until,
 )
@@ -74,17 +74,7 @@ async def takeover_run(
     entraide = site.rooms["entraide"]
     targets = [site.rooms["cardio"], site.rooms["triage"]]
     bot_id = site.bot_user.user_id
-    run = unique_name("run")
-    gate = asyncio.Semaphore(8)
-
-    async def post(i: int) -> str:
-        topic = "renouveler une ordonnance" if i % 3 == 0 else "ECG avec arythmie"
-        async with gate:
-            return await site.alice.send_text(
-                entraide, f"#DocTocToc Q{i:03d}-{run} {topic}, que faire ?"
-            )
-
-    posting = asyncio.gather(*(post(i) for i in range(questions)))
+    posting = post_burst(site, questions)
     await wait_until(
         lambda: live_count(site.bob, targets, bot_id) >= kill_after,
         120,
