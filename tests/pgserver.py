@@ -68,11 +68,26 @@ class PostgresServer:
             raise FileNotFoundError("initdb/pg_ctl not found: apt-get install -y postgresql")
         args = ["-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"]
         self._run([initdb, *args, "--locale=C.UTF-8", "-E", "UTF8"])
+        self._start_server()
+
+    def _start_server(self) -> None:
+        pg_ctl = find_bin("pg_ctl")
+        assert pg_ctl is not None
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
         self._run([pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start"])
+
+    def halt(self) -> None:
+        """Stop the server (fast: every session ends) and keep its data, to start it again."""
+        pg_ctl = find_bin("pg_ctl")
+        assert pg_ctl is not None
+        self._run([pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port with the same data."""
+        self._start_server()
 
     def stop(self) -> None:
         """Stop the server (fast) and delete its folder."""

@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
 from peerbot.config import Config
 from peerbot.logs import SECRETS
@@ -36,6 +38,11 @@ EXIT_CONFIG = 2
 
 log = logging.getLogger("peerbot")
 
+T = TypeVar("T")
+
+_RETRY_MAX_SECONDS = 30.0
+"""The longest wait between two tries to reach an unreachable PostgreSQL."""
+
 
 def load_plugin_set(config: Config) -> PluginSet:
     """Load the plugins named in bot.yaml (before any login); PluginLoadError on a problem."""
@@ -45,8 +52,13 @@ def load_plugin_set(config: Config) -> PluginSet:
     return PluginSet(load_plugins(config.plugins, language=config.language, data_root=data_root))
 
 
-async def open_store(config: Config) -> Store:
-    """The configured database, opened and migrated; StoreError on a problem."""
+async def open_store(config: Config, *, wait: bool = False) -> Store:
+    """The configured database, opened and migrated; StoreError on a problem.
+
+    With ``wait``, a PostgreSQL server that cannot be reached yet (down, restarting, starting
+    up) is tried again and again, 1 s, 2 s, 4 s... up to 30 s apart, each failure logged;
+    what needs the operator (bad password, no such database) still fails at once.
+    """
     from peerbot.store import Store, StoreError
 
     try:
@@ -54,20 +66,29 @@ async def open_store(config: Config) -> Store:
     except OSError as exc:
         raise StoreError(f"storage.password_file: cannot read it: {exc}") from exc
     SECRETS.add(password)
-    return await Store.open(config.storage.target, password=password)
+    delay = 1.0
+    while True:
+        try:
+            return await Store.open(config.storage.target, password=password)
+        except StoreError as exc:
+            if not (wait and exc.transient):
+                raise
+            log.warning("%s; trying again in %.0f s", exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _RETRY_MAX_SECONDS)
 
 
 async def run_bot(
     config: Config, *, ready: asyncio.Event | None = None, reset_identity: bool = False
 ) -> int:
-    """Run until SIGINT/SIGTERM; return an exit status."""
-    from peerbot.bot.app import PeerBot, StartupError
-    from peerbot.bot.ops import Operations, OpsError
-    from peerbot.bot.plugins import PluginLoadError, ensure_data_dirs
-    from peerbot.matrix import MatrixClient, MatrixError
-    from peerbot.matrix.crosssign import CrossSigningError, IdentityMismatch, KeysLost
-    from peerbot.store import StoreError
-    from peerbot.store.leader import Leadership
+    """Run until SIGINT/SIGTERM; return an exit status.
+
+    On PostgreSQL a lost lead (the server restarted, the network broke, the lock was cut) is
+    not the end: this instance stops everything it was doing, then waits for the database
+    again and for the lead (as the standby when another instance took it), and carries on from
+    the saved sync token and outbox.
+    """
+    from peerbot.bot.plugins import PluginLoadError
 
     SECRETS.add(config.matrix.password)
     SECRETS.add(config.matrix.access_token)
@@ -77,17 +98,47 @@ async def run_bot(
         log.error("Plugin error: %s", exc)
         return EXIT_CONFIG
     try:
-        store = await open_store(config)
+        while True:
+            status = await _lead_and_run(config, plugins, ready, reset_identity)
+            if status != _LEAD_LOST:
+                return status
+            reset_identity = False  # a new identity once, never again on a reconnect
+            log.warning("Waiting for the database and the lead again")
+    finally:
+        await plugins.close()
+
+
+_LEAD_LOST = -1
+""":func:`_lead_and_run`'s status when the lead was lost (never an exit status)."""
+
+
+async def _lead_and_run(
+    config: Config, plugins: PluginSet, ready: asyncio.Event | None, reset_identity: bool
+) -> int:
+    """Open the store, wait for the lead, run the bot; an exit status or ``_LEAD_LOST``."""
+    from peerbot.bot.app import PeerBot, StartupError
+    from peerbot.bot.ops import Operations, OpsError
+    from peerbot.bot.plugins import ensure_data_dirs
+    from peerbot.matrix import MatrixClient, MatrixError
+    from peerbot.matrix.crosssign import CrossSigningError, IdentityMismatch, KeysLost
+    from peerbot.store import StoreError
+    from peerbot.store.leader import Leadership
+
+    try:
+        opened = await _until_signal(open_store(config, wait=True))
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
+    if opened is None:
+        log.info("PeerBot stopped (it was waiting for the database)")
+        return EXIT_OK
+    store = opened
     leadership = Leadership(
         store, password=config.storage.password(), poll_ms=config.storage.standby_poll_ms
     )
     if not await _wait_for_lead(leadership):
         await leadership.release()
         await store.close()
-        await plugins.close()
         log.info("PeerBot stopped (it was on standby)")
         return EXIT_OK
     ensure_data_dirs(plugins.plugins)
@@ -135,12 +186,22 @@ async def run_bot(
         except CrossSigningError as exc:
             log.error("Cannot start: encryption set-up failed: %s", exc)
             return EXIT_FAILURE
+        except Exception:
+            if lost:  # the database went away during the start: try again, as after a loss
+                log.exception("Start interrupted by the lost lead")
+                return _LEAD_LOST
+            raise
         log.info("PeerBot is running; Ctrl-C to stop")
         if ready is not None:
             ready.set()
-        await bot.run()
+        try:
+            await bot.run()
+        except Exception:
+            if not lost:
+                raise
+            log.exception("The bot failed while the lead was being lost")
         if lost:
-            return EXIT_FAILURE
+            return _LEAD_LOST
         log.info("PeerBot stopped")
         return EXIT_OK
     finally:
@@ -154,30 +215,39 @@ async def run_bot(
 
         stages.dump()  # only when PEERBOT_STAGES names a file (bench_load.py --profile)
         await client.close()
-        await store.close()
-        await plugins.close()
+        with contextlib.suppress(Exception):  # a broken PostgreSQL connection cannot close
+            await asyncio.wait_for(store.close(), 10)
         # Last: a standby must not start while this instance may still send.
         await leadership.release()
+
+
+async def _until_signal(work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None when SIGINT/SIGTERM came first (then ``work`` is cancelled)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if task.cancelled() and not _current_cancelling():
+            return None
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 async def _wait_for_lead(leadership: Leadership) -> bool:
     """Wait (on standby) until this instance leads; False when SIGINT/SIGTERM came first."""
     if not leadership.shared:
         return True
-    loop = asyncio.get_running_loop()
-    waiting = asyncio.create_task(leadership.acquire(), name="standby")
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, waiting.cancel)
-    try:
-        await waiting
+
+    async def acquired() -> bool:
+        await leadership.acquire()
         return True
-    except asyncio.CancelledError:
-        if waiting.cancelled() and not _current_cancelling():
-            return False
-        raise
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+
+    return await _until_signal(acquired()) is True
 
 
 def _current_cancelling() -> int:

@@ -54,7 +54,15 @@ _T = TypeVar("_T")
 
 
 class StoreError(RuntimeError):
-    """The database cannot be used; the message says why and what to do."""
+    """The database cannot be used; the message says why and what to do.
+
+    ``transient`` is True when trying again later may work (a PostgreSQL server not reachable
+    or still starting), False for what needs the operator (bad password, no such database).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def now_ms() -> int:
@@ -237,10 +245,15 @@ class Database(Connection):
             raise StoreError(str(exc)) from None
         except (TimeoutError, OSError) as exc:
             raise StoreError(
-                f"storage.database: cannot reach PostgreSQL at {redact(url)}: {exc}"
+                f"storage.database: cannot reach PostgreSQL at {redact(url)}: {exc}",
+                transient=True,
             ) from exc
         except Exception as exc:  # asyncpg's own errors: bad password, no such database...
-            raise StoreError(f"storage.database: cannot open {redact(url)}: {exc}") from exc
+            # "the database system is starting up / shutting down": worth waiting for.
+            starting = type(exc).__name__ == "CannotConnectNowError"
+            raise StoreError(
+                f"storage.database: cannot open {redact(url)}: {exc}", transient=starting
+            ) from exc
         store = cls(PgDriver(conn), None, -1, url=url)
         try:
             await store._setup_postgres()

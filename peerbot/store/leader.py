@@ -8,8 +8,9 @@ access token and device saved in the database (``kv``), resumes from the saved s
 its outbox sends what the old leader recorded but did not send: the same transaction IDs, on the
 same access token, so Synapse deduplicates anything that was in fact sent.
 
-A leader that loses its lock connection stops at once (someone else may lead by then). On
-SQLite there is nothing to decide: the lock file lets only one instance open the database.
+A leader that loses its lock connection stops at once (someone else may lead by then);
+:func:`peerbot.bot.runner.run_bot` then waits for the database and the lead again. On SQLite
+there is nothing to decide: the lock file lets only one instance open the database.
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 The leader is SIGKILLed in the middle of a burst of 100 questions; the standby takes over with
 the leader's saved token and device, resumes from the saved sync token and the outbox, and every
 question ends up forwarded and acknowledged exactly once, counted in the rooms. The takeover
-time is printed. Also: a standby stops cleanly on SIGTERM, and a leader whose lock connection
-is cut stops at once (exit 1) so that two never lead together.
+time is printed. Also: a standby stops cleanly on SIGTERM; a leader whose lock connection is cut
+stops at once, so that two never lead together, then leads again when nobody else does; and a
+PostgreSQL restart under a running bot loses and duplicates nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -167,6 +169,59 @@ async def test_a_standby_stops_on_sigterm_and_a_leader_stops_when_its_lock_is_cu
     finally:
         await admin.close()
     assert len(cut) == 1
-    assert await leader.wait_exit(30) == 1
-    assert "Lost the lead on the database" in leader.log_text()
-    assert READY_LINE in leader.log_text()
+    # It stops at once, then (nobody else leads) takes the lead again and runs on.
+    await _wait_log(leader, "Lost the lead on the database", 30)
+    await wait_until(
+        lambda: leader.log_text().count(READY_LINE) >= 2,
+        60,
+        lambda: f"the leader did not come back after losing the lead\n{leader.log_tail()}",
+    )
+    assert leader.returncode is None, leader.log_tail()
+    status, _ = await leader.terminate()
+    assert status == 0, leader.log_tail()
+
+
+@pytest.mark.slow
+async def test_the_bot_rides_out_a_postgresql_restart_exactly_once(
+    synapse: SynapseServer,
+    make_user: MakeUser,
+    bots: Callable[..., BotProcess],
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL stops (every session cut) and comes back 5 s later, questions arriving all
+    along: the bot waits for it, leads again in the same process, and every question is
+    forwarded and acknowledged exactly once."""
+    server = PostgresServer()  # its own: halting the session's server would hit other tests
+    server.start()
+    try:
+        site = await make_site(synapse, make_user)
+        url = await server.create_database()
+        config: dict[str, Any] = site.config(tmp_path / "unused.db")
+        config["storage"] = {"database": url, "standby_poll_ms": 200}
+        bot = bots(config, "bot")
+        await bot.start_ready()
+        targets = [site.rooms["cardio"], site.rooms["triage"]]
+        bot_id = site.bot_user.user_id
+        before = list(await post_burst(site, 5))
+        await wait_all_acked(site, before, 60, bot)
+        server.halt()
+        during = list(await post_burst(site, 5))  # Synapse takes them; the bot cannot store them
+        await _wait_log(bot, "Lost the lead on the database", 30)
+        await asyncio.sleep(5)  # a real outage: the bot keeps trying meanwhile
+        server.resume()
+        await wait_until(
+            lambda: bot.log_text().count(READY_LINE) >= 2,
+            90,
+            lambda: f"the bot did not lead again after the restart\n{bot.log_tail()}",
+        )
+        after = list(await post_burst(site, 5))
+        ids = before + during + after
+        await wait_all_acked(site, ids, 120, bot)
+        assert bot.returncode is None, bot.log_tail()
+        status, _ = await bot.terminate()
+        assert status == 0, bot.log_tail()
+        fwd_events = [e for r in targets for e in await history(site.bob, r)]
+        ack_events = await history(site.alice, site.rooms["entraide"])
+        assert_exactly_once(ids, fwd_events, ack_events, bot_id)
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
@@ -15,6 +16,9 @@ from peerbot.core.records import QuestionState, ThreadMessage
 from peerbot.store import Store, StoreError
 from peerbot.store.db import _migrations
 from peerbot.store.postgres import redact, translate, translate_ddl
+
+if TYPE_CHECKING:
+    from pgserver import PostgresServer
 
 
 @pytest_asyncio.fixture
@@ -287,6 +291,25 @@ async def test_an_unreachable_postgresql_is_a_clear_error(postgres: object) -> N
     with pytest.raises(StoreError, match=r"storage\.database: cannot reach PostgreSQL") as err:
         await Store.open(url)
     assert "secret" not in str(err.value)
+    assert err.value.transient  # worth trying again: `peerbot run` waits for it
+
+
+async def test_a_missing_postgresql_database_fails_at_once_even_when_waiting(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    from peerbot.bot.runner import open_store
+    from peerbot.config import parse_config
+
+    config = parse_config(
+        "matrix: {homeserver: 'http://127.0.0.1:1', user_id: '@b:example.org', password: x}\n"
+        f"storage: {{database: '{postgres.url('no_such_database')}'}}\n"
+        "routing: {fallback_room: '#triage:example.org'}\n",
+        base_dir=tmp_path,
+        env={},
+    )
+    with pytest.raises(StoreError, match="no_such_database") as err:
+        await asyncio.wait_for(open_store(config, wait=True), 20)
+    assert not err.value.transient
 
 
 # -- the translation, pure ----------------------------------------------------------------------
