@@ -343,6 +343,13 @@ class Database(Connection):
                     await self._db.execute(statement)
                 await self._db.execute(f"PRAGMA user_version={version}")
 
+    @property
+    def broken(self) -> bool:
+        """True once a PostgreSQL connection is closed under the store (the server ended the
+        session or went away); it is not reopened in place, :mod:`peerbot.store.leader` notices
+        and the runner starts over. Never on SQLite."""
+        return isinstance(self._db, PgDriver) and self._db.closed
+
     async def close(self) -> None:
         """Close the connection and release the instance lock (SQLite)."""
         try:

@@ -97,6 +97,8 @@ class Leadership:
                 raise
             except Exception as exc:
                 return f"the connection holding the lead broke ({exc or type(exc).__name__})"
+            if self.store.broken:  # the lead is held, but no work can be stored any more
+                return "the database connection broke"
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -327,6 +327,11 @@ class PgDriver:
         async with self._lock:
             await self.conn.execute(sql)
 
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed (by us, the server or the network)."""
+        return bool(self.conn.is_closed())
+
     async def close(self) -> None:
         """Close the connection."""
         await self.conn.close()

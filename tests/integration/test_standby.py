@@ -4,8 +4,9 @@ The leader is SIGKILLed in the middle of a burst of 100 questions; the standby t
 the leader's saved token and device, resumes from the saved sync token and the outbox, and every
 question ends up forwarded and acknowledged exactly once, counted in the rooms. The takeover
 time is printed. Also: a standby stops cleanly on SIGTERM; a leader whose lock connection is cut
-stops at once, so that two never lead together, then leads again when nobody else does; and a
-PostgreSQL restart under a running bot loses and duplicates nothing.
+stops at once, so that two never lead together, then leads again when nobody else does (the
+same when its other connection, the one storing the work, is cut); and a PostgreSQL restart
+under a running bot loses and duplicates nothing.
 """
 
 from __future__ import annotations
@@ -177,6 +178,25 @@ async def test_a_standby_stops_on_sigterm_and_a_leader_stops_when_its_lock_is_cu
         lambda: f"the leader did not come back after losing the lead\n{leader.log_tail()}",
     )
     assert leader.returncode is None, leader.log_tail()
+    # Its other connection, the one that stores the work, is cut: same recovery.
+    admin = await asyncpg.connect(url)
+    try:
+        cut = await admin.fetch(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+            "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+            "AND a.pid NOT IN (SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory')"
+        )
+    finally:
+        await admin.close()
+    assert len(cut) == 1
+    await _wait_log(leader, "the database connection broke", 30)
+    await wait_until(
+        lambda: leader.log_text().count(READY_LINE) >= 3,
+        60,
+        lambda: f"the leader did not come back after losing its store\n{leader.log_tail()}",
+    )
+    ids = list(await post_burst(site, 3))
+    await wait_all_acked(site, ids, 60, leader)
     status, _ = await leader.terminate()
     assert status == 0, leader.log_tail()
 
