@@ -34,7 +34,7 @@ from peerbot.core.ids import RoomID, tx_id
 from peerbot.core.messages import Texts, texts_for
 from peerbot.core.related import RelatedIndex
 from peerbot.matrix import Forbidden, MatrixClient, MatrixError, SyncBatch, Transient
-from peerbot.store import Effect, Store
+from peerbot.store import Effect, Store, unavailable
 
 __all__ = ["Backoff", "PeerBot", "StartupError", "tx_id"]
 
@@ -258,8 +258,12 @@ class PeerBot:
                 log.error("Sync refused (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
+            try:
+                await self.handle_batch(batch)
+            except Exception as exc:
+                await _database_down(exc, backoff, self.metrics)
+                continue
             backoff.reset()
-            await self.handle_batch(batch)
             self.metrics.sync_ok()
 
     async def handle_batch(self, batch: SyncBatch) -> None:
@@ -332,3 +336,14 @@ class PeerBot:
         self._wake.set()
         self.outbox.wake()
         self.followup.wake()
+
+
+async def _database_down(exc: Exception, backoff: Backoff, metrics: Metrics) -> None:
+    """A batch failed: wait and let the sync hand it over again if the database is only
+    unavailable (the token did not move; what was already recorded is skipped), else raise."""
+    if not unavailable(exc):
+        raise exc
+    delay = backoff.next_delay()
+    metrics.sync_failed("database")
+    log.error("The database is unavailable (%s); the batch again in %.1f s", exc, delay)
+    await asyncio.sleep(delay)

@@ -27,7 +27,7 @@ from peerbot.core.ids import RoomID, tx_id
 from peerbot.core.messages import Texts
 from peerbot.core.records import QuestionState
 from peerbot.matrix import Forbidden, Invite, MatrixClient, MatrixError, NotFound, Undecryptable
-from peerbot.store import Store
+from peerbot.store import Store, unavailable
 
 __all__ = ["SOLVED_KEYS", "EventHandlers"]
 
@@ -74,12 +74,17 @@ class EventHandlers:
         """Handler failures so far (each logged with its traceback)."""
 
     async def guard(self, coro: Any, what: str) -> None:
-        """Run one handler; a failure is logged and counted, never raised into the sync."""
+        """Run one handler; a failure is logged and counted, never raised into the sync.
+
+        Except the database being unavailable (:func:`peerbot.store.unavailable`): that is
+        raised, so that the sync does not save its token and hands the batch over again."""
         try:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            if unavailable(exc) or self.store.broken:
+                raise
             self.errors += 1
             log.exception("A %s handler failed; the bot goes on", what)
 

@@ -15,7 +15,7 @@ from peerbot.core.records import (
     UndecryptableRow,
 )
 from peerbot.store.answers import AnswerQueries
-from peerbot.store.db import Database, StoreError
+from peerbot.store.db import Database, StoreError, unavailable
 from peerbot.store.effects import EffectQueries
 from peerbot.store.followup import FollowupQueries
 from peerbot.store.ops import OpsQueries
@@ -35,6 +35,7 @@ __all__ = [
     "Store",
     "StoreError",
     "UndecryptableRow",
+    "unavailable",
 ]
 
 

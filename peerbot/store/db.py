@@ -42,7 +42,7 @@ from peerbot.store.postgres import (
     translate_ddl,
 )
 
-__all__ = ["Connection", "Database", "StoreError", "now_ms"]
+__all__ = ["Connection", "Database", "StoreError", "now_ms", "unavailable"]
 
 log = logging.getLogger("peerbot.store")
 
@@ -63,6 +63,32 @@ class StoreError(RuntimeError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database cannot be used right now (locked, out of space,
+    an I/O error, a PostgreSQL connection lost or the server shutting down), not that the
+    work was wrong: what failed should be tried again later, never skipped."""
+    if isinstance(exc, StoreError):
+        return exc.transient
+    if isinstance(exc, sqlite3.OperationalError | ConnectionError | TimeoutError):
+        return True
+    # asyncpg's, by name (it is an optional dependency): InterfaceError "the underlying
+    # connection is closed"; PostgresConnectionError and its ConnectionDoesNotExistError;
+    # class 57 "operator intervention" (admin shutdown, crash shutdown, cannot connect now);
+    # InternalClientError, what a connection the server just ended may say first.
+    names = {klass.__name__ for klass in type(exc).__mro__}
+    return bool(names & _PG_UNAVAILABLE)
+
+
+_PG_UNAVAILABLE = frozenset(
+    {
+        "InterfaceError",
+        "InternalClientError",
+        "PostgresConnectionError",
+        "OperatorInterventionError",
+    }
+)
 
 
 def now_ms() -> int:

@@ -4,6 +4,7 @@ reactions and redactions."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from peerbot.bot.app import PeerBot
 from peerbot.config import IntakeRoom, Trigger, parse_config
 from peerbot.core.ids import tx_id
 from peerbot.matrix import RoomID, SyncBatch
-from peerbot.store import Store
+from peerbot.store import Store, StoreError, unavailable
 
 ROOM = RoomID("!intake:x")
 ME = "@peerbot:x"
@@ -260,3 +261,78 @@ async def test_encrypted_clarification_waits_for_its_authors_confirm(bot: PeerBo
     assert "Il a 80 ans" in effects[1].content["body"]
     assert not await bot.store.refused_relays("$q", "@alice:x")
     assert bot.handler_errors == 0
+
+
+async def test_an_unavailable_database_fails_the_batch_instead_of_skipping_it(
+    bot: PeerBot, db_target: Path | str
+) -> None:
+    """A question the handler could not record must come again: the batch raises (the sync
+    loop backs off and asks again from the same token), it is not counted as a bad event."""
+    batch = SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))])
+    if isinstance(db_target, Path):  # SQLite: another program holds the write lock
+        await bot.store._db.execute("PRAGMA busy_timeout=100")
+        holder = sqlite3.connect(db_target)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(sqlite3.OperationalError) as err:
+                await bot.handle_batch(batch)
+        finally:
+            holder.rollback()
+            holder.close()
+        again = bot
+    else:  # PostgreSQL: the server ends the store's session
+        import asyncpg
+
+        admin = await asyncpg.connect(db_target)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        with pytest.raises(Exception) as err:
+            await bot.handle_batch(batch)
+        assert bot.store.broken
+        store = await Store.open(db_target)  # what the runner does after a broken store
+        again = PeerBot(bot.config, store, OfflineClient())  # type: ignore[arg-type]
+        again.rooms.intake = bot.rooms.intake
+    assert unavailable(err.value), repr(err.value)
+    assert bot.handler_errors == 0
+    try:
+        assert await again.store.get("sync_token") is None
+        await again.handle_batch(batch)  # the next sync hands the same events over
+        assert await again.store.count_questions() == 1
+        assert await again.store.get("sync_token") == "t1"
+    finally:
+        if again is not bot:
+            await again.store.close()
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("disk I/O error"), True),
+        (ConnectionResetError(), True),
+        (TimeoutError(), True),
+        (StoreError("cannot reach", transient=True), True),
+        (StoreError("bad password"), False),
+        (sqlite3.IntegrityError("UNIQUE constraint failed"), False),
+        (ValueError("malformed event"), False),
+        (KeyError("body"), False),
+    ],
+)
+def test_unavailable_tells_a_database_outage_from_a_bad_event(
+    exc: BaseException, expected: bool
+) -> None:
+    assert unavailable(exc) is expected
+
+
+def test_unavailable_knows_asyncpg_errors() -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    assert unavailable(asyncpg.exceptions.ConnectionDoesNotExistError("gone"))
+    assert unavailable(asyncpg.exceptions.AdminShutdownError("terminating connection"))
+    assert unavailable(asyncpg.exceptions.InterfaceError("the underlying connection is closed"))
+    assert unavailable(asyncpg.exceptions.InternalClientError("cannot switch to state 15"))
+    assert not unavailable(asyncpg.exceptions.UniqueViolationError("duplicate key"))
