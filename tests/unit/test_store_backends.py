@@ -215,6 +215,44 @@ async def test_erasing_a_question_removes_its_text_everywhere(store: Store) -> N
     assert effect is not None and effect.content == {} and effect.state == "failed"
 
 
+async def test_an_erased_text_is_not_left_in_the_sqlite_files(tmp_path: Path) -> None:
+    """Deleted rows stay in SQLite's free pages unless ``secure_delete`` is on, which depends
+    on how the library was built: the store turns it on, and checkpoints the WAL."""
+    path = tmp_path / "peerbot.db"
+    store = await Store.open(path)
+    marker = "Mme Zorglubovitch née le 12/03/1951, IPP 40417731"
+    try:
+        (on,) = next(iter(await store._db.execute_fetchall("PRAGMA secure_delete")))
+        assert on == 1
+        for i in range(50):  # a few pages of other questions around it
+            await store.add_question(
+                event_id=f"$o{i}",
+                room_id="!r:x",
+                trigger_event_id=f"$o{i}",
+                sender="@a:x",
+                body=f"question {i} " + "x" * 200,
+                created_ts=i,
+            )
+        await store.add_question(
+            event_id="$q",
+            room_id="!r:x",
+            trigger_event_id="$q",
+            sender="@a:x",
+            body=marker,
+            created_ts=99,
+        )
+        await store.add_effect(
+            tx_id="t", kind="forward", room_id="!c:x", content={"body": marker}, question_id="$q"
+        )
+        await store._db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert marker.encode() in path.read_bytes()  # it was written to the main file
+        assert await store.erase_question("$q") is not None
+    finally:
+        await store.close()
+    for file in tmp_path.iterdir():
+        assert marker.encode() not in file.read_bytes(), file.name
+
+
 async def test_overrides_are_upserted(store: Store) -> None:
     await store.set_route_override("Cardio", "!a:x", ["ecg"], removed=False, by="@admin:x")
     await store.set_route_override("cardio", "!b:x", ["ecg", "holter"], removed=True, by="@x:x")
