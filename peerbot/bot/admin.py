@@ -144,12 +144,12 @@ class ChatCommands:
         if not await self.rooms.may_moderate(room_id, msg.sender, q.sender):
             await self.say(room_id, msg, self.t.s("solved_denied"))
             return
-        await self.store.update_question(
-            q.event_id, solved=solved, solved_by=msg.event_id if solved else None
+        # The mark and the forward's state edit in one transaction: a crash loses neither.
+        await self.relays.set_solved(
+            q.event_id, solved, msg.event_id if solved else None, cause=msg.event_id
         )
         self.related.set_solved(q.event_id, solved)
         await self.say(room_id, msg, self.t.s("solved_done" if solved else "unsolved_done"))
-        await self.relays.state_changed(q.event_id, msg.event_id)
 
     async def cmd_confirm(self, room_id: str, msg: Message, cmd: Command) -> None:
         """``!confirm`` in the thread of a question held by a guard."""

@@ -71,6 +71,8 @@ class PeerBot:
         self.rooms = RoomDirectory(config, client, store)
         self.outbox = Outbox(store, client, self._stopping)
         """Sends everything recorded but the forwards (the lanes send those)."""
+        self.relays = Relays(store, client, self.rooms, self.plugins, self.outbox, self.texts)
+        """Copies each message of a question's two threads to the other one."""
         self.pipeline = QuestionPipeline(
             config,
             store,
@@ -82,11 +84,10 @@ class PeerBot:
             self.texts,
             self._stopping,
             metrics=self.metrics,
+            forwarded=self.relays.forward_exists,
         )
         self.followup = FollowupScheduler(config, store, client, self.rooms, self.outbox)
         self.lanes = Lanes(store, self.pipeline, self._stopping, self.wake)
-        self.relays = Relays(store, client, self.rooms, self.plugins, self.outbox, self.texts)
-        """Copies each message of a question's two threads to the other one."""
         self.commands = ChatCommands(
             config,
             store,
@@ -179,6 +180,8 @@ class PeerBot:
         await self._teach_routers()
         if self.encryption_on:
             await self.events.guard(self.events.retry_undecryptable(), "decrypt retry")
+        # Messages that waited for a forward sent just before a crash: relayed now, once.
+        await self.events.guard(self.relays.flush_waiting(), "waiting relays")
 
     async def _load_index(self) -> None:
         await self.related.load()

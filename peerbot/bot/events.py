@@ -298,9 +298,10 @@ class EventHandlers:
             return
         solved = await self.store.question_solved_by(redacts)
         if solved is not None:
-            await self.store.update_question(solved.event_id, solved=False, solved_by=None)
+            await self.relays.set_solved(
+                solved.event_id, False, None, cause=str(event.get("event_id"))
+            )
             self.related.set_solved(solved.event_id, False)
-            await self.relays.state_changed(solved.event_id, str(event.get("event_id")))
 
     async def _on_reaction(self, room_id: RoomID, event: Mapping[str, Any]) -> None:
         content = event.get("content")
@@ -323,9 +324,7 @@ class EventHandlers:
         sender = str(event.get("sender"))
         if not await self.rooms.may_moderate(room_id, sender, q.sender):
             return
-        await self.store.update_question(
-            q.event_id, solved=True, solved_by=str(event.get("event_id"))
-        )
+        reaction = str(event.get("event_id"))
+        await self.relays.set_solved(q.event_id, True, reaction, cause=reaction)
         self.related.set_solved(q.event_id, True)
         log.info("Question %s marked solved", q.event_id)
-        await self.relays.state_changed(q.event_id, str(event.get("event_id")))

@@ -238,6 +238,9 @@ class Outbox:
         """An acknowledgement's fate is its question's: its event ID, or the question failed."""
         if effect.kind == "relay" and event_id is not None:
             await self.store.relay_sent(effect.tx_id, event_id)
+        if effect.kind == "move" and effect.question_id is not None and event_id is not None:
+            # Relays follow the question to its current copy (see bot/route_commands.py).
+            await self.store.copy_moved(effect.question_id, effect.room_id, event_id)
         if effect.kind == "ack" and effect.question_id is not None:
             if event_id is not None:
                 await self.store.update_question(effect.question_id, ack_event_id=event_id)

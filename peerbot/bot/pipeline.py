@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 FAILED = QuestionState.FAILED.value
 
 _FAULT = os.environ.get("PEERBOT_TEST_FAULT", "")
-"""Fault tests only: ``exit-after-held`` makes the process die right after a hold is applied."""
+"""Fault tests only: ``exit-after-held`` (``-forward-acknowledged``) makes the process die right
+after a hold (a forward's acknowledgement, before the relays that waited for it) is applied."""
 
 
 def _fault_point(where: str) -> None:
@@ -69,8 +71,11 @@ class QuestionPipeline:
         texts: Texts,
         stopping: asyncio.Event,
         metrics: Metrics | None = None,
+        forwarded: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.config = config
+        self._forwarded = forwarded
+        """Called with a question's ID once its forward exists (the relays that waited)."""
         self.metrics = metrics or Metrics()
         self.store = store
         self.mx = client
@@ -233,6 +238,15 @@ class QuestionPipeline:
         await self.store.apply(q.event_id, step)
         stages.mark(q.event_id, "ack_recorded")
         self.outbox.wake()
+        _fault_point("forward-acknowledged")
+        if self._forwarded is not None:
+            try:
+                await self._forwarded(q.event_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The forward is sent and acknowledged; what waited is relayed at the next start.
+                log.exception("Relaying the messages that waited for %s failed", q.event_id)
         # Indexed once acknowledged: the question itself is never its own related thread. Read
         # again: an edit handled since this question was taken is in the store, not in ``q``.
         # Its vector is computed later, off the loop (RelatedThreads.run).

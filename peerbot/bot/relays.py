@@ -3,11 +3,15 @@ decide, record the message and its effects in one transaction; the outbox sends 
 
 Called by the sync handlers for a person's message in either thread, its edits and its
 redaction, and by the commands (``!confirm`` to relay from an encrypted room to an unencrypted
-one; ``!solved`` / ``!unsolved``, like a ✅, change the forward's state).
+one; ``!solved`` / ``!unsolved``, like a ✅, change the forward's state, in the same
+transaction as the solved mark). A message of the asker's thread written before the forward
+exists waits (``waiting``) and is relayed, in order, once the lane has sent the forward
+(:meth:`Relays.forward_exists`, and at start for a crash in between).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import replace
@@ -29,8 +33,8 @@ __all__ = ["Relays"]
 log = logging.getLogger(__name__)
 
 _FAULT = os.environ.get("PEERBOT_TEST_FAULT", "")
-"""Fault tests only: ``exit-after-relay-recorded`` makes the process die right after a relay
-is recorded, before the outbox sends it."""
+"""Fault tests only: ``exit-after-relay-recorded`` (``-solved-recorded``) makes the process die
+right after a relay (a solved mark and its forward edit) is recorded, before the outbox sends it."""
 
 
 def _fault_point(where: str) -> None:
@@ -56,6 +60,14 @@ class Relays:
         self.plugins = plugins
         self.outbox = outbox
         self.texts = texts
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, question_id: str) -> asyncio.Lock:
+        """One question's relays are decided one at a time, so they are recorded in order."""
+        lock = self._locks.get(question_id)
+        if lock is None:
+            lock = self._locks[question_id] = asyncio.Lock()
+        return lock
 
     async def on_message(
         self, room_id: str, msg: intake.Message, q: QuestionRow, side: str
@@ -63,8 +75,16 @@ class Relays:
         """A person's message in one thread of ``q``: recorded with its relay, in one go."""
         if msg.event_id == q.trigger_event_id or msg.sender == self.mx.user_id:
             return
-        if await self.store.thread_message(msg.event_id) is not None:
-            return
+        async with self._lock(q.event_id):
+            if await self.store.thread_message(msg.event_id) is not None:
+                return
+            # Read again under the lock: the forward may have been sent meanwhile, and the
+            # messages that waited for it go first.
+            q = await self.store.question(q.event_id) or q
+            await self._flush(q)
+            await self._record(room_id, msg, q, side)
+
+    async def _record(self, room_id: str, msg: intake.Message, q: QuestionRow, side: str) -> None:
         m = ThreadMessage(
             event_id=msg.event_id,
             question_id=q.event_id,
@@ -93,6 +113,57 @@ class Relays:
             _fault_point("relay-recorded")
             if effects:
                 self.outbox.wake()
+
+    async def forward_exists(self, question_id: str) -> int:
+        """The question's forward was sent: relay the messages written before it, in order;
+        how many were decided now."""
+        async with self._lock(question_id):
+            q = await self.store.question(question_id)
+            return await self._flush(q) if q is not None else 0
+
+    async def flush_waiting(self) -> int:
+        """At start: relay what waited for a forward sent just before a crash."""
+        done = 0
+        for question_id in await self.store.questions_with_waiting_relays():
+            done += await self.forward_exists(question_id)
+        return done
+
+    async def _flush(self, q: QuestionRow) -> int:
+        """Relay the waiting messages of ``q`` once its forward exists (under its lock). Each
+        one's new state and its copy are recorded together: a crash repeats none."""
+        if q.forward_event_id is None:
+            return 0
+        done = 0
+        for m in await self.store.waiting_relays(q.event_id):
+            try:
+                parsed = intake.parse_message(await self.mx.get_event(m.room_id, m.event_id))
+            except (NotFound, Forbidden) as exc:
+                log.warning("Message %s cannot be read any more: %s", m.event_id, exc)
+                parsed = None
+            if parsed is None:
+                await self.store.record_relay(
+                    m.event_id, q.event_id, state=RelayAction.IGNORE.value
+                )
+                continue
+            text = relay.without_reply_fallback(parsed.body) if parsed.reply_to else parsed.body
+            decision = await self._decide(m, text, q)
+            await self.store.record_relay(
+                m.event_id,
+                q.event_id,
+                state=decision.action.value,
+                effects=decision.effects,
+                relay_tx=decision.relay_tx,
+            )
+            log.info(
+                "Message %s waited for the forward of %s: %s",
+                m.event_id,
+                q.event_id,
+                decision.action.value,
+            )
+            done += 1
+        if done:
+            self.outbox.wake()
+        return done
 
     async def on_edit(self, room_id: str, msg: intake.Message) -> bool:
         """An edit of a recorded message: the copy edited (or, once clean, a held one relayed).
@@ -181,14 +252,20 @@ class Relays:
             self.outbox.wake()
         return done
 
-    async def state_changed(self, question_id: str, cause: str) -> None:
-        """The question was marked solved or not: show it on the forward."""
+    async def set_solved(
+        self, question_id: str, solved: bool, solved_by: str | None, cause: str
+    ) -> None:
+        """Mark the question solved or not and show it on the forward, in one transaction."""
         q = await self.store.question(question_id)
         if q is None:
             return
-        out = await self._forward_state(q, cause)
-        if out is not None:
-            await self.store.record_relay(cause, q.event_id, state=None, effects=[out])
+        out = await self._forward_state(replace(q, solved=solved), cause)
+        effects = [out] if out is not None else []
+        await self.store.set_solved(
+            question_id, solved=solved, solved_by=solved_by, effects=effects
+        )
+        _fault_point("solved-recorded")
+        if effects:
             self.outbox.wake()
 
     # -- gathering the inputs ---------------------------------------------------------------

@@ -237,9 +237,9 @@ class RouteCommands:
         if q.specialty:
             self.plugins.forget(q.body, q.specialty)
         self.plugins.learn(q.body, rule.name)
-        await self.store.update_question(
-            q.event_id, specialty=rule.name, target_room=rule.room, corrected=True
-        )
+        # The room and the forward change together once the copy is sent (the outbox's
+        # ``copy_moved``): until then relays and follow-ups stay with the copy that exists.
+        await self.store.update_question(q.event_id, specialty=rule.name, corrected=True)
         await self.store.add_effect(
             tx_id=tx_id("move", msg.event_id),
             kind="move",

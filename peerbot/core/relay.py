@@ -10,7 +10,9 @@ transaction IDs derive from the source events, so a crash neither loses nor repe
 
 Decisions::
 
-    ignore   the bot's own message, or the question has no forward (yet): nothing to relay
+    ignore   the bot's own message: nothing to relay
+    wait     a message in the asker's thread while the forward is not sent yet (the asker adds
+             a detail a second after asking): relayed, in order, once the forward exists
     hold     a guard found patient data: the author is told why, in their thread
     refuse   encrypted source, unencrypted destination, no consent: the author is told and may
              consent with !confirm (replying to the message)
@@ -60,6 +62,7 @@ class RelayAction(StrEnum):
     HOLD = "held"
     REFUSE = "refused"
     IGNORE = "ignored"
+    WAIT = "waiting"
 
 
 @dataclass(frozen=True)
@@ -129,11 +132,14 @@ def without_reply_fallback(body: str) -> str:
 
 
 def destination(q: QuestionRow, side: str) -> tuple[str, str] | None:
-    """The other thread of a question: (room, thread root); None before the forward exists."""
-    if q.forward_event_id is None or q.target_room is None:
-        return None
+    """The other thread of a question: (room, thread root); None before the forward exists.
+
+    The forward's side is the current copy after a ``!route move``; a message under an older
+    copy (side ``forward`` too) still goes to the asker's thread."""
     if side == "forward":
         return q.room_id, q.event_id
+    if q.forward_event_id is None or q.target_room is None:
+        return None
     return q.target_room, q.forward_event_id
 
 
@@ -180,7 +186,7 @@ def decide(i: RelayInputs, texts: Texts) -> RelayDecision:
         return RelayDecision(RelayAction.IGNORE, reason="the bot's own message")
     where = destination(q, m.side)
     if where is None:
-        return RelayDecision(RelayAction.IGNORE, reason="the question has no forward")
+        return RelayDecision(RelayAction.WAIT, reason="the question has no forward yet")
     room, root = where
     blocking = [v for _, v in i.verdicts if v.action is not GuardAction.PASS]
     if blocking:

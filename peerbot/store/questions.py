@@ -207,6 +207,16 @@ class QuestionQueries(Connection):
             q = await self.question_by_forward(target)
             if q is not None and q.target_room == room_id:
                 return q, "forward"
+            # An earlier copy (before a !route move): answers written under it still reach
+            # the asker; messages of the asker's thread go to the current copy only.
+            row = await self._row(
+                "SELECT question_id FROM effects WHERE event_id = ? AND room_id = ? "
+                "AND kind IN ('forward', 'move') AND question_id IS NOT NULL",
+                (target, room_id),
+            )
+            q = await self.question(str(row[0])) if row else None
+            if q is not None:
+                return q, "forward"
         return None
 
     async def erase_question(self, event_id: str) -> QuestionRow | None:

@@ -78,6 +78,50 @@ class RelayQueries(EffectQueries, AnswerQueries):
             (now_ms(), tx_id),
         )
 
+    async def waiting_relays(self, question_id: str) -> list[ThreadMessage]:
+        """A question's messages written before its forward existed, oldest first."""
+        return [m for m in await self.thread_messages(question_id) if m.relay_state == "waiting"]
+
+    async def questions_with_waiting_relays(self) -> list[str]:
+        """Questions with a message still waiting for the forward (a restart relays them)."""
+        rows = await self._rows(
+            "SELECT DISTINCT question_id FROM thread_messages WHERE relay_state = 'waiting'"
+        )
+        return [str(r[0]) for r in rows]
+
+    async def set_solved(
+        self,
+        question_id: str,
+        *,
+        solved: bool,
+        solved_by: str | None,
+        effects: Sequence[Outgoing] = (),
+    ) -> None:
+        """Mark a question solved (or not) and record what shows it (the forward's state
+        edit) in one transaction: a crash between the two can lose neither."""
+        now = now_ms()
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE questions SET solved = ?, solved_by = ?, solved_ts = ?, updated_at = ? "
+                "WHERE event_id = ?",
+                (int(solved), solved_by, now if solved else None, now, question_id),
+            )
+            for e in effects:
+                await self._drive(
+                    self._insert_effect(
+                        e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
+                    )
+                )
+
+    async def copy_moved(self, question_id: str, room_id: str, event_id: str) -> None:
+        """A ``!route move`` copy was sent: it is the question's forward from now on (its
+        room and event together, so relays never pair one copy's room with another's)."""
+        await self._write(
+            "UPDATE questions SET target_room = ?, forward_event_id = ?, updated_at = ? "
+            "WHERE event_id = ?",
+            (room_id, event_id, now_ms(), question_id),
+        )
+
     async def refused_relays(self, question_id: str, sender: str) -> list[ThreadMessage]:
         """A person's messages of a question whose relay waits for their consent."""
         return [

@@ -124,12 +124,27 @@ def test_encrypted_to_unencrypted_needs_consent() -> None:
     assert decide(both, FR).action is RelayAction.RELAY
 
 
-def test_the_bot_and_unforwarded_questions_are_ignored() -> None:
+def test_the_bot_is_ignored_and_an_early_detail_waits_for_the_forward() -> None:
     mine = replace(ANSWER, sender=BOT)
     assert decide(inputs(mine), FR).action is RelayAction.IGNORE
+    # The asker adds a detail before the forward exists: kept until it does, not dropped.
     early = replace(inputs(CLARIF), question=replace(Q, forward_event_id=None))
     assert decide(early, FR) == decide(early, FR)
-    assert decide(early, FR).action is RelayAction.IGNORE and not decide(early, FR).effects
+    assert decide(early, FR).action is RelayAction.WAIT and not decide(early, FR).effects
+    later = decide(inputs(CLARIF), FR)
+    assert later.action is RelayAction.RELAY
+    (copy,) = later.effects
+    assert copy.room_id == "!cardio:x" and copy.content["m.relates_to"]["event_id"] == "$fwd"
+
+
+def test_relays_follow_the_current_copy_after_a_move() -> None:
+    moved = replace(Q, target_room="!pedia:x", forward_event_id="$moved")
+    (to_new,) = decide(replace(inputs(CLARIF), question=moved), FR).effects
+    assert to_new.room_id == "!pedia:x"
+    assert to_new.content["m.relates_to"]["event_id"] == "$moved"
+    # An answer still written under the first copy reaches the asker all the same.
+    (back,) = decide(replace(inputs(ANSWER), question=moved), FR).effects
+    assert back.room_id == "!entraide:x" and back.content["m.relates_to"]["event_id"] == "$q"
 
 
 def test_edit_of_a_relayed_message_edits_its_copy() -> None:
