@@ -4,12 +4,14 @@ Starts a throwaway Synapse (relaxed rate limits) with an intake room, a specialt
 triage room, runs PeerBot (``python -m peerbot.cli run``) with short escalation steps and a digest
 period, and plays a community from a seeded RNG: askers post questions at a steady pace, answerers
 reply after random delays (under the forward, or in the asker's own thread), askers clarify and get
-a reply back, a few answers are edited or deleted, some askers type ``!solved``, a few questions are
+a reply back, one asker in five adds a detail right after asking (before the forward exists),
+a few answers are edited or deleted, some askers type ``!solved``, a few questions are
 never answered (so they escalate), and three answerers volunteer (``!expert join``). Midway the
 bot is killed with SIGKILL and restarted while the community goes on. Then it reads the rooms back
 (``/messages``, the homeserver's timestamps) and prints:
 
-- relays lost / duplicated, and their delay p50/p95 next to the forward delay of the same run;
+- relays lost / duplicated, and their delay p50/p95 next to the forward delay of the same run
+  (the details written before the forward apart: their delay includes the forward's);
 - escalations fired against the truth, and on time (within 2 s of the forward's server timestamp
   plus the step), the late ones counted (those due while the bot was down apart);
 - each digest's open / solved-since-last counts against what the simulation knows;
@@ -211,6 +213,11 @@ class Community:
         intake = self.rooms["entraide"]
         qid = await send(self.http, self.base, asker, intake, f"#DocTocToc ECG n°{p.n} : QT long ?")
         self.truth.questions[qid] = p.n
+        if p.n % 5 == 2:
+            # A detail added at once, while the forward is still on its lane: relayed once the
+            # forward exists.
+            early = await self.say(asker, "entraide", f"Détail {p.n} : 72 kg", qid, qid, False)
+            self.truth.early.add(early)
         fwd = await self.watcher.forward_of(qid, self.bot_id, self.rooms["cardio"], 180)
         if fwd is None:
             return

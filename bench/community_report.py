@@ -39,6 +39,7 @@ class Truth:
     edited: dict[str, str] = field(default_factory=dict)  # message -> token of its new text
     redacted: set[str] = field(default_factory=set)
     solved: dict[str, str] = field(default_factory=dict)  # qid -> the !solved event
+    early: set[str] = field(default_factory=set)  # details written before the forward existed
 
 
 def in_thread(e: Event) -> str | None:
@@ -85,9 +86,19 @@ def report(
         ("entraide", "relays asker's thread -> forward's"),
     ):
         src = {
-            s: stamps[s] for s, k in truth.sources.items() if k == key and s not in truth.redacted
+            s: stamps[s]
+            for s, k in truth.sources.items()
+            if k == key and s not in truth.redacted and s not in truth.early
         }
         rows.append((name, len(src), tally(src, copies[key])))
+    early = {s: stamps[s] for s in truth.early}
+    rows.append(
+        (
+            "relays of details written before the forward",
+            len(early),
+            tally(early, copies["entraide"]),
+        )
+    )
     bad = 0
     for name, count, (lost, dup, p50, p95) in rows:
         bad += lost + dup
@@ -157,6 +168,18 @@ def report(
     )
 
     # -- digests ------------------------------------------------------------------------------
+    # A digest shows the rooms as they were when the bot counted (its query, recorded with the
+    # digest in one transaction: ``effects.created_at``), not when the outbox got to post it,
+    # which under load is seconds later: the truth is taken at the counting time. Taken at the
+    # posting time, a forward sent in between was "missing" from the digest.
+    db = sqlite3.connect(workdir / "peerbot.db")
+    counted = {
+        str(eid): int(ts)
+        for eid, ts in db.execute(
+            "SELECT event_id, created_at FROM effects "
+            "WHERE kind = 'digest' AND event_id IS NOT NULL"
+        )
+    }
     solved_ts = {q: stamps[s] for q, s in truth.solved.items() if s in stamps}
     prev = 0
     digests = []
@@ -164,22 +187,31 @@ def report(
         m = _DIGEST.match(str((e.get("content") or {}).get("body", "")))
         if e.get("sender") != bot_id or m is None:
             continue
-        d = int(e["origin_server_ts"])
+        posted = int(e["origin_server_ts"])
+        d = counted.get(str(e["event_id"]), posted)
         open_truth = sum(
             1
             for q, f in truth.forwards.items()
             if stamps[f] <= d and not (q in solved_ts and solved_ts[q] <= d)
         )
+        at_post = sum(
+            1
+            for q, f in truth.forwards.items()
+            if stamps[f] <= posted and not (q in solved_ts and solved_ts[q] <= posted)
+        )
         solved_truth = sum(1 for t in solved_ts.values() if prev < t <= d)
-        digests.append((d, int(m.group(1)), open_truth, int(m.group(2)), solved_truth))
+        digests.append(
+            (d, int(m.group(1)), open_truth, int(m.group(2)), solved_truth, posted - d, at_post)
+        )
         prev = d
-    exact = sum(1 for _, a, b, c, d in digests if a == b and c == d)
+    exact = sum(1 for _, a, b, c, d, _, _ in digests if a == b and c == d)
     print(f"\ndigests every {args.digest:g} s: {len(digests)} posted, {exact} exactly right")
     t_first = min(stamps[q] for q in truth.questions)
-    for d, o, ot, s, st in digests:
+    for d, o, ot, s, st, lag, at_post in digests:
         print(
-            f"  at {(d - t_first) / 1000:6.0f} s: open {o:>4} (truth {ot:>4}), "
-            f"solved since last {s:>3} (truth {st:>3})"
+            f"  counted at {(d - t_first) / 1000:6.0f} s: open {o:>4} (truth {ot:>4}), "
+            f"solved since last {s:>3} (truth {st:>3}); posted {lag:,} ms later "
+            f"(truth then: {at_post} open)"
         )
 
     # -- answered share and time to first answer ----------------------------------------------
@@ -199,7 +231,6 @@ def report(
         print(f"!stats says: {m.group(1)} question(s), {m.group(2)} answered, p50 {m.group(3)}")
     else:
         print(f"!stats answer not understood: {stats_text[:300]!r}")
-    db = sqlite3.connect(workdir / "peerbot.db")
     rows_db = db.execute(
         "SELECT created_ts, first_answer_ts FROM questions WHERE forwarded_ts IS NOT NULL"
     ).fetchall()
