@@ -12,8 +12,10 @@ exists waits (``waiting``) and is relayed, in order, once the lane has sent the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from peerbot.bot.outbox import Outbox
@@ -60,14 +62,23 @@ class Relays:
         self.plugins = plugins
         self.outbox = outbox
         self.texts = texts
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    def _lock(self, question_id: str) -> asyncio.Lock:
-        """One question's relays are decided one at a time, so they are recorded in order."""
-        lock = self._locks.get(question_id)
-        if lock is None:
-            lock = self._locks[question_id] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _serialised(self, question_id: str) -> AsyncIterator[None]:
+        """One question's relays are decided one at a time, so they are recorded in order
+        (the lock is dropped when nobody holds or awaits it)."""
+        lock, users = self._locks.get(question_id, (asyncio.Lock(), 0))
+        self._locks[question_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[question_id]
+            if users <= 1:
+                del self._locks[question_id]
+            else:
+                self._locks[question_id] = (lock, users - 1)
 
     async def on_message(
         self, room_id: str, msg: intake.Message, q: QuestionRow, side: str
@@ -75,7 +86,7 @@ class Relays:
         """A person's message in one thread of ``q``: recorded with its relay, in one go."""
         if msg.event_id == q.trigger_event_id or msg.sender == self.mx.user_id:
             return
-        async with self._lock(q.event_id):
+        async with self._serialised(q.event_id):
             if await self.store.thread_message(msg.event_id) is not None:
                 return
             # Read again under the lock: the forward may have been sent meanwhile, and the
@@ -117,7 +128,7 @@ class Relays:
     async def forward_exists(self, question_id: str) -> int:
         """The question's forward was sent: relay the messages written before it, in order;
         how many were decided now."""
-        async with self._lock(question_id):
+        async with self._serialised(question_id):
             q = await self.store.question(question_id)
             return await self._flush(q) if q is not None else 0
 
@@ -136,16 +147,18 @@ class Relays:
         done = 0
         for m in await self.store.waiting_relays(q.event_id):
             try:
-                parsed = intake.parse_message(await self.mx.get_event(m.room_id, m.event_id))
+                event = await self.mx.get_event(m.room_id, m.event_id)
             except (NotFound, Forbidden) as exc:
                 log.warning("Message %s cannot be read any more: %s", m.event_id, exc)
-                parsed = None
+                event = {}
+            parsed = intake.parse_message(event)
             if parsed is None:
                 await self.store.record_relay(
                     m.event_id, q.event_id, state=RelayAction.IGNORE.value
                 )
                 continue
-            text = relay.without_reply_fallback(parsed.body) if parsed.reply_to else parsed.body
+            text = relay.latest_body(event) or parsed.body
+            text = relay.without_reply_fallback(text) if parsed.reply_to else text
             decision = await self._decide(m, text, q)
             await self.store.record_relay(
                 m.event_id,

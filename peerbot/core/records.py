@@ -143,7 +143,7 @@ class ThreadMessage:
     relay_tx_id: str | None = None
     relay_event_id: str | None = None
     relay_state: str | None = None
-    """``relayed``, ``held``, ``refused`` or ``ignored`` (``peerbot.core.relay.RelayAction``)."""
+    """``relayed``, ``held``, ``refused``, ``ignored`` or ``waiting`` (``RelayAction``)."""
 
 
 @dataclass(frozen=True)

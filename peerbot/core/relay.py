@@ -46,6 +46,7 @@ __all__ = [
     "decide",
     "destination",
     "forward_state_edit",
+    "latest_body",
     "redaction",
     "without_reply_fallback",
 ]
@@ -129,6 +130,22 @@ def without_reply_fallback(body: str) -> str:
         n += 1
     rest = "\n".join(lines[n:]).strip()
     return rest or body
+
+
+def latest_body(event: Mapping[str, Any]) -> str | None:
+    """The text of an event's latest edit by its own author, as the homeserver bundles it
+    (``unsigned.m.relations.m.replace``); None when it was not edited (or the edit is not
+    readable: encrypted). A message relayed late (it waited for the forward) is relayed as
+    it reads now."""
+    unsigned = event.get("unsigned")
+    relations = unsigned.get("m.relations") if isinstance(unsigned, Mapping) else None
+    edit = relations.get("m.replace") if isinstance(relations, Mapping) else None
+    if not isinstance(edit, Mapping) or edit.get("sender") != event.get("sender"):
+        return None
+    content = edit.get("content")
+    new = content.get("m.new_content") if isinstance(content, Mapping) else None
+    body = new.get("body") if isinstance(new, Mapping) else None
+    return body if isinstance(body, str) else None
 
 
 def destination(q: QuestionRow, side: str) -> tuple[str, str] | None:

@@ -93,8 +93,10 @@ async def test_details_written_before_the_forward_are_relayed_in_order(world: Wo
     qid = await world.alice.send_text(entraide, HELD.format(run=run))
     # Held by the guard: no forward exists while the asker adds two details.
     await world.alice.wait_for_event(entraide, from_bot(bot_id, qid), 30)
-    await world.alice.send_text(entraide, f"Détail un {run}", thread_root=qid)
+    one = await world.alice.send_text(entraide, f"Détail un {run}", thread_root=qid)
     await world.alice.send_text(entraide, f"Détail deux {run}", thread_root=qid)
+    # Edited while it waits: relayed as it reads now.
+    await world.alice.edit(entraide, one, f"Détail un {run} (72 kg)")
     await world.alice.edit(entraide, qid, CLEAN.format(run=run))
     fwd = await world.bob.wait_for_event(cardio, is_forward_of(qid), 30)
     second = await world.bob.wait_for_event(
@@ -116,6 +118,7 @@ async def test_details_written_before_the_forward_are_relayed_in_order(world: Wo
     ]
     order = [next(w for w in ("un", "deux", "trois") if f"Détail {w} " in b) for b in copies]
     assert order == ["un", "deux", "trois"], copies
+    assert "(72 kg)" in copies[0], copies
     assert second["content"]["m.mentions"] == {}
 
 

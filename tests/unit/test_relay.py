@@ -16,6 +16,7 @@ from peerbot.core.relay import (
     RelayLabels,
     decide,
     forward_state_edit,
+    latest_body,
     redaction,
     without_reply_fallback,
 )
@@ -192,3 +193,14 @@ def test_a_rich_replys_quote_is_not_relayed() -> None:
     assert without_reply_fallback(body) == "Regarde le QT"
     assert without_reply_fallback("Regarde le QT\n> cité") == "Regarde le QT\n> cité"
     assert without_reply_fallback("> seulement une citation") == "> seulement une citation"
+
+
+def test_a_late_relay_reads_the_latest_edit_by_its_author_only() -> None:
+    def event(edit_sender: str) -> dict[str, object]:
+        edit = {"sender": edit_sender, "content": {"m.new_content": {"body": "72 kg"}}}
+        return {"sender": ASKER, "unsigned": {"m.relations": {"m.replace": edit}}}
+
+    assert latest_body(event(ASKER)) == "72 kg"
+    assert latest_body(event("@mallory:x")) is None
+    assert latest_body({"sender": ASKER, "content": {"body": "x"}}) is None
+    assert latest_body({"sender": ASKER, "unsigned": {"m.relations": {"m.replace": "?"}}}) is None
