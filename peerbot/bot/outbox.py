@@ -210,7 +210,13 @@ class Outbox:
                 return None
             if effect.kind == "forward" and effect.question_id:  # bench_load.py --profile
                 stages.mark(effect.question_id, "sent")
-            await self.store.effect_done(effect.tx_id, event_id)
+            if effect.kind == "move" and effect.question_id is not None:
+                # Relays and follow-ups follow the question to its current copy.
+                await self.store.copy_moved(
+                    effect.tx_id, effect.question_id, effect.room_id, event_id
+                )
+            else:
+                await self.store.effect_done(effect.tx_id, event_id)
             await self._settled(effect, event_id, None)
             if effect.kind == "forward" and effect.question_id:
                 stages.mark(effect.question_id, "done_marked")
@@ -238,9 +244,6 @@ class Outbox:
         """An acknowledgement's fate is its question's: its event ID, or the question failed."""
         if effect.kind == "relay" and event_id is not None:
             await self.store.relay_sent(effect.tx_id, event_id)
-        if effect.kind == "move" and effect.question_id is not None and event_id is not None:
-            # Relays follow the question to its current copy (see bot/route_commands.py).
-            await self.store.copy_moved(effect.question_id, effect.room_id, event_id)
         if effect.kind == "ack" and effect.question_id is not None:
             if event_id is not None:
                 await self.store.update_question(effect.question_id, ack_event_id=event_id)

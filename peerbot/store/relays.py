@@ -113,14 +113,22 @@ class RelayQueries(EffectQueries, AnswerQueries):
                     )
                 )
 
-    async def copy_moved(self, question_id: str, room_id: str, event_id: str) -> None:
-        """A ``!route move`` copy was sent: it is the question's forward from now on (its
-        room and event together, so relays never pair one copy's room with another's)."""
-        await self._write(
-            "UPDATE questions SET target_room = ?, forward_event_id = ?, updated_at = ? "
-            "WHERE event_id = ?",
-            (room_id, event_id, now_ms(), question_id),
-        )
+    async def copy_moved(self, tx_id: str, question_id: str, room_id: str, event_id: str) -> None:
+        """A ``!route move`` copy was sent: marked done and made the question's forward in one
+        transaction (its room and event together, so relays never pair one copy's room with
+        another's event, and a crash cannot leave the copy sent but not followed)."""
+        now = now_ms()
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE effects SET state = 'done', event_id = ?, error = NULL, updated_at = ? "
+                "WHERE tx_id = ?",
+                (event_id, now, tx_id),
+            )
+            await self._db.execute(
+                "UPDATE questions SET target_room = ?, forward_event_id = ?, updated_at = ? "
+                "WHERE event_id = ?",
+                (room_id, event_id, now, question_id),
+            )
 
     async def refused_relays(self, question_id: str, sender: str) -> list[ThreadMessage]:
         """A person's messages of a question whose relay waits for their consent."""
