@@ -170,8 +170,12 @@ def report(
     # -- digests ------------------------------------------------------------------------------
     # A digest shows the rooms as they were when the bot counted (its query, recorded with the
     # digest in one transaction: ``effects.created_at``), not when the outbox got to post it,
-    # which under load is seconds later: the truth is taken at the counting time. Taken at the
-    # posting time, a forward sent in between was "missing" from the digest.
+    # which under load is seconds later: the truth is taken at the counting time. Two more
+    # things move at that instant: a forward the homeserver has stamped but whose send has not
+    # returned to the bot yet (in flight: the bot cannot know it is there), and a !solved the
+    # bot has not read yet. Both are counted from the rooms' timestamps and the store's
+    # (``forwarded_ts`` when the bot recorded the forward, ``solved_ts`` when it read the
+    # !solved) and shown apart: "exact" means equal to the rooms' truth itself.
     db = sqlite3.connect(workdir / "peerbot.db")
     counted = {
         str(eid): int(ts)
@@ -179,6 +183,10 @@ def report(
             "SELECT event_id, created_at FROM effects "
             "WHERE kind = 'digest' AND event_id IS NOT NULL"
         )
+    }
+    known = {
+        str(q): (fts, sts)
+        for q, fts, sts in db.execute("SELECT event_id, forwarded_ts, solved_ts FROM questions")
     }
     solved_ts = {q: stamps[s] for q, s in truth.solved.items() if s in stamps}
     prev = 0
@@ -189,11 +197,15 @@ def report(
             continue
         posted = int(e["origin_server_ts"])
         d = counted.get(str(e["event_id"]), posted)
-        open_truth = sum(
-            1
-            for q, f in truth.forwards.items()
-            if stamps[f] <= d and not (q in solved_ts and solved_ts[q] <= d)
-        )
+        open_truth = in_flight = unread = 0
+        for q, f in truth.forwards.items():
+            solved_by_d = q in solved_ts and solved_ts[q] <= d
+            fts, sts = known.get(q, (None, None))
+            if stamps[f] <= d and not solved_by_d:
+                open_truth += 1
+                in_flight += fts is None or fts > d
+            elif stamps[f] <= d and (sts is None or sts > d):
+                unread += 1  # solved in the room, not read by the bot yet: open to it
         at_post = sum(
             1
             for q, f in truth.forwards.items()
@@ -201,15 +213,32 @@ def report(
         )
         solved_truth = sum(1 for t in solved_ts.values() if prev < t <= d)
         digests.append(
-            (d, int(m.group(1)), open_truth, int(m.group(2)), solved_truth, posted - d, at_post)
+            (
+                d,
+                int(m.group(1)),
+                open_truth,
+                int(m.group(2)),
+                solved_truth,
+                posted - d,
+                at_post,
+                in_flight,
+                unread,
+            )
         )
         prev = d
-    exact = sum(1 for _, a, b, c, d, _, _ in digests if a == b and c == d)
-    print(f"\ndigests every {args.digest:g} s: {len(digests)} posted, {exact} exactly right")
+    exact = sum(1 for g in digests if g[1] == g[2] and g[3] == g[4])
+    explained = sum(
+        1 for g in digests if g[1] == g[2] - g[7] + g[8] and g[3] == g[4] and g[1] != g[2]
+    )
+    print(
+        f"\ndigests every {args.digest:g} s: {len(digests)} posted, {exact} exactly right, "
+        f"{explained} off only by forwards in flight / !solved unread at the count"
+    )
     t_first = min(stamps[q] for q in truth.questions)
-    for d, o, ot, s, st, lag, at_post in digests:
+    for d, o, ot, s, st, lag, at_post, fly, unread in digests:
         print(
-            f"  counted at {(d - t_first) / 1000:6.0f} s: open {o:>4} (truth {ot:>4}), "
+            f"  counted at {(d - t_first) / 1000:6.0f} s: open {o:>4} (truth {ot:>4}; "
+            f"{fly} forward(s) in flight, {unread} !solved unread), "
             f"solved since last {s:>3} (truth {st:>3}); posted {lag:,} ms later "
             f"(truth then: {at_post} open)"
         )
