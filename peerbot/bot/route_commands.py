@@ -12,6 +12,7 @@ from peerbot.config import is_room_ref
 from peerbot.core.commands import Command, split_keywords
 from peerbot.core.ids import RoomID, tx_id
 from peerbot.core.intake import Message
+from peerbot.core.lifecycle import Outgoing
 from peerbot.core.messages import Texts
 from peerbot.core.records import QuestionRow
 from peerbot.core.routing import Rule
@@ -239,14 +240,14 @@ class RouteCommands:
         self.plugins.learn(q.body, rule.name)
         # The room and the forward change together once the copy is sent (the outbox's
         # ``copy_moved``): until then relays and follow-ups stay with the copy that exists.
-        await self.store.update_question(q.event_id, specialty=rule.name, corrected=True)
-        await self.store.add_effect(
-            tx_id=tx_id("move", msg.event_id),
-            kind="move",
-            room_id=rule.room,
-            content=self.pipeline.forward_content(q, rule.name),
-            question_id=q.event_id,  # so that deleting the question takes this copy down too
+        # The copy is the question's (deleting the question takes it down too).
+        copy = Outgoing(
+            tx_id("move", msg.event_id),
+            "move",
+            rule.room,
+            self.pipeline.forward_content(q, rule.name),
         )
+        await self.store.record_move(q.event_id, rule.name, copy)
         await self.say(
             room_id,
             msg,

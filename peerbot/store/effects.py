@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from peerbot.core.lifecycle import Step
+from peerbot.core.lifecycle import Outgoing, Step
 from peerbot.core.records import Effect, QuestionState
 from peerbot.store.db import Connection, now_ms
 from peerbot.store.driver import Plan
@@ -117,6 +117,23 @@ class EffectQueries(Connection):
                 yield from self._insert_effect(
                     e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
                 )
+
+        await self._atomic(plan)
+
+    async def record_move(self, question_id: str, specialty: str, copy: Outgoing) -> None:
+        """``!route move``: the question's new specialty (marked corrected) and the copy to send
+        to its room, in one transaction (a crash cannot leave one without the other)."""
+        now = now_ms()
+
+        def plan() -> Plan[None]:
+            yield (
+                "UPDATE questions SET specialty = ?, corrected = 1, updated_at = ? "
+                "WHERE event_id = ?",
+                (specialty, now, question_id),
+            )
+            yield from self._insert_effect(
+                copy.tx_id, question_id, copy.kind, copy.room_id, copy.content, copy.event_type, now
+            )
 
         await self._atomic(plan)
 

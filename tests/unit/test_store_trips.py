@@ -205,3 +205,33 @@ async def test_questions_on_a_lane_are_left_out(both: Store, lane: int) -> None:
     assert [q.event_id for q in waiting] == ["$q1"]
     everything = await store.questions_in_state("new", "forwarding")
     assert [q.event_id for q in everything] == ["$q0", "$q1", "$q2"]
+
+
+async def test_a_route_move_is_one_transaction(
+    both: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The question's new specialty and the copy to send: one trip (SQLite), both written."""
+    copy = Outgoing("tx-move", "move", "!pneumo:x", {"body": "copie"})
+    await both.add_question(
+        event_id="$q",
+        room_id="!r:x",
+        trigger_event_id="$q",
+        sender="@a:x",
+        body="dyspnée ?",
+        created_ts=1,
+    )
+    if both.backend == "sqlite":
+        trips = Trips(both, monkeypatch)
+        assert await trips.of(both.record_move("$q", "Pneumologie", copy)) == 1
+    else:
+        await both.record_move("$q", "Pneumologie", copy)
+    await both.record_move("$q", "Pneumologie", copy)  # redelivered: nothing twice
+    row = await both.question("$q")
+    assert row is not None and row.specialty == "Pneumologie" and row.corrected
+    [pending] = await both.pending_effects()
+    assert (pending.tx_id, pending.kind, pending.room_id, pending.question_id) == (
+        "tx-move",
+        "move",
+        "!pneumo:x",
+        "$q",
+    )
