@@ -196,6 +196,7 @@ class FollowupScheduler:
             question_id=q.event_id,
             effects=effects,
             pinged=[(u, q.target_room) for u in chosen],
+            unless_answered=True,  # an answer recorded since the read above wins
         )
         if settled:
             log.info(

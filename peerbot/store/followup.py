@@ -119,12 +119,24 @@ class FollowupQueries(EffectQueries):
         effects: Sequence[Outgoing] = (),
         pinged: Sequence[tuple[str, str]] = (),
         note: str | None = None,
+        unless_answered: bool = False,
     ) -> bool:
         """Mark a deadline done (``skipped`` with a ``note``) and, in the same transaction,
         record its messages and the experts it pinged ((user, room)); False if it was
-        settled already (nothing is recorded twice)."""
+        settled already (nothing is recorded twice).
+
+        ``unless_answered``: if the question got an answer or was solved since the caller
+        read it, the deadline is skipped (note ``answered``) and nothing is sent or counted —
+        checked in this transaction, so an answer recorded meanwhile always wins."""
         now = now_ms()
         async with self._transaction():
+            if unless_answered and question_id is not None and effects:
+                async with self._db.execute(
+                    "SELECT answers, solved FROM questions WHERE event_id = ?", (question_id,)
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is None or int(row[0]) > 0 or bool(row[1]):
+                    effects, pinged, note = (), (), "answered" if row else "redacted"
             cur = await self._db.execute(
                 "UPDATE due_actions SET state = ?, done_ts = ?, note = ? "
                 "WHERE key = ? AND state = 'pending'",

@@ -134,6 +134,42 @@ async def test_a_skipped_deadline_keeps_its_note_and_sends_nothing(store: Store)
     assert await store.due_actions(fwd + DAY) == []
 
 
+async def test_an_answer_recorded_after_the_read_stops_the_escalation(store: Store) -> None:
+    """The scheduler reads the question, chooses experts, then settles: an answer recorded in
+    between must win (no expert pinged for an answered question)."""
+    fwd = await _forwarded(store, "$q")
+    await store.plan_escalations({}, (3600.0,))
+    [due] = await store.due_actions(fwd + DAY)
+    assert await store.expert_join(CARDIO, "@doc:x", "Cardio")
+    await _answer(store, "$q", fwd + 1000)  # arrives while the scheduler is deciding
+    ping = Outgoing("tx-esc-$q-0", "escalate", CARDIO, {"body": "Toujours sans réponse"})
+    assert await store.settle(
+        due.key,
+        question_id="$q",
+        effects=[ping],
+        pinged=[("@doc:x", CARDIO)],
+        unless_answered=True,
+    )
+    assert await store.due_state(due.key) == "skipped"
+    assert [e.tx_id for e in await store.effects_for("$q")] == ["tx-fwd$q"]
+    [expert] = await store.experts_in(CARDIO, now_ms())
+    assert expert.pings_today == 0
+    # Unanswered, the same call sends and pings.
+    fwd2 = await _forwarded(store, "$r")
+    await store.plan_escalations({}, (3600.0,))
+    [due2] = await store.due_actions(fwd2 + DAY)
+    ping2 = Outgoing("tx-esc-$r-0", "escalate", CARDIO, {"body": "Toujours sans réponse"})
+    assert await store.settle(
+        due2.key,
+        question_id="$r",
+        effects=[ping2],
+        pinged=[("@doc:x", CARDIO)],
+        unless_answered=True,
+    )
+    assert await store.due_state(due2.key) == "done"
+    assert "tx-esc-$r-0" in [e.tx_id for e in await store.effects_for("$r")]
+
+
 async def test_solve_reminders_follow_the_last_message_until_sent(store: Store) -> None:
     fwd = await _forwarded(store, "$q")
     await _forwarded(store, "$solved")
