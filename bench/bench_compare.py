@@ -45,8 +45,21 @@ def parse_table(output: str) -> dict[str, tuple[int, int, float | None]]:
     return rows
 
 
-def run_one(tree: Path, args: list[str]) -> dict[str, tuple[int, int, float | None]]:
-    """One bench_load run of the code in ``tree``."""
+_CPU = re.compile(
+    r"PeerBot (?P<pb>[\d.]+) ms \((?P<loop>[\d.]+) in its event loop.*bare echo (?P<bare>[\d.]+) ms"
+)
+
+
+def parse_cpu(output: str) -> tuple[float, float, float] | None:
+    """PeerBot's, its event loop's and the bare bot's CPU ms per question, from bench_load."""
+    m = _CPU.search(output)
+    return None if m is None else (float(m["pb"]), float(m["loop"]), float(m["bare"]))
+
+
+def run_one(
+    tree: Path, args: list[str], keep: Path | None = None, label: str = ""
+) -> tuple[dict[str, tuple[int, int, float | None]], tuple[float, float, float] | None]:
+    """One bench_load run of the code in ``tree``: its table and its CPU per question."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     proc = subprocess.run(
         [sys.executable, str(tree / "bench" / "bench_load.py"), *args],
@@ -56,11 +69,14 @@ def run_one(tree: Path, args: list[str]) -> dict[str, tuple[int, int, float | No
         text=True,
         check=False,
     )
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / f"{label}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     rows = parse_table(proc.stdout)
     if not rows:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"bench_load in {tree} printed no table (exit {proc.returncode})")
-    return rows
+    return rows, parse_cpu(proc.stdout)
 
 
 def _loadavg() -> str:
@@ -76,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--profile", action="store_true", help="pass --profile to bench_load")
+    parser.add_argument("--keep", type=Path, help="write each run's whole output in this folder")
     args = parser.parse_args(argv)
     bench_args = ["--questions", str(args.questions), "--seconds", str(args.seconds)]
+    if args.profile:
+        bench_args.append("--profile")
     base = subprocess.run(
         ["git", "rev-parse", "--short", args.base], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
@@ -87,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if not base:
         raise SystemExit(f"--base: unknown commit {args.base!r}")
     results: dict[str, list[tuple[float, float]]] = {base: [], head: []}
+    cpu_runs: dict[str, list[float]] = {base: [], head: []}
     with tempfile.TemporaryDirectory(prefix="peerbot-compare-") as tmp:
         old_tree = Path(tmp) / "base"
         subprocess.run(
@@ -98,20 +119,27 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(
                 f"{'round':<7}{'commit':<10}{'PeerBot p50':>12}{'bare p50':>10}{'ratio':>7}"
-                f"{'lost':>6}{'dup':>5}  load"
+                f"{'lost':>6}{'dup':>5}{'CPU/q':>7}{'loop':>6}{'bare':>6}  load before -> after"
             )
             for r in range(1, args.rounds + 1):
                 for name, tree in ((base, old_tree), (head, REPO)):
-                    rows = run_one(tree, bench_args)
+                    load_before = _loadavg()
+                    rows, cpu = run_one(tree, bench_args, args.keep, f"round{r}-{name}")
                     names = list(rows)
                     fwd = rows[names[0]]
                     bare = rows[names[-1]]
                     if fwd[2] is None or bare[2] is None:
                         raise SystemExit(f"{name}: no p50 ({rows})")
                     results[name].append((fwd[2], bare[2]))
+                    if cpu is not None:
+                        cpu_runs[name].append(cpu[0])
+                    cpus = "".join(
+                        f"{c:>{w}.1f}" for c, w in zip(cpu or (), (7, 6, 6), strict=False)
+                    )
                     print(
                         f"{r:<7}{name:<10}{fwd[2]:>12.0f}{bare[2]:>10.0f}{fwd[2] / bare[2]:>7.2f}"
-                        f"{fwd[0]:>6}{fwd[1]:>5}  {_loadavg()}",
+                        f"{fwd[0]:>6}{fwd[1]:>5}{cpus or '      -':<19}  "
+                        f"{load_before} -> {_loadavg()}",
                         flush=True,
                     )
         finally:
@@ -125,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, runs in results.items():
         p50 = statistics.median(p for p, _ in runs)
         ratio = statistics.median(p / b for p, b in runs)
-        print(f"{name}: PeerBot p50 median {p50:.0f} ms, ratio to the bare bot median {ratio:.2f}")
+        cpu = f", CPU per question median {statistics.median(cpu_runs[name]):.1f} ms"
+        print(
+            f"{name}: PeerBot p50 median {p50:.0f} ms, ratio to the bare bot median {ratio:.2f}"
+            + (cpu if cpu_runs[name] else "")
+        )
     return 0
 
 

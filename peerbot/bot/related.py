@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from typing import Literal
 
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 
 BATCH = 32
 """Texts per call into the model: about 30 ms with USE, so a query waits at most that long."""
+
+RECENT_QUERIES = 64
+"""Query vectors kept for reuse: a question's text is embedded once, as the query for its
+acknowledgement's related threads, and that vector is the one its own thread is indexed with."""
 
 # One loaded model per process and model name: a model is read-only once loaded (and guarded
 # by its own lock), and loading USE takes seconds.
@@ -113,6 +118,10 @@ class RelatedThreads:
         self._backlog: dict[str, tuple[str, str, int]] = {}
         self._wake = asyncio.Event()
         self._busy = False
+        # Text -> its vector, from recent queries (bounded, oldest dropped first).
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.reused = 0
+        """Threads indexed with their query's vector instead of being embedded again."""
         self.embedded = 0
         """Vectors computed and stored since start."""
         self.failures = 0
@@ -230,8 +239,10 @@ class RelatedThreads:
         """Forget a thread (a redaction): index, vector and queued text; the store erases the
         stored vector with the question."""
         self.index.remove(event_id)
-        self._fresh.pop(event_id, None)
-        self._backlog.pop(event_id, None)
+        for queue in (self._fresh, self._backlog):
+            queued = queue.pop(event_id, None)
+            if queued is not None:
+                self._recent.pop(queued[0], None)
 
     def set_solved(self, event_id: str, solved: bool) -> None:
         """Mark a thread solved or not."""
@@ -270,6 +281,7 @@ class RelatedThreads:
         if index.vector_count:
             try:
                 query_vector = (await embed_batch(self.embedder, [text]))[0]
+                self._remember(text, query_vector)
             except Exception:
                 log.exception("Embedding a query failed; related threads by words alone")
         try:
@@ -300,6 +312,12 @@ class RelatedThreads:
             if hit.thread_id not in seen and len(hits) < limit:
                 hits.append(hit)
         return hits
+
+    def _remember(self, text: str, vector: np.ndarray) -> None:
+        self._recent[text] = vector
+        self._recent.move_to_end(text)
+        while len(self._recent) > RECENT_QUERIES:
+            self._recent.popitem(last=False)
 
     # -- the embedding task ---------------------------------------------------------------------
 
@@ -343,7 +361,14 @@ class RelatedThreads:
             return 0
         self._busy = True
         try:
-            vectors = await embed_batch(embedder, [text for _, text, _, _ in batch])
+            # A text already embedded as a query (same model, same text) is not embedded again.
+            recent = self._recent
+            known = {text: recent.pop(text) for _, text, _, _ in batch if text in recent}
+            todo = list(dict.fromkeys(text for _, text, _, _ in batch if text not in known))
+            if todo:
+                known.update(zip(todo, await embed_batch(embedder, todo), strict=True))
+            self.reused += sum(1 for _, text, _, _ in batch if text not in todo)
+            vectors = [known[text] for _, text, _, _ in batch]
             rows: list[tuple[str, str, bytes]] = []
             for (event_id, _, revision, gen), vector in zip(batch, vectors, strict=True):
                 # False when the thread was edited or redacted while the model ran.

@@ -274,3 +274,63 @@ async def test_a_fault_of_the_hybrid_search_falls_back_to_words(
     hits = await related.search("treatment ear infection child", limit=3, rooms=None, exclude=())
     assert [h.thread_id for h in hits] == ["$a"]
     assert "The hybrid search failed" in caplog.text
+
+
+def count_model_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text handed to the model from now on (it still runs)."""
+    seen: list[str] = []
+    real = bot_related.embed_batch
+
+    async def counting(embedder: Embedder, texts: list[str]) -> np.ndarray:
+        seen.extend(texts)
+        return await real(embedder, texts)
+
+    monkeypatch.setattr(bot_related, "embed_batch", counting)
+    return seen
+
+
+async def test_a_question_embedded_as_a_query_is_indexed_with_that_vector(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: the acknowledgement's search embeds the question's text; indexing the same text
+    right after reuses that vector instead of running the model again, and it is the vector
+    the model gives that text (the search finds the thread as if it had been embedded apart)."""
+    related = RelatedThreads(config(), store)
+    await related.load()
+    assert related.embedder is not None
+    await question(store, "$old", FR)
+    related.add("$old", FR, room_id=ROOM, solved=False, revision="$old")
+    await related.embed_some()
+    seen = count_model_texts(monkeypatch)
+    await related.search(EN, limit=3, rooms=None, exclude=())  # the query: embedded once
+    assert seen == [EN]
+    await question(store, "$new", EN)
+    other = "Dose of amoxicillin for a 20 kg child?"
+    await question(store, "$other", other)
+    related.add("$new", EN, room_id=ROOM, solved=False, revision="$new")
+    related.add("$other", other, room_id=ROOM, solved=False, revision="$other")
+    assert await related.embed_some() == 2
+    assert seen == [EN, other]  # only the text never embedded went to the model
+    assert related.reused == 1
+    stored = await store.vector_of("$new")
+    assert stored is not None
+    expected = related.embedder.embed([EN])[0]
+    np.testing.assert_allclose(decode_vector(stored[2], "use-m3-q6"), expected, atol=2e-2)
+    # Used once: the same text queued again (an edit back to it) is embedded again.
+    related.add("$again", EN, room_id=ROOM, solved=False, revision="$again")
+    await related.embed_some()
+    assert seen == [EN, other, EN]
+
+
+async def test_a_redacted_question_leaves_no_query_vector_behind(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    related = RelatedThreads(config(), store)
+    await related.load()
+    await question(store, "$old", FR)
+    related.add("$old", FR, room_id=ROOM, solved=False, revision="$old")
+    await related.embed_some()
+    await related.search(EN, limit=3, rooms=None, exclude=())
+    related.add("$a", EN, room_id=ROOM, solved=False, revision="$a")
+    related.remove("$a")
+    assert EN not in related._recent  # the text is forgotten with the thread
