@@ -198,6 +198,8 @@ class _Session:
         )
         self.user_id = UserID(config.user_id)
         self._requested_keys: set[str] = set()
+        self._filter_ids: dict[int, str] = {}
+        """Uploaded sync filters by timeline limit (see :meth:`_Timeline._sync_filter`)."""
         # While the server throttles the bot, sends go one at a time: the parallel
         # acknowledgements would otherwise all wake at the end of the same retry_after and be
         # refused together, again and again. (nio itself sleeps retry_after_ms and retries.)
@@ -460,9 +462,7 @@ class _Timeline(_Session):
             timeout=0 if first or not wait else SYNC_TIMEOUT_MS,
             since=since,
             full_state=full_state,
-            # The bot's own messages are not news to it: without not_senders each one it sends
-            # ends its long-poll at once, and a busy bot syncs ten times a second.
-            sync_filter={"room": {"timeline": {"limit": limit, "not_senders": [self.user_id]}}},
+            sync_filter=await self._sync_filter(limit),
         )
         if not isinstance(resp, nio.SyncResponse):
             _raise("sync", resp)
@@ -485,6 +485,45 @@ class _Timeline(_Session):
             events += self._sources(room_id, timeline.events, batch)
             batch.events += [(RoomID(room_id), e) for e in events if e]
         return batch
+
+    def sync_filter_definition(self, limit: int) -> dict[str, Any]:
+        """What the bot syncs: room state and timelines, without its own messages (each one it
+        sends would end its long-poll at once: a busy bot would sync ten times a second), and
+        nothing it never reads (presence, typing and receipts, account data), each of which
+        would wake it for nothing. To-device messages and device lists are not filtered."""
+        return {
+            "presence": {"types": []},
+            "account_data": {"types": []},
+            "room": {
+                "timeline": {"limit": limit, "not_senders": [self.user_id]},
+                "ephemeral": {"types": []},
+                "account_data": {"types": []},
+            },
+        }
+
+    async def _sync_filter(self, limit: int) -> str | dict[str, Any]:
+        """The filter's ID, uploaded once per process (Synapse parses and validates a filter
+        given inline on every sync; an uploaded one it reads from its cache); the definition
+        itself if the upload is refused."""
+        known = self._filter_ids.get(limit)
+        if known is not None:
+            return known
+        definition = self.sync_filter_definition(limit)
+        try:
+            answer = await self._raw(
+                "POST",
+                f"/_matrix/client/v3/user/{_q(self.user_id)}/filter",
+                definition,
+                "upload the sync filter",
+            )
+        except MatrixError as exc:
+            log.warning("Could not upload the sync filter (%s): sending it with each sync", exc)
+            return definition
+        filter_id = answer.get("filter_id")
+        if not isinstance(filter_id, str):
+            return definition
+        self._filter_ids[limit] = filter_id
+        return filter_id
 
     def _sources(self, room_id: str, events: list[Any], batch: SyncBatch) -> list[dict[str, Any]]:
         """Event dicts (decrypted ones as plain events); undecryptable ones go to the batch."""
