@@ -110,6 +110,31 @@ def accuracy(predicted: Sequence[str | None], gold: Sequence[Row]) -> tuple[floa
     return primary / len(gold), anyhit / len(gold)
 
 
+def macro_f1(predicted: Sequence[str | None], gold: Sequence[Row]) -> float:
+    """The unweighted mean over the test split's primary labels of each label's F1."""
+    labels = sorted({row.label for row in gold})
+    if not labels:
+        return 0.0
+    total = 0.0
+    for label in labels:
+        hits = sum(
+            p == label and row.label == label for p, row in zip(predicted, gold, strict=True)
+        )
+        guessed = sum(p == label for p in predicted)
+        actual = sum(row.label == label for row in gold)
+        total += 2 * hits / (guessed + actual) if guessed + actual else 0.0
+    return total / len(labels)
+
+
+def _reset_peak_rss() -> bool:
+    """Restart this process's peak-RSS count (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def nearest_neighbour(train: Sequence[Row], test: Sequence[Row], scorer: Any) -> list[str]:
     """Label of the closest train text (first one on ties), one thread."""
     choices = [utils.default_process(r.text) for r in train]
@@ -162,6 +187,8 @@ class PluginRun:
     offtopic: list[str | None]
     train_seconds: float
     retrain_seconds: float
+    peak_rss_mib: float
+    """The process's peak resident memory from before learning to after the retraining."""
     rank_ms: list[float]
     rank_cpu_ms: list[float]
     """CPU time of this thread per question: the cost on one core, whatever the machine's load."""
@@ -181,6 +208,7 @@ def run_plugin(
     with tempfile.TemporaryDirectory() as data_dir:
         context = PluginContext("en", Path(data_dir), logging.getLogger("bench.learned_router"))
         router = LearnedRouter(options, context)
+        peak = _rss_mib("VmHWM") if not _reset_peak_rss() else 0.0
         held = min(RETRAIN_AFTER, len(train) // 2)
         for row in train[: len(train) - held]:
             router.learn(row.text, row.label)
@@ -193,6 +221,7 @@ def run_plugin(
         started = time.perf_counter()
         model = router.fit()
         retrain_seconds = time.perf_counter() - started
+        peak = max(peak, _rss_mib("VmHWM"))
         if model is None:
             return None
         ranked = []
@@ -211,6 +240,7 @@ def run_plugin(
         offtopic=offtopic,
         train_seconds=train_seconds,
         retrain_seconds=retrain_seconds,
+        peak_rss_mib=peak,
         rank_ms=rank_ms,
         rank_cpu_ms=rank_cpu_ms,
         temperature=model.temperature,
@@ -236,14 +266,16 @@ def evaluate(
     specialties = [SpecialtyInfo(name=label, room_id=f"!{i}") for i, label in enumerate(labels)]
 
     started = time.perf_counter()
-    lin_acc, lin_any = accuracy(linear_baseline(train, test), test)
+    lin_predicted = linear_baseline(train, test)
     lin_seconds = time.perf_counter() - started
+    lin_acc, lin_any = accuracy(lin_predicted, test)
+    lin_f1 = macro_f1(lin_predicted, test)
     scorer = NN_SCORERS.get(folder.name, fuzz.token_set_ratio)
     nn_acc, nn_any = accuracy(nearest_neighbour(train, test, scorer), test)
     print(
         f"{folder.name} (train {len(train)}, test {len(test)})\n"
         f"  {'baseline TF-IDF + LinearSVC(C=0.5)':44} {lin_acc:.3f} (any {lin_any:.3f}) "
-        f"| fit + predict {lin_seconds:.1f} s\n"
+        f"macro-F1 {lin_f1:.3f} | fit + predict {lin_seconds:.1f} s\n"
         f"  {'1nn ' + scorer.__name__:44} {nn_acc:.3f} (any {nn_any:.3f})",
         flush=True,
     )
@@ -253,6 +285,7 @@ def evaluate(
             print("  learned router: too few training examples", flush=True)
             continue
         acc, acc_any = accuracy(run.top, test)
+        f1 = macro_f1(run.top, test)
         answered = [(p, row) for p, row in zip(run.confident, test, strict=True) if p is not None]
         conf_acc = sum(p == row.label for p, row in answered) / len(answered) if answered else 0.0
         offtopic_share = (
@@ -263,12 +296,14 @@ def evaluate(
         )
         label = f"learned router, embeddings {run.embeddings}"
         print(
-            f"  {label:44} {acc:.3f} (any {acc_any:.3f}) "
-            f"| {100 * (acc - lin_acc):+.1f} points vs baseline "
+            f"  {label:44} {acc:.3f} (any {acc_any:.3f}) macro-F1 {f1:.3f} "
+            f"| {100 * (acc - lin_acc):+.1f} points vs baseline (macro-F1 "
+            f"{100 * (f1 - lin_f1):+.1f}) "
             f"| confident@{run.min_confidence:g} {conf_acc:.3f} on {len(answered)}/{len(test)} "
             f"| off-topic answered {offtopic_share} "
             f"| train {run.train_seconds:.1f} s, retrain +{RETRAIN_AFTER} "
-            f"{run.retrain_seconds:.1f} s, rank p50 {_percentile(run.rank_ms, 0.5):.1f} ms "
+            f"{run.retrain_seconds:.1f} s, peak RSS {run.peak_rss_mib:.0f} MiB, "
+            f"rank p50 {_percentile(run.rank_ms, 0.5):.1f} ms "
             f"p95 {_percentile(run.rank_ms, 0.95):.1f} ms (CPU p50 "
             f"{_percentile(run.rank_cpu_ms, 0.5):.1f} p95 {_percentile(run.rank_cpu_ms, 0.95):.1f}"
             f" ms), T={run.temperature:.3f}",
@@ -328,6 +363,7 @@ def measure_history(folders: Sequence[Path], size: int, options: dict[str, Any])
     held = RETRAIN_AFTER
     with tempfile.TemporaryDirectory() as data_dir:
         context = PluginContext("en", Path(data_dir), logging.getLogger("bench.learned_router"))
+        _reset_peak_rss()
         before_load = _rss_mib()
         router = LearnedRouter(options, context)
         before = _rss_mib()
