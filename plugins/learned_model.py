@@ -23,6 +23,12 @@ blend and trained 4-5 times slower, so the SVM it is. The blended score becomes 
 by a softmax whose temperature is fitted (by log-loss) on cross-validated scores, so a higher
 confidence means more often right. Without an embedding model only the TF-IDF SVM remains.
 
+Memory: the TF-IDF SVM has one weight per specialty and n-gram (262,000 n-grams for 10,000
+questions), so it is fitted one specialty at a time (the same one-vs-rest model liblinear fits,
+without its two float64 copies of every weight) and kept in float32, and the cross-validation
+runs before the final fit, one fold's model at a time. The embedding model is the process's
+one copy (``peerbot.core.semantic.shared_model``), shared with the related-threads engine.
+
 Calibrating costs three more fits (cross-validation). A retraining after a few changes reuses
 the last calibration while the training set has grown by less than a tenth and has the same
 specialties, so it costs one fit of each scorer.
@@ -321,9 +327,10 @@ def _fit_scorer(
 
 @dataclass(frozen=True)
 class LinearScores:
-    """A linear model's float32 weights: one row per class (one row in all for two classes)."""
+    """A linear model's float32 weights: one column per class (one in all for two classes)."""
 
-    coef: npt.NDArray[np.float32]
+    weights: npt.NDArray[np.float32]
+    """(features, classes), C-ordered: a sparse row times it reads only that row's n-grams."""
     intercept: npt.NDArray[np.float64]
 
     def decision_function(self, features: Any) -> npt.NDArray[np.float64]:
@@ -331,9 +338,9 @@ class LinearScores:
         import numpy as np
 
         # The features in float32, or scipy would make a float64 copy of the weights.
-        rows = features.astype(np.float32) @ self.coef.T
+        rows = features.astype(np.float32) @ self.weights
         raw = np.asarray(rows, dtype=np.float64) + self.intercept
-        return raw[:, 0] if self.coef.shape[0] == 1 else raw
+        return raw[:, 0] if self.weights.shape[1] == 1 else raw
 
 
 def _one_vs_rest_svm(
@@ -347,15 +354,15 @@ def _one_vs_rest_svm(
     import numpy as np
     from sklearn.svm import LinearSVC
 
-    rows = 1 if n_classes == 2 else n_classes
-    coef = np.zeros((rows, sparse.shape[1]), dtype=np.float32)
-    intercept = np.zeros(rows)
-    for row in range(rows):
-        target = (labels == (1 if n_classes == 2 else row)).astype(np.int64)
+    columns = 1 if n_classes == 2 else n_classes
+    matrix = np.zeros((sparse.shape[1], columns), dtype=np.float32)
+    intercept = np.zeros(columns)
+    for column in range(columns):
+        target = (labels == (1 if n_classes == 2 else column)).astype(np.int64)
         binary = LinearSVC(C=_SVM_C).fit(sparse, target, sample_weight=weights)
-        coef[row] = binary.coef_[0]
-        intercept[row] = binary.intercept_[0]
-    return LinearScores(coef=coef, intercept=intercept)
+        matrix[:, column] = binary.coef_[0]
+        intercept[column] = binary.intercept_[0]
+    return LinearScores(weights=matrix, intercept=intercept)
 
 
 def _compact(classifier: Any) -> Any:

@@ -236,8 +236,8 @@ def test_one_class_at_a_time_svm_is_linearsvc_in_float32(n_classes: int) -> None
     _, sparse, _ = Features.fit(texts, None)
     ours = learned_model._one_vs_rest_svm(sparse, labels, weights, n_classes)
     theirs = LinearSVC(C=learned_model._SVM_C).fit(sparse, labels, sample_weight=weights)
-    assert ours.coef.dtype == np.float32
-    assert ours.coef.shape == (1 if n_classes == 2 else n_classes, sparse.shape[1])
+    assert ours.weights.dtype == np.float32 and ours.weights.flags.c_contiguous
+    assert ours.weights.shape == (sparse.shape[1], 1 if n_classes == 2 else n_classes)
     mine, reference = ours.decision_function(sparse), theirs.decision_function(sparse)
     assert mine.shape == reference.shape
     assert np.abs(mine - reference).max() < 1e-4
