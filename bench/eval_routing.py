@@ -11,19 +11,22 @@ For each data folder (routing_eval.jsonl: id, text, label, labels, split), in on
   embeddings, then ``none``, the TF-IDF-only ablation). The plugin learns every ``train`` row
   through its ``learn()`` API, is trained once, and is asked every ``test`` row:
   accuracy of its top answer whatever the confidence (``any`` counts any gold label, which
-  matters for multi-label sets such as morfitt) and its difference from the baseline in points;
+  matters for multi-label sets such as morfitt), its macro-F1 over the primary labels (as for
+  the baseline), and both differences from the baseline in points;
   confident: accuracy when only its proposals count (``propose()`` at its ``min_confidence``),
   and how many test questions got one; off-topic answered: the share of the other sets' test
   questions (the first 200 of each) that got a proposal, standing for questions about something
   else; train: the first training on all but the last 20 train rows (embedding, vectorising,
   calibration and the final fit); retrain +20: training again once those 20 are learned, as
-  the bot does every ``retrain_every`` changes (only new texts are embedded);
+  the bot does every ``retrain_every`` changes (only new texts are embedded); peak RSS: the
+  process's peak resident memory over both trainings (model loaded included);
   rank p50/p95: the time to rank one test question, embedding it included.
 
 Then, once, the cost on a realistic history: the plugin learns 10,000 distinct questions (every
 row of the three routing sets, then past questions of mqp_curai's corpus, given round-robin
 labels, to make up the number), and the run prints the first training's time, the retraining
-after 20 more, the process's resident memory before learning, after training and at its peak,
+after 20 more, the process's resident memory bare, with the related-threads engine's model
+loaded, with the plugin too (which shares that model), after training and at its peak,
 and the time to rank one question never seen (p50/p95 over 300 of rqe_clinical's corpus),
 embedding included. Wall times depend on the machine's load (printed); CPU times (this
 thread's, or the process's for training) are the cost on one core.
@@ -55,6 +58,7 @@ from rapidfuzz import fuzz, process, utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peerbot.core import semantic
 from peerbot.plugin_api import PluginContext, Question, SpecialtyInfo
 from plugins.learned_router import DEFAULT_EMBEDDINGS, EMBEDDING_MODELS, LearnedRouter
 
@@ -365,6 +369,11 @@ def measure_history(folders: Sequence[Path], size: int, options: dict[str, Any])
         context = PluginContext("en", Path(data_dir), logging.getLogger("bench.learned_router"))
         _reset_peak_rss()
         before_load = _rss_mib()
+        # The bot loads the related-threads engine's model first; the plugin shares it.
+        engine, _ = semantic.load_embedder()
+        if engine is not None:
+            engine.warm()
+        with_engine = _rss_mib()
         router = LearnedRouter(options, context)
         before = _rss_mib()
         for text, label in pairs[: len(pairs) - held]:
@@ -398,8 +407,9 @@ def measure_history(folders: Sequence[Path], size: int, options: dict[str, Any])
         f"history of {len(pairs)} questions, {len(model.classes)} specialties, embeddings "
         f"{router.embeddings}: first training {train_seconds:.1f} s (CPU {train_cpu:.1f} s, "
         f"embedding every text included), retrain +{held} "
-        f"{retrain_seconds:.1f} s | RSS {before_load:.0f} MiB before the plugin, {before:.0f} "
-        f"with its models loaded, {after:.0f} after training, peak {_rss_mib('VmHWM'):.0f} "
+        f"{retrain_seconds:.1f} s | RSS {before_load:.0f} MiB bare, {with_engine:.0f} with the "
+        f"related engine's model, {before:.0f} with the plugin too (its USE is that one), "
+        f"{after:.0f} after training, peak {_rss_mib('VmHWM'):.0f} "
         f"| rank one question p50 {_percentile(latencies, 0.5):.1f} ms "
         f"p95 {_percentile(latencies, 0.95):.1f} ms, CPU p50 {_percentile(cpu_ms, 0.5):.1f} ms "
         f"p95 {_percentile(cpu_ms, 0.95):.1f} ms (n={len(latencies)}) | load average "
