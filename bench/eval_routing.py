@@ -11,19 +11,22 @@ For each data folder (routing_eval.jsonl: id, text, label, labels, split), in on
   embeddings, then ``none``, the TF-IDF-only ablation). The plugin learns every ``train`` row
   through its ``learn()`` API, is trained once, and is asked every ``test`` row:
   accuracy of its top answer whatever the confidence (``any`` counts any gold label, which
-  matters for multi-label sets such as morfitt) and its difference from the baseline in points;
+  matters for multi-label sets such as morfitt), its macro-F1 over the primary labels (as for
+  the baseline), and both differences from the baseline in points;
   confident: accuracy when only its proposals count (``propose()`` at its ``min_confidence``),
   and how many test questions got one; off-topic answered: the share of the other sets' test
   questions (the first 200 of each) that got a proposal, standing for questions about something
   else; train: the first training on all but the last 20 train rows (embedding, vectorising,
   calibration and the final fit); retrain +20: training again once those 20 are learned, as
-  the bot does every ``retrain_every`` changes (only new texts are embedded);
+  the bot does every ``retrain_every`` changes (only new texts are embedded); peak RSS: the
+  process's peak resident memory over both trainings (model loaded included);
   rank p50/p95: the time to rank one test question, embedding it included.
 
 Then, once, the cost on a realistic history: the plugin learns 10,000 distinct questions (every
 row of the three routing sets, then past questions of mqp_curai's corpus, given round-robin
 labels, to make up the number), and the run prints the first training's time, the retraining
-after 20 more, the process's resident memory before learning, after training and at its peak,
+after 20 more, the process's resident memory bare, with the related-threads engine's model
+loaded, with the plugin too (which shares that model), after training and at its peak,
 and the time to rank one question never seen (p50/p95 over 300 of rqe_clinical's corpus),
 embedding included. Wall times depend on the machine's load (printed); CPU times (this
 thread's, or the process's for training) are the cost on one core.
@@ -55,6 +58,7 @@ from rapidfuzz import fuzz, process, utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peerbot.core import semantic
 from peerbot.plugin_api import PluginContext, Question, SpecialtyInfo
 from plugins.learned_router import DEFAULT_EMBEDDINGS, EMBEDDING_MODELS, LearnedRouter
 
@@ -110,6 +114,31 @@ def accuracy(predicted: Sequence[str | None], gold: Sequence[Row]) -> tuple[floa
     return primary / len(gold), anyhit / len(gold)
 
 
+def macro_f1(predicted: Sequence[str | None], gold: Sequence[Row]) -> float:
+    """The unweighted mean over the test split's primary labels of each label's F1."""
+    labels = sorted({row.label for row in gold})
+    if not labels:
+        return 0.0
+    total = 0.0
+    for label in labels:
+        hits = sum(
+            p == label and row.label == label for p, row in zip(predicted, gold, strict=True)
+        )
+        guessed = sum(p == label for p in predicted)
+        actual = sum(row.label == label for row in gold)
+        total += 2 * hits / (guessed + actual) if guessed + actual else 0.0
+    return total / len(labels)
+
+
+def _reset_peak_rss() -> bool:
+    """Restart this process's peak-RSS count (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def nearest_neighbour(train: Sequence[Row], test: Sequence[Row], scorer: Any) -> list[str]:
     """Label of the closest train text (first one on ties), one thread."""
     choices = [utils.default_process(r.text) for r in train]
@@ -162,6 +191,8 @@ class PluginRun:
     offtopic: list[str | None]
     train_seconds: float
     retrain_seconds: float
+    peak_rss_mib: float
+    """The process's peak resident memory from before learning to after the retraining."""
     rank_ms: list[float]
     rank_cpu_ms: list[float]
     """CPU time of this thread per question: the cost on one core, whatever the machine's load."""
@@ -181,6 +212,7 @@ def run_plugin(
     with tempfile.TemporaryDirectory() as data_dir:
         context = PluginContext("en", Path(data_dir), logging.getLogger("bench.learned_router"))
         router = LearnedRouter(options, context)
+        peak = _rss_mib("VmHWM") if not _reset_peak_rss() else 0.0
         held = min(RETRAIN_AFTER, len(train) // 2)
         for row in train[: len(train) - held]:
             router.learn(row.text, row.label)
@@ -193,6 +225,7 @@ def run_plugin(
         started = time.perf_counter()
         model = router.fit()
         retrain_seconds = time.perf_counter() - started
+        peak = max(peak, _rss_mib("VmHWM"))
         if model is None:
             return None
         ranked = []
@@ -211,6 +244,7 @@ def run_plugin(
         offtopic=offtopic,
         train_seconds=train_seconds,
         retrain_seconds=retrain_seconds,
+        peak_rss_mib=peak,
         rank_ms=rank_ms,
         rank_cpu_ms=rank_cpu_ms,
         temperature=model.temperature,
@@ -236,14 +270,16 @@ def evaluate(
     specialties = [SpecialtyInfo(name=label, room_id=f"!{i}") for i, label in enumerate(labels)]
 
     started = time.perf_counter()
-    lin_acc, lin_any = accuracy(linear_baseline(train, test), test)
+    lin_predicted = linear_baseline(train, test)
     lin_seconds = time.perf_counter() - started
+    lin_acc, lin_any = accuracy(lin_predicted, test)
+    lin_f1 = macro_f1(lin_predicted, test)
     scorer = NN_SCORERS.get(folder.name, fuzz.token_set_ratio)
     nn_acc, nn_any = accuracy(nearest_neighbour(train, test, scorer), test)
     print(
         f"{folder.name} (train {len(train)}, test {len(test)})\n"
         f"  {'baseline TF-IDF + LinearSVC(C=0.5)':44} {lin_acc:.3f} (any {lin_any:.3f}) "
-        f"| fit + predict {lin_seconds:.1f} s\n"
+        f"macro-F1 {lin_f1:.3f} | fit + predict {lin_seconds:.1f} s\n"
         f"  {'1nn ' + scorer.__name__:44} {nn_acc:.3f} (any {nn_any:.3f})",
         flush=True,
     )
@@ -253,6 +289,7 @@ def evaluate(
             print("  learned router: too few training examples", flush=True)
             continue
         acc, acc_any = accuracy(run.top, test)
+        f1 = macro_f1(run.top, test)
         answered = [(p, row) for p, row in zip(run.confident, test, strict=True) if p is not None]
         conf_acc = sum(p == row.label for p, row in answered) / len(answered) if answered else 0.0
         offtopic_share = (
@@ -263,12 +300,14 @@ def evaluate(
         )
         label = f"learned router, embeddings {run.embeddings}"
         print(
-            f"  {label:44} {acc:.3f} (any {acc_any:.3f}) "
-            f"| {100 * (acc - lin_acc):+.1f} points vs baseline "
+            f"  {label:44} {acc:.3f} (any {acc_any:.3f}) macro-F1 {f1:.3f} "
+            f"| {100 * (acc - lin_acc):+.1f} points vs baseline (macro-F1 "
+            f"{100 * (f1 - lin_f1):+.1f}) "
             f"| confident@{run.min_confidence:g} {conf_acc:.3f} on {len(answered)}/{len(test)} "
             f"| off-topic answered {offtopic_share} "
             f"| train {run.train_seconds:.1f} s, retrain +{RETRAIN_AFTER} "
-            f"{run.retrain_seconds:.1f} s, rank p50 {_percentile(run.rank_ms, 0.5):.1f} ms "
+            f"{run.retrain_seconds:.1f} s, peak RSS {run.peak_rss_mib:.0f} MiB, "
+            f"rank p50 {_percentile(run.rank_ms, 0.5):.1f} ms "
             f"p95 {_percentile(run.rank_ms, 0.95):.1f} ms (CPU p50 "
             f"{_percentile(run.rank_cpu_ms, 0.5):.1f} p95 {_percentile(run.rank_cpu_ms, 0.95):.1f}"
             f" ms), T={run.temperature:.3f}",
@@ -328,7 +367,13 @@ def measure_history(folders: Sequence[Path], size: int, options: dict[str, Any])
     held = RETRAIN_AFTER
     with tempfile.TemporaryDirectory() as data_dir:
         context = PluginContext("en", Path(data_dir), logging.getLogger("bench.learned_router"))
+        _reset_peak_rss()
         before_load = _rss_mib()
+        # The bot loads the related-threads engine's model first; the plugin shares it.
+        engine, _ = semantic.load_embedder()
+        if engine is not None:
+            engine.warm()
+        with_engine = _rss_mib()
         router = LearnedRouter(options, context)
         before = _rss_mib()
         for text, label in pairs[: len(pairs) - held]:
@@ -362,8 +407,9 @@ def measure_history(folders: Sequence[Path], size: int, options: dict[str, Any])
         f"history of {len(pairs)} questions, {len(model.classes)} specialties, embeddings "
         f"{router.embeddings}: first training {train_seconds:.1f} s (CPU {train_cpu:.1f} s, "
         f"embedding every text included), retrain +{held} "
-        f"{retrain_seconds:.1f} s | RSS {before_load:.0f} MiB before the plugin, {before:.0f} "
-        f"with its models loaded, {after:.0f} after training, peak {_rss_mib('VmHWM'):.0f} "
+        f"{retrain_seconds:.1f} s | RSS {before_load:.0f} MiB bare, {with_engine:.0f} with the "
+        f"related engine's model, {before:.0f} with the plugin too (its USE is that one), "
+        f"{after:.0f} after training, peak {_rss_mib('VmHWM'):.0f} "
         f"| rank one question p50 {_percentile(latencies, 0.5):.1f} ms "
         f"p95 {_percentile(latencies, 0.95):.1f} ms, CPU p50 {_percentile(cpu_ms, 0.5):.1f} ms "
         f"p95 {_percentile(cpu_ms, 0.95):.1f} ms (n={len(latencies)}) | load average "

