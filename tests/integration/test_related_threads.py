@@ -6,6 +6,7 @@ import io
 from typing import Any
 from urllib.parse import quote
 
+import nio
 from conftest import World  # type: ignore[import-not-found]
 from helpers import in_thread
 
@@ -202,3 +203,47 @@ async def test_import_history_indexes_once(world: World) -> None:
         if "82 ans" in e["content"].get("body", "")
     ]
     assert forwards == []
+
+
+async def test_the_sync_filter_keeps_typing_receipts_and_presence_away(world: World) -> None:
+    """The bot's uploaded sync filter: a colleague typing or reading in a room the bot is in
+    does not come back in the bot's sync (each would end its long-poll for nothing), while the
+    same sync without the filter does bring it."""
+    config = world.config()
+    await world.start_bot(config)
+    room = world.rooms["entraide"]
+    await world.admin.wait_joined(room, world.bot_user.user_id)
+    await world.stop_bots()
+    client = MatrixClient(config.matrix)
+    try:
+        await client.login(None, None)
+        filter_id = await client._sync_filter(50)
+        assert isinstance(filter_id, str), filter_id  # uploaded, not sent inline
+        status, first = await client.raw(
+            "GET", f"/_matrix/client/v3/sync?timeout=0&filter={filter_id}", None
+        )
+        assert status == 200 and first is not None
+        since = first["next_batch"]
+        asked = await world.alice.send_text(room, "#DocTocToc Escarre talon, quel pansement ?")
+        typing = await world.alice.client.room_typing(room, True, timeout=30_000)
+        read = await world.alice.client.room_read_markers(room, asked, asked)
+        assert not isinstance(typing, nio.ErrorResponse) and not isinstance(read, nio.ErrorResponse)
+
+        async def sync(with_filter: bool) -> dict[str, Any]:
+            query = f"since={since}&timeout=0" + (f"&filter={filter_id}" if with_filter else "")
+            status, answer = await client.raw("GET", f"/_matrix/client/v3/sync?{query}", None)
+            assert status == 200 and answer is not None
+            return answer
+
+        bare = await sync(False)
+        types = {e["type"] for e in bare["rooms"]["join"][room]["ephemeral"]["events"]}
+        assert {"m.typing", "m.receipt"} <= types  # what the filter is there to keep away
+        filtered = await sync(True)
+        joined = filtered["rooms"]["join"][room]
+        assert joined.get("ephemeral", {}).get("events", []) == []
+        assert filtered.get("presence", {}).get("events", []) == []
+        assert filtered.get("account_data", {}).get("events", []) == []
+        # ...and the question itself is there, as the bot needs it.
+        assert asked in [e["event_id"] for e in joined["timeline"]["events"]]
+    finally:
+        await client.close()
