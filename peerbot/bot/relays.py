@@ -160,13 +160,7 @@ class Relays:
             text = relay.latest_body(event) or parsed.body
             text = relay.without_reply_fallback(text) if parsed.reply_to else text
             decision = await self._decide(m, text, q)
-            await self.store.record_relay(
-                m.event_id,
-                q.event_id,
-                state=decision.action.value,
-                effects=decision.effects,
-                relay_tx=decision.relay_tx,
-            )
+            await self._record_decision(m, q, decision)
             log.info(
                 "Message %s waited for the forward of %s: %s",
                 m.event_id,
@@ -177,6 +171,19 @@ class Relays:
         if done:
             self.outbox.wake()
         return done
+
+    async def _record_decision(
+        self, m: ThreadMessage, q: QuestionRow, decision: RelayDecision
+    ) -> None:
+        """A recorded message decided again (it waited, or its author consented): its new
+        state and its copy, in one transaction."""
+        await self.store.record_relay(
+            m.event_id,
+            q.event_id,
+            state=decision.action.value,
+            effects=decision.effects,
+            relay_tx=decision.relay_tx,
+        )
 
     async def on_edit(self, room_id: str, msg: intake.Message) -> bool:
         """An edit of a recorded message: the copy edited (or, once clean, a held one relayed).
@@ -253,13 +260,7 @@ class Relays:
             if parsed is None:
                 continue
             decision = await self._decide(m, parsed.body, q, consented=True)
-            await self.store.record_relay(
-                m.event_id,
-                q.event_id,
-                state=decision.action.value,
-                effects=decision.effects,
-                relay_tx=decision.relay_tx,
-            )
+            await self._record_decision(m, q, decision)
             done += decision.action is RelayAction.RELAY
         if done:
             self.outbox.wake()
