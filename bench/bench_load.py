@@ -75,8 +75,18 @@ async def baseline_bot(
     """
     from nio import AsyncClient, AsyncClientConfig, MatrixRoom, RoomMessageText
 
+    class Client(AsyncClient):  # type: ignore[misc]
+        """Notes when each /sync answer's headers were in (as PeerBot's "http" stage)."""
+
+        received = 0.0
+
+        async def parse_body(self, transport_response: Any) -> dict[str, Any]:
+            self.received = time.time()
+            body: dict[str, Any] = await super().parse_body(transport_response)
+            return body
+
     config = AsyncClientConfig(encryption_enabled=False, store_sync_tokens=False)
-    client = AsyncClient(homeserver, user_id, device_id, config=config)
+    client = Client(homeserver, user_id, device_id, config=config)
     client.restore_login(user_id, device_id, token)
     # A generous timeline: a bare bot does not fill gaps, so a short one would lose questions.
     sync_filter = {"room": {"timeline": {"limit": 1000}}, "presence": {"types": []}}
@@ -90,6 +100,7 @@ async def baseline_bot(
             return
         if content.get("msgtype") != "m.text":
             return
+        marks.append((event.event_id, "http", client.received))
         marks.append((event.event_id, "seen", time.time()))
         await client.room_send(
             room,
@@ -300,6 +311,7 @@ def read_marks(path: Path) -> dict[str, dict[str, float]]:
 # the breakdown are the steps between consecutive points a question passed.
 PEERBOT_POINTS = (
     "q_ts",
+    "http",
     "sync",
     "handler",
     "recorded",
@@ -317,7 +329,7 @@ PEERBOT_POINTS = (
 # Beside the path: the worker is woken once the question is recorded, while the sync handler
 # goes on to the batch's other events and then saves the sync token.
 SIDE_STEPS = (("recorded", "token"),)
-BARE_POINTS = ("q_ts", "seen", "fwd_ts", "sent")
+BARE_POINTS = ("q_ts", "http", "seen", "fwd_ts", "sent")
 # PeerBot's own work before the forward's send: from the sync handing it the question to the
 # forward recorded in the outbox, less the time it waited behind earlier forwards to its room.
 OWN_WORK = ("sync", "effect_recorded", "route_applied", "lane")
@@ -391,6 +403,7 @@ async def run_bench(args: argparse.Namespace) -> int:
     server = await SynapseServer.start(workdir / "synapse")
     peerbot: BotProcess | None = None
     baseline: asyncio.subprocess.Process | None = None
+    control: asyncio.subprocess.Process | None = None
     pg: PostgresServer | None = None
     try:
         database = str(workdir / "peerbot.db")
@@ -404,6 +417,7 @@ async def run_bench(args: argparse.Namespace) -> int:
         observer = await server.register("observer")
         bot_user = await server.register("peerbot")
         bare_user = await server.register("barebot")
+        control_user = await server.register("barebot2") if args.control else None
         posters_reg = [await server.register(f"poster{i}") for i in range(args.clients)]
         timeout = aiohttp.ClientTimeout(total=120)
         connector = aiohttp.TCPConnector(limit=200)
@@ -423,7 +437,12 @@ async def run_bench(args: argparse.Namespace) -> int:
                     },
                 )
                 rooms[key] = str(created["room_id"])
-            for user in [observer, *posters_reg, bare_user]:
+            for user in [
+                observer,
+                *posters_reg,
+                bare_user,
+                *([control_user] if control_user else []),
+            ]:
                 for key in ("entraide", "cardio", "triage") if user is observer else ("entraide",):
                     await _api(
                         http,
@@ -462,26 +481,41 @@ async def run_bench(args: argparse.Namespace) -> int:
             }
             peerbot = BotProcess(config, workdir, "peerbot")
             pb_stages, bare_stages = workdir / "peerbot-stages.jsonl", workdir / "bare-stages.jsonl"
-            if args.profile:
-                os.environ["PEERBOT_STAGES"] = str(pb_stages)
-            await peerbot.start_ready(log_level=args.log_level)
-            os.environ.pop("PEERBOT_STAGES", None)
-            baseline = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--baseline-bot",
-                base,
-                bare_user.user_id,
-                bare_user.device_id,
-                bare_user.access_token,
-                rooms["entraide"],
-                str(bare_stages),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=(workdir / "baseline.log").open("wb"),
-            )
-            assert baseline.stdout is not None
-            line = await asyncio.wait_for(baseline.stdout.readline(), 30)
-            assert b"ready" in line, line
+
+            async def start_peerbot() -> None:
+                assert peerbot is not None
+                if args.profile:
+                    os.environ["PEERBOT_STAGES"] = str(pb_stages)
+                await peerbot.start_ready(log_level=args.log_level)
+                os.environ.pop("PEERBOT_STAGES", None)
+
+            if not args.bare_first:
+                await start_peerbot()
+
+            async def start_bare(user: RegisteredUser, name: str) -> asyncio.subprocess.Process:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--baseline-bot",
+                    base,
+                    user.user_id,
+                    user.device_id,
+                    user.access_token,
+                    rooms["entraide"],
+                    str(workdir / f"{name}-stages.jsonl"),
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=(workdir / f"{name}.log").open("wb"),
+                )
+                assert proc.stdout is not None
+                line = await asyncio.wait_for(proc.stdout.readline(), 30)
+                assert b"ready" in line, line
+                return proc
+
+            baseline = await start_bare(bare_user, "bare")
+            if control_user is not None:
+                control = await start_bare(control_user, "control")
+            if args.bare_first:
+                await start_peerbot()
 
             _, _, since = await count_answers(http, base, observer, [], None)
             posters = [Poster(u, base, http) for u in posters_reg]
@@ -497,6 +531,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                 cpu_seconds(baseline.pid),
                 cpu_seconds(peerbot.pid, peerbot.pid),
                 server_cpu_seconds(pg),
+                cpu_seconds(server.pid),
             )
             started = time.monotonic()
 
@@ -513,7 +548,7 @@ async def run_bench(args: argparse.Namespace) -> int:
 
             # Progress: 2 notices per question (PeerBot's ack, the bare echo) in #entraide,
             # one forward per question in the specialty rooms.
-            expected = 3 * n
+            expected = 3 * n + (n if control is not None else 0)
             watched = list(rooms.values())
             seen, cut = 0, False
             deadline = time.monotonic() + args.settle
@@ -544,12 +579,15 @@ async def run_bench(args: argparse.Namespace) -> int:
                 cpu_seconds(baseline.pid),
                 cpu_seconds(peerbot.pid, peerbot.pid),
                 server_cpu_seconds(pg),
+                cpu_seconds(server.pid),
             )
 
             # Stop both bots: the counts below are final.
             await peerbot.terminate()
-            baseline.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(baseline.wait(), 15)
+            for proc in (baseline, control):
+                if proc is not None:
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.wait_for(proc.wait(), 15)
 
             ent = await history(http, base, observer.access_token, rooms["entraide"])
             spec = [
@@ -562,10 +600,11 @@ async def run_bench(args: argparse.Namespace) -> int:
             for e in ent
             if e["event_id"] in set(questions)
         }
-        pb_fwd, pb_ack, bare = (
+        pb_fwd, pb_ack, bare, bare2 = (
             Tally("PeerBot forward"),
             Tally("PeerBot ack"),
             Tally("bare nio echo"),
+            Tally("2nd bare echo"),
         )
         for e in spec:
             if e.get("sender") != bot_user.user_id or e.get("type") != "m.room.message":
@@ -584,8 +623,12 @@ async def run_bench(args: argparse.Namespace) -> int:
                 pb_ack.add(q, delay)
             elif e.get("sender") == bare_user.user_id:
                 bare.add(q, delay)
+            elif control_user is not None and e.get("sender") == control_user.user_id:
+                bare2.add(q, delay)
 
         rows = [(t, t.summary(questions)) for t in (pb_fwd, pb_ack, bare)]
+        if control is not None:
+            rows.append((bare2, bare2.summary(questions)))
         print()
         print(
             f"{n} questions posted over {posted_in:.1f} s by {len(posters)} clients "
@@ -602,6 +645,8 @@ async def run_bench(args: argparse.Namespace) -> int:
             ratio = fwd["p50"] / bare_s["p50"]
             verdict = "OK" if ratio <= 1.1 else "OVER GOAL"
             print(f"p50 ratio PeerBot forward / bare echo: {ratio:.2f} (goal <= 1.1: {verdict})")
+        if control is not None and bare_s["p50"] and rows[3][1]["p50"]:
+            print(f"p50 ratio 2nd bare echo / bare echo: {rows[3][1]['p50'] / bare_s['p50']:.2f}")
         # When the bare bot misses questions, its p50 covers only those it answered: compare the
         # two bots on the same questions too.
         both = [q for q in questions if q in pb_fwd.delays_ms and q in bare.delays_ms]
@@ -626,6 +671,11 @@ async def run_bench(args: argparse.Namespace) -> int:
             )
         if cpu[3] is not None:
             print(f"PostgreSQL server CPU per question (PeerBot's store): {cpu[3] * 1000:.1f} ms")
+        if cpu[4] is not None:
+            print(
+                f"Synapse CPU per question (both bots, the posters and the observer): "
+                f"{cpu[4] * 1000:.1f} ms"
+            )
         if args.profile:
             fwd_ts = {q: qts[q] + min(v) for q, v in pb_fwd.delays_ms.items()}
             echo_ts = {q: qts[q] + min(v) for q, v in bare.delays_ms.items()}
@@ -645,15 +695,25 @@ async def run_bench(args: argparse.Namespace) -> int:
                 echo_ts,
                 "fwd_ts",
             )
+            if control is not None:
+                print_breakdown(
+                    "2nd bare nio echo, question -> echo",
+                    BARE_POINTS,
+                    read_marks(workdir / "control-stages.jsonl"),
+                    qts,
+                    {q: qts[q] + min(v) for q, v in bare2.delays_ms.items()},
+                    "fwd_ts",
+                )
         ok = fwd["lost"] == 0 and fwd["duplicated"] == 0
         ok = ok and rows[1][1]["lost"] == 0 and rows[1][1]["duplicated"] == 0
         return 0 if ok else 1
     finally:
         if peerbot is not None:
             await peerbot.stop()
-        if baseline is not None and baseline.returncode is None:
-            baseline.kill()
-            await baseline.wait()
+        for proc in (baseline, control):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
         await server.stop()
         if pg is not None:
             pg.stop()
@@ -691,6 +751,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--log-level", default="INFO", help="PeerBot's log level during the run (INFO)"
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="run a second bare bot beside the first: how far two identical bots differ",
+    )
+    parser.add_argument(
+        "--bare-first",
+        action="store_true",
+        help="start the bare bot before PeerBot (by default PeerBot starts first)",
     )
     parser.add_argument("--baseline-bot", nargs=6, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

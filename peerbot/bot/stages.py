@@ -24,6 +24,7 @@ __all__ = ["STAGES", "StageClock", "dump", "mark", "mark_all", "mark_events"]
 log = logging.getLogger(__name__)
 
 STAGES = (
+    "http",  # the sync answer that brought the question reached the bot (headers in)
     "sync",  # the sync batch that brought the question reaches the handlers
     "handler",  # its handler starts (after the batch's earlier events)
     "recorded",  # the question row and its handled mark are committed
@@ -54,13 +55,15 @@ class StageClock:
         if self.enabled:
             self._marks.append((key, stage, time.time()))
 
-    def mark_all(self, keys: Iterable[str], stage: str) -> None:
-        """The same stage for several keys at once (one clock read)."""
+    def mark_all(self, keys: Iterable[str], stage: str, when: float | None = None) -> None:
+        """The same stage for several keys at once (one clock read, or ``when``)."""
         if self.enabled:
-            now = time.time()
+            now = time.time() if when is None else when
             self._marks.extend((k, stage, now) for k in keys)
 
-    def mark_events(self, events: Iterable[tuple[Any, Any]], stage: str) -> None:
+    def mark_events(
+        self, events: Iterable[tuple[Any, Any]], stage: str, when: float | None = None
+    ) -> None:
         """The same stage for each event of a sync batch (``(room, event)`` pairs); events
         that are not mappings with a string ``event_id`` (garbage a sync may bring) are skipped."""
         if self.enabled:
@@ -71,6 +74,7 @@ class StageClock:
                     if isinstance(e, Mapping) and isinstance(e.get("event_id"), str)
                 ),
                 stage,
+                when,
             )
 
     def marks(self) -> list[tuple[str, str, float]]:
