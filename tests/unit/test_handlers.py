@@ -90,6 +90,29 @@ async def test_redelivered_batch_is_a_noop(bot: PeerBot) -> None:
     assert bot.handler_errors == 0
 
 
+async def test_a_batch_of_the_bots_own_sends_writes_and_wakes_nothing(bot: PeerBot) -> None:
+    # The sync brings back each of the bot's sends (no not_senders: see the sync filter).
+    await bot.handle_batch(SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))]))
+    bot._wake.clear()
+    own = [(ROOM, msg("$fwd", "#DocTocToc ECG ? (forwarded)", sender=ME))]
+    await bot.handle_batch(SyncBatch("t2", events=own))
+    assert await bot.store.get("sync_token") == "t1"  # not written for its own events
+    assert bot._since == "t2" and not bot._wake.is_set()  # but the next sync goes on from t2
+    assert await bot.store.count_questions() == 1
+    await bot.handle_batch(SyncBatch("t3", events=[*own, (ROOM, msg("$r", "merci", "@bob:x"))]))
+    assert await bot.store.get("sync_token") == "t3" and bot._wake.is_set()
+
+
+def test_only_from_is_false_for_anything_another_user_or_the_server_brings() -> None:
+    own = (ROOM, msg("$a", "x", sender=ME))
+    assert SyncBatch("t").only_from(ME)  # an empty (timed-out) sync
+    assert SyncBatch("t", events=[own, own]).only_from(ME)
+    assert not SyncBatch("t", events=[own, (ROOM, msg("$b", "y"))]).only_from(ME)
+    assert not SyncBatch("t", events=[(ROOM, "garbage")]).only_from(ME)  # type: ignore[list-item]
+    assert not SyncBatch("t", left=[ROOM]).only_from(ME)
+    assert not SyncBatch("t", events=[own], invites=[object()]).only_from(ME)  # type: ignore[list-item]
+
+
 async def test_thread_reply_hashtag_records_the_root(bot: PeerBot) -> None:
     rel = {
         "m.relates_to": {
