@@ -133,13 +133,13 @@ class SyncBatch:
     """When the answer's headers were in (wall clock), for ``bench_load.py --profile``."""
 
     def only_from(self, user_id: str) -> bool:
-        """True when the batch holds no invite, no left room, nothing undecryptable and no
-        event but ``user_id``'s (the bot's sync brings back each of its own sends).
+        """True when the batch holds no invite, no left room, and no event (decrypted or not)
+        but ``user_id``'s (the bot's sync brings back each of its own sends).
 
         For such a batch (or an empty one) the bot neither saves the token nor wakes its
         worker: no handler acts on its own events. The token is saved with the next batch that
         brings news, and a restart before that replays only these events."""
-        if self.invites or self.left or self.undecryptable:
+        if self.invites or self.left or any(u.sender != user_id for u in self.undecryptable):
             return False
         return all(isinstance(e, Mapping) and e.get("sender") == user_id for _, e in self.events)
 

@@ -15,7 +15,7 @@ import pytest_asyncio
 from peerbot.bot.app import PeerBot
 from peerbot.config import IntakeRoom, Trigger, parse_config
 from peerbot.core.ids import tx_id
-from peerbot.matrix import RoomID, SyncBatch
+from peerbot.matrix import EventID, RoomID, SyncBatch, Undecryptable
 from peerbot.store import Store, StoreError, unavailable
 
 ROOM = RoomID("!intake:x")
@@ -110,6 +110,10 @@ def test_only_from_is_false_for_anything_another_user_or_the_server_brings() -> 
     assert not SyncBatch("t", events=[own, (ROOM, msg("$b", "y"))]).only_from(ME)
     assert not SyncBatch("t", events=[(ROOM, "garbage")]).only_from(ME)  # type: ignore[list-item]
     assert not SyncBatch("t", left=[ROOM]).only_from(ME)
+    sealed = [Undecryptable(ROOM, EventID("$e"), "@bob:x", "session", "key")]
+    assert not SyncBatch("t", events=[own], undecryptable=sealed).only_from(ME)
+    mine = [Undecryptable(ROOM, EventID("$e"), ME, "session", "key")]
+    assert SyncBatch("t", events=[own], undecryptable=mine).only_from(ME)
     assert not SyncBatch("t", events=[own], invites=[object()]).only_from(ME)  # type: ignore[list-item]
 
 
