@@ -335,6 +335,52 @@ BARE_POINTS = ("q_ts", "http", "seen", "fwd_ts", "sent")
 OWN_WORK = ("sync", "effect_recorded", "route_applied", "lane")
 
 
+# Synapse's access log line for each request: who, its CPU (user, system), its database time and
+# transactions, and what it was.
+_ACCESS = re.compile(
+    r"\{(?P<user>@[^}]+)\} Processed request: [\d.]+sec/[\d.]+sec "
+    r"ru=\((?P<ru>[\d.]+)sec, (?P<rs>[\d.]+)sec\) db=\([\d.]+sec/(?P<db>[\d.]+)sec/(?P<txns>\d+)\) "
+    r'\d+B \d+ "(?P<method>[A-Z]+) (?P<path>[^? ]+)'
+)
+
+
+def print_synapse_work(log_path: Path, since: float, users: dict[str, str]) -> None:
+    """What Synapse spent on each bot's syncs and sends during the run, from its access log
+    (lines written after ``since``, wall clock): requests, CPU, database transactions."""
+    rows: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        m = _ACCESS.search(line)
+        if m is None or m["user"] not in users:
+            continue
+        try:
+            # Synapse stamps its log in local time, as time.mktime reads it.
+            stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+        except ValueError:
+            continue
+        if stamp < since:
+            continue
+        kind = "sync" if m["path"].endswith("/sync") else "send" if "/send/" in m["path"] else ""
+        if kind:
+            cpu = (float(m["ru"]) + float(m["rs"])) * 1000
+            rows.setdefault((users[m["user"]], kind), []).append(
+                (cpu, float(m["db"]) * 1000, int(m["txns"]))
+            )
+    if not rows:
+        return
+    print("\nSynapse's work per bot (its access log, posting to last answer)")
+    print(f"  {'bot, requests':<24}{'n':>6}{'CPU s':>8}{'DB s':>8}{'txns p50':>10}")
+    for (name, kind), values in sorted(rows.items()):
+        print(
+            f"  {name + ', ' + kind:<24}{len(values):>6}"
+            f"{sum(v[0] for v in values) / 1000:>8.2f}{sum(v[1] for v in values) / 1000:>8.2f}"
+            f"{statistics.median(v[2] for v in values):>10.0f}"
+        )
+
+
 def print_breakdown(
     title: str,
     points: tuple[str, ...],
@@ -534,6 +580,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                 cpu_seconds(server.pid),
             )
             started = time.monotonic()
+            started_wall = time.time()
 
             async def one(i: int) -> str:
                 await asyncio.sleep(max(0.0, started + i * seconds / n - time.monotonic()))
@@ -677,6 +724,11 @@ async def run_bench(args: argparse.Namespace) -> int:
                 f"{cpu[4] * 1000:.1f} ms"
             )
         if args.profile:
+            print_synapse_work(
+                server.directory / "homeserver.log",
+                started_wall,
+                {bot_user.user_id: "PeerBot", bare_user.user_id: "bare bot"},
+            )
             fwd_ts = {q: qts[q] + min(v) for q, v in pb_fwd.delays_ms.items()}
             echo_ts = {q: qts[q] + min(v) for q, v in bare.delays_ms.items()}
             print_breakdown(
