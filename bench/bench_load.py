@@ -66,7 +66,13 @@ _PERMALINK_EVENT = re.compile(r"https://matrix\.to/#/[^/\s]+/([^?\s]+)")
 
 
 async def baseline_bot(
-    homeserver: str, user_id: str, device_id: str, token: str, room: str, stages_path: str
+    homeserver: str,
+    user_id: str,
+    device_id: str,
+    token: str,
+    room: str,
+    stages_path: str,
+    hashtag: str = HASHTAG,
 ) -> None:
     """The simplest correct nio bot: echo one notice into the thread of each question.
 
@@ -96,7 +102,7 @@ async def baseline_bot(
 
     async def on_text(mroom: MatrixRoom, event: RoomMessageText) -> None:
         content = event.source.get("content") or {}
-        if mroom.room_id != room or event.sender == user_id or HASHTAG not in event.body:
+        if mroom.room_id != room or event.sender == user_id or hashtag not in event.body:
             return
         if content.get("msgtype") != "m.text":
             return
@@ -437,6 +443,13 @@ def print_breakdown(
         )
 
 
+def _per(pb_qs: list[str], bare_qs: list[str]) -> tuple[int, ...]:
+    """The question counts the five CPU figures are divided by under --alternate: PeerBot's,
+    the bare bot's, PeerBot's again (its event loop), then all of them (PostgreSQL, Synapse)."""
+    n = len(set(pb_qs) | set(bare_qs))
+    return (len(pb_qs), len(bare_qs), len(pb_qs), n, n)
+
+
 def _percentile_f(values: list[float], p: float) -> float:
     if len(values) == 1:
         return values[0]
@@ -538,6 +551,9 @@ async def run_bench(args: argparse.Namespace) -> int:
             if not args.bare_first:
                 await start_peerbot()
 
+            # --alternate: the bare bot answers its own hashtag, and the questions alternate.
+            bare_tag = "#EchoBench" if args.alternate else HASHTAG
+
             async def start_bare(user: RegisteredUser, name: str) -> asyncio.subprocess.Process:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -549,6 +565,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                     user.access_token,
                     rooms["entraide"],
                     str(workdir / f"{name}-stages.jsonl"),
+                    bare_tag,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=(workdir / f"{name}.log").open("wb"),
                 )
@@ -585,17 +602,21 @@ async def run_bench(args: argparse.Namespace) -> int:
             async def one(i: int) -> str:
                 await asyncio.sleep(max(0.0, started + i * seconds / n - time.monotonic()))
                 topic = "renouvellement d'ordonnance" if i % 4 == 0 else "ECG avec arythmie"
+                tag = bare_tag if args.alternate and i % 2 else HASHTAG
                 return await posters[i % len(posters)].post(
-                    rooms["entraide"], f"{HASHTAG} B{i:05d} {topic}, que faire ?"
+                    rooms["entraide"], f"{tag} B{i:05d} {topic}, que faire ?"
                 )
 
             questions = list(await asyncio.gather(*(one(i) for i in range(n))))
+            # Each bot's own questions (all of them, unless --alternate).
+            pb_qs = questions[0::2] if args.alternate else questions
+            bare_qs = questions[1::2] if args.alternate else questions
             posted_in = time.monotonic() - started
             print(f"posted in {posted_in:.1f} s; waiting for the bots...", flush=True)
 
             # Progress: 2 notices per question (PeerBot's ack, the bare echo) in #entraide,
             # one forward per question in the specialty rooms.
-            expected = 3 * n + (n if control is not None else 0)
+            expected = 2 * len(pb_qs) + len(bare_qs) * (2 if control is not None else 1)
             watched = list(rooms.values())
             seen, cut = 0, False
             deadline = time.monotonic() + args.settle
@@ -673,14 +694,17 @@ async def run_bench(args: argparse.Namespace) -> int:
             elif control_user is not None and e.get("sender") == control_user.user_id:
                 bare2.add(q, delay)
 
-        rows = [(t, t.summary(questions)) for t in (pb_fwd, pb_ack, bare)]
+        rows = [(pb_fwd, pb_fwd.summary(pb_qs)), (pb_ack, pb_ack.summary(pb_qs))]
+        rows.append((bare, bare.summary(bare_qs)))
         if control is not None:
-            rows.append((bare2, bare2.summary(questions)))
+            rows.append((bare2, bare2.summary(bare_qs)))
         print()
         print(
             f"{n} questions posted over {posted_in:.1f} s by {len(posters)} clients "
             f"({n / max(posted_in, 0.001):.1f}/s); Synapse on loopback, relaxed rate limits"
         )
+        if args.alternate:
+            print(f"alternately: {len(pb_qs)} for PeerBot, {len(bare_qs)} for the bare bot")
         print(f"{'':<18}{'lost':>6}{'dup':>6}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}")
         for t, s in rows:
             p50 = "-" if s["p50"] is None else f"{s['p50']:.0f}"
@@ -696,7 +720,7 @@ async def run_bench(args: argparse.Namespace) -> int:
             print(f"p50 ratio 2nd bare echo / bare echo: {rows[3][1]['p50'] / bare_s['p50']:.2f}")
         # When the bare bot misses questions, its p50 covers only those it answered: compare the
         # two bots on the same questions too.
-        both = [q for q in questions if q in pb_fwd.delays_ms and q in bare.delays_ms]
+        both = [q for q in pb_qs if q in pb_fwd.delays_ms and q in bare.delays_ms]
         if 0 < len(both) < len(questions):
             p_fwd = Tally("", {q: pb_fwd.delays_ms[q] for q in both}).summary(both)["p50"]
             p_bare = Tally("", {q: bare.delays_ms[q] for q in both}).summary(both)["p50"]
@@ -709,6 +733,11 @@ async def run_bench(args: argparse.Namespace) -> int:
             None if a is None or b is None else (b - a) / n
             for a, b in zip(cpu_before, cpu_after, strict=True)
         ]
+        if args.alternate:  # per question each bot answered
+            cpu = [
+                None if c is None else c * n / max(1, k)
+                for c, k in zip(cpu, _per(pb_qs, bare_qs), strict=True)
+            ]
         if cpu[0] is not None and cpu[1] is not None:
             ratio_cpu = f", ratio {cpu[0] / cpu[1]:.2f}" if cpu[1] else ""
             main = "" if cpu[2] is None else f" ({cpu[2] * 1000:.1f} in its event loop's thread)"
@@ -814,7 +843,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start the bare bot before PeerBot (by default PeerBot starts first)",
     )
-    parser.add_argument("--baseline-bot", nargs=6, metavar="ARG", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help="questions alternate between PeerBot's hashtag and the bare bot's own, so that "
+        "the two bots never answer the same question at the same time",
+    )
+    parser.add_argument("--baseline-bot", nargs=7, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_bot:
         asyncio.run(baseline_bot(*args.baseline_bot))
