@@ -40,6 +40,10 @@ __all__ = ["Backoff", "PeerBot", "StartupError", "tx_id"]
 
 log = logging.getLogger(__name__)
 
+FORWARD_FIRST_S = 0.005
+"""How long the next long-poll waits, at most, for the worker to route what a sync brought and
+the lanes to begin sending its forwards."""
+
 
 class PeerBot:
     """The running bot. ``await bot.start()``, then ``await bot.run()`` until cancelled."""
@@ -176,21 +180,14 @@ class PeerBot:
         self.plugins.scope(self.rooms.room_id)
         self.rooms.log_states(encryption_on=self.encryption_on)
         await self.rooms.reload_overrides()
-        await self._load_index()
-        await self._teach_routers()
+        await self.related.load()
+        if self.plugins.routers:
+            for text, specialty in await self.store.routed_examples():
+                self.plugins.learn(text, specialty)
         if self.encryption_on:
             await self.events.guard(self.events.retry_undecryptable(), "decrypt retry")
         # Messages that waited for a forward sent just before a crash: relayed now, once.
         await self.events.guard(self.relays.flush_waiting(), "waiting relays")
-
-    async def _load_index(self) -> None:
-        await self.related.load()
-
-    async def _teach_routers(self) -> None:
-        if not self.plugins.routers:
-            return
-        for text, specialty in await self.store.routed_examples():
-            self.plugins.learn(text, specialty)
 
     # -- the loops --------------------------------------------------------------------------
 
@@ -268,6 +265,9 @@ class PeerBot:
                 continue
             backoff.reset()
             self.metrics.sync_ok()
+            # New questions' forwards go out before the next long-poll is built (its request
+            # cost the worker 1-2 ms per question); events meanwhile wait in the homeserver.
+            await _until_set((self.idle, self.lanes.all_sending), FORWARD_FIRST_S)
 
     async def handle_batch(self, batch: SyncBatch) -> None:
         """Handle one sync's invites and events, then save its token."""
@@ -338,9 +338,21 @@ class PeerBot:
 
     def wake(self) -> None:
         """Ask the worker, the outbox and the follow-ups to look for work now."""
+        self.idle.clear()
         self._wake.set()
         self.outbox.wake()
         self.followup.wake()
+
+
+async def _until_set(events: tuple[asyncio.Event, ...], seconds: float) -> None:
+    """Wait until each of ``events`` is set (in turn), ``seconds`` at most in all."""
+    deadline = time.monotonic() + seconds
+    for event in events:
+        left = deadline - time.monotonic()
+        if event.is_set() or left <= 0:
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), left)
 
 
 async def _database_down(exc: Exception, backoff: Backoff, metrics: Metrics) -> None:

@@ -29,13 +29,14 @@ from peerbot.core.ids import RoomID
 from peerbot.core.lifecycle import (
     Labels,
     RouteInputs,
+    Step,
     acknowledged,
     forward_failed,
     forward_outgoing,
     route_step,
 )
 from peerbot.core.messages import RelatedLine, Texts, permalink
-from peerbot.core.records import QuestionRow, QuestionState
+from peerbot.core.records import Effect, QuestionRow, QuestionState
 from peerbot.matrix import Forbidden, MatrixClient, NotFound
 from peerbot.plugin_api import Question, SpecialtyInfo, Verdict
 from peerbot.store import Store
@@ -85,6 +86,8 @@ class QuestionPipeline:
         self.outbox = outbox
         self.texts = texts
         self._stopping = stopping
+        self._recorded: dict[str, Effect] = {}
+        """Forwards recorded with their routing step, until their lane sends them."""
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -118,9 +121,26 @@ class QuestionPipeline:
             labels=Labels(sender_name=sender_name, target_label=self.rooms.label(target)),
         )
         step = route_step(q, inputs, self.texts)
-        await self.store.apply(q.event_id, step)
+        routed = self._routed(q, step)
+        forward = None
+        if routed is not None and step.state is not QuestionState.HELD:
+            # The forward is recorded with the routing step (one transaction, one trip); its
+            # lane sends it, in question order (the outbox leaves it alone).
+            forward = forward_outgoing(
+                routed,
+                question=q.body,
+                sender_id=q.sender,
+                labels=self.labels(routed),
+                texts=self.texts,
+            )
+            step = replace(step, effects=(*step.effects, forward))
+        recorded = await self.store.apply(
+            q.event_id, step, read_back=forward.tx_id if forward is not None else None
+        )
+        if recorded is not None:
+            self._recorded[q.event_id] = recorded
         stages.mark(q.event_id, "route_applied")
-        if step.effects:
+        if any(e is not forward for e in step.effects):
             self.outbox.wake()
         if step.state is QuestionState.HELD:
             held = step.record.held if step.record else ()
@@ -128,9 +148,16 @@ class QuestionPipeline:
             log.info("Question %s held (%s)", q.event_id, ", ".join(held) or "encryption")
             _fault_point("held")
             return None
-        if not step.routed:
+        if routed is None:
             return replace(q, state=step.state)
         log.info("Question %s -> %s (%s)", q.event_id, target, step.specialty or "fallback")
+        return routed
+
+    @staticmethod
+    def _routed(q: QuestionRow, step: Step) -> QuestionRow | None:
+        """The question as a routing step leaves it, when the step routes it (else None)."""
+        if not step.routed:
+            return None
         return replace(
             q,
             state=step.state,
@@ -196,23 +223,28 @@ class QuestionPipeline:
             ),
         )
 
-    async def forward(self, q: QuestionRow) -> None:
+    async def forward(self, q: QuestionRow, sending: Callable[[], None] | None = None) -> None:
         """Record a routed question's forward and send it inline (the same transaction ID after
-        a crash: the server keeps one); then record the acknowledgement for the outbox."""
+        a crash: the server keeps one); then record the acknowledgement for the outbox.
+        ``sending`` is called once the forward is recorded, right before its send."""
         assert q.body is not None and q.sender is not None and q.target_room is not None
         stages.mark(q.event_id, "lane")  # bench_load.py --profile (so are the marks below)
         labels = self.labels(q)
-        forward = forward_outgoing(
-            q, question=q.body, sender_id=q.sender, labels=labels, texts=self.texts
-        )
-        effect = await self.store.add_effect(
-            tx_id=forward.tx_id,
-            kind=forward.kind,
-            room_id=forward.room_id,
-            content=dict(forward.content),
-            question_id=q.event_id,
-        )
+        effect = self._recorded.pop(q.event_id, None)  # recorded with the routing step
+        if effect is None:  # routed before a restart, or recorded by an older version
+            forward = forward_outgoing(
+                q, question=q.body, sender_id=q.sender, labels=labels, texts=self.texts
+            )
+            effect = await self.store.add_effect(
+                tx_id=forward.tx_id,
+                kind=forward.kind,
+                room_id=forward.room_id,
+                content=dict(forward.content),
+                question_id=q.event_id,
+            )
         stages.mark(q.event_id, "effect_recorded")
+        if sending is not None:
+            sending()
         fwd_event = await self.outbox.deliver(effect)
         if fwd_event is None:
             await self.store.apply(q.event_id, forward_failed(q, "forward failed", self.texts))
