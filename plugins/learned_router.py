@@ -33,7 +33,7 @@ Example ``bot.yaml`` entry::
           min_examples: 20        # propose nothing before this many routed questions
           retrain_every: 20       # retrain in a worker thread after this many changes
           correction_weight: 5.0  # an admin's correction counts as this many routings
-          embeddings: use         # sentence embeddings beside TF-IDF: use, or none
+          embeddings: use         # sentence embeddings beside TF-IDF: use, e5, use+e5, or none
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from plugins.learned_model import (
     LearnedModel,
     SentenceEmbedder,
     TrainingExample,
+    embedding_names,
     load_embedder,
     train_model,
 )
@@ -109,7 +110,7 @@ class RouterSettings:
     correction_weight: float = 5.0
     """How many automatic routings an admin's correction counts for."""
     embeddings: str = DEFAULT_EMBEDDINGS
-    """The sentence-embedding model added to the TF-IDF features (``none``: TF-IDF only)."""
+    """The sentence-embedding model(s) beside TF-IDF: ``use``, ``e5``, ``use+e5`` or ``none``."""
     embeddings_explicit: bool = False
     """Whether ``embeddings`` was set in the options (a missing model then stops start-up)."""
 
@@ -142,9 +143,14 @@ class RouterSettings:
         if not 1.0 <= correction_weight <= 1000.0:
             raise PluginOptionError("correction_weight", "must be between 1 and 1000")
         embeddings = options.get("embeddings", defaults.embeddings)
-        if embeddings not in EMBEDDING_MODELS and embeddings != "none":
-            choices = ", ".join([*EMBEDDING_MODELS, "none"])
-            raise PluginOptionError("embeddings", f"must be one of {choices}, not {embeddings!r}")
+        if embeddings != "none":
+            try:
+                embedding_names(str(embeddings))
+            except ValueError:
+                choices = ", ".join([*EMBEDDING_MODELS, "+".join(EMBEDDING_MODELS), "none"])
+                raise PluginOptionError(
+                    "embeddings", f"must be one of {choices}, not {embeddings!r}"
+                ) from None
         return cls(
             min_confidence=min_confidence,
             min_examples=min_examples,
