@@ -73,6 +73,7 @@ async def baseline_bot(
     room: str,
     stages_path: str,
     hashtag: str = HASHTAG,
+    delay_ms: str = "0",
 ) -> None:
     """The simplest correct nio bot: echo one notice into the thread of each question.
 
@@ -108,6 +109,8 @@ async def baseline_bot(
             return
         marks.append((event.event_id, "http", client.received))
         marks.append((event.event_id, "seen", time.time()))
+        if float(delay_ms) > 0:  # --control-delay: as if it worked before its send
+            await asyncio.sleep(float(delay_ms) / 1000)
         await client.room_send(
             room,
             "m.room.message",
@@ -566,6 +569,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                     rooms["entraide"],
                     str(workdir / f"{name}-stages.jsonl"),
                     bare_tag,
+                    str(args.control_delay if name == "control" else 0),
                     stdout=asyncio.subprocess.PIPE,
                     stderr=(workdir / f"{name}.log").open("wb"),
                 )
@@ -849,7 +853,14 @@ def main(argv: list[str] | None = None) -> int:
         help="questions alternate between PeerBot's hashtag and the bare bot's own, so that "
         "the two bots never answer the same question at the same time",
     )
-    parser.add_argument("--baseline-bot", nargs=7, metavar="ARG", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--control-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="with --control: the second bare bot waits this long before each echo",
+    )
+    parser.add_argument("--baseline-bot", nargs=8, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_bot:
         asyncio.run(baseline_bot(*args.baseline_bot))
