@@ -8,7 +8,6 @@ at a time, in the order the questions were asked; different rooms are served sid
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -46,10 +45,9 @@ class Lanes:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self.in_lane: set[str] = set()
         """Questions queued or being forwarded (the worker skips them)."""
-        self._unsent: set[str] = set()
         self.all_sending = asyncio.Event()
-        """Set when every queued forward is recorded and its send begun (none still waits for
-        its lane or its outbox record): the sync loop lets these go first."""
+        """Set when no routed question waits in a lane's queue (each lane took its forward,
+        whose send then begins): the sync loop lets these go first."""
         self.all_sending.set()
 
     async def route_waiting(self) -> bool:
@@ -69,7 +67,6 @@ class Lanes:
             if routed is not None:
                 assert routed.target_room is not None
                 self.in_lane.add(q.event_id)
-                self._unsent.add(q.event_id)
                 self.all_sending.clear()
                 self._queue(routed.target_room).put_nowait(routed)
         return did
@@ -87,13 +84,12 @@ class Lanes:
         try:
             while not queue.empty() and not self._stopping.is_set():
                 q = queue.get_nowait()
-                sending = functools.partial(self._sending, q.event_id)
+                self._taken()
                 try:
-                    await self._failing_on_error(q, self.pipeline.forward(q, sending))
+                    await self._failing_on_error(q, self.pipeline.forward(q))
                 except Exception:
                     log.exception("Forwarding %s failed; retried later", q.event_id)
                 finally:
-                    sending()
                     self.in_lane.discard(q.event_id)
                     self._wake()
         finally:
@@ -102,14 +98,12 @@ class Lanes:
             del self._runners[room_id]
             if self._stopping.is_set():
                 while not queue.empty():
-                    event_id = queue.get_nowait().event_id
-                    self.in_lane.discard(event_id)
-                    self._sending(event_id)
+                    self.in_lane.discard(queue.get_nowait().event_id)
+                self._taken()
 
-    def _sending(self, event_id: str) -> None:
-        """A queued forward's send begins (or it will not be sent by this lane)."""
-        self._unsent.discard(event_id)
-        if not self._unsent:
+    def _taken(self) -> None:
+        """A lane took a question off its queue: all_sending once every queue is empty."""
+        if all(queue.empty() for queue in self._queues.values()):
             self.all_sending.set()
 
     async def _failing_on_error(self, q: QuestionRow, step: Awaitable[_T]) -> _T | None:

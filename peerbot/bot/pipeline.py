@@ -28,6 +28,7 @@ from peerbot.core import intake, routing
 from peerbot.core.ids import RoomID
 from peerbot.core.lifecycle import (
     Labels,
+    Outgoing,
     RouteInputs,
     Step,
     acknowledged,
@@ -126,13 +127,7 @@ class QuestionPipeline:
         if routed is not None and step.state is not QuestionState.HELD:
             # The forward is recorded with the routing step (one transaction, one trip); its
             # lane sends it, in question order (the outbox leaves it alone).
-            forward = forward_outgoing(
-                routed,
-                question=q.body,
-                sender_id=q.sender,
-                labels=self.labels(routed),
-                texts=self.texts,
-            )
+            forward = self._forward_of(routed)
             step = replace(step, effects=(*step.effects, forward))
         recorded = await self.store.apply(
             q.event_id, step, read_back=forward.tx_id if forward is not None else None
@@ -152,6 +147,13 @@ class QuestionPipeline:
             return replace(q, state=step.state)
         log.info("Question %s -> %s (%s)", q.event_id, target, step.specialty or "fallback")
         return routed
+
+    def _forward_of(self, q: QuestionRow) -> Outgoing:
+        """The forward of a routed question, as its lane sends it."""
+        assert q.body is not None and q.sender is not None
+        return forward_outgoing(
+            q, question=q.body, sender_id=q.sender, labels=self.labels(q), texts=self.texts
+        )
 
     @staticmethod
     def _routed(q: QuestionRow, step: Step) -> QuestionRow | None:
@@ -223,18 +225,16 @@ class QuestionPipeline:
             ),
         )
 
-    async def forward(self, q: QuestionRow, sending: Callable[[], None] | None = None) -> None:
-        """Record a routed question's forward and send it inline (the same transaction ID after
-        a crash: the server keeps one); then record the acknowledgement for the outbox.
-        ``sending`` is called once the forward is recorded, right before its send."""
+    async def forward(self, q: QuestionRow) -> None:
+        """Send a routed question's forward inline, recorded with its routing step (or now,
+        after a restart; the same transaction ID after a crash: the server keeps one); then
+        record the acknowledgement for the outbox."""
         assert q.body is not None and q.sender is not None and q.target_room is not None
         stages.mark(q.event_id, "lane")  # bench_load.py --profile (so are the marks below)
         labels = self.labels(q)
         effect = self._recorded.pop(q.event_id, None)  # recorded with the routing step
         if effect is None:  # routed before a restart, or recorded by an older version
-            forward = forward_outgoing(
-                q, question=q.body, sender_id=q.sender, labels=labels, texts=self.texts
-            )
+            forward = self._forward_of(q)
             effect = await self.store.add_effect(
                 tx_id=forward.tx_id,
                 kind=forward.kind,
@@ -243,8 +243,6 @@ class QuestionPipeline:
                 question_id=q.event_id,
             )
         stages.mark(q.event_id, "effect_recorded")
-        if sending is not None:
-            sending()
         fwd_event = await self.outbox.deliver(effect)
         if fwd_event is None:
             await self.store.apply(q.event_id, forward_failed(q, "forward failed", self.texts))

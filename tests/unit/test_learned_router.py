@@ -238,15 +238,24 @@ def test_use_and_e5_together_is_a_valid_choice(tmp_path: Path) -> None:
     assert learned_model.embedding_names(settings.embeddings) == ["use", "e5"]
 
 
-@pytest.mark.parametrize("n_classes", [2, 5])
-def test_complement_nb_is_sklearn_complementnb_in_float32(n_classes: int) -> None:
+def _toy_problem(n_classes: int) -> tuple[Any, Any, Any]:
+    """TOY's texts as TF-IDF rows, labelled round-robin over ``n_classes``, every fifth one
+    weighted 5 (an admin's correction)."""
     import numpy as np
-    from sklearn.naive_bayes import ComplementNB
 
     texts = [text for examples in TOY.values() for text in examples]
     labels = np.array([i % n_classes for i in range(len(texts))], dtype=np.int64)
     weights = np.where(np.arange(len(texts)) % 5 == 0, 5.0, 1.0)
     _, sparse, _ = Features.fit(texts, None)
+    return sparse, labels, weights
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_complement_nb_is_sklearn_complementnb_in_float32(n_classes: int) -> None:
+    import numpy as np
+    from sklearn.naive_bayes import ComplementNB
+
+    sparse, labels, weights = _toy_problem(n_classes)
     ours = learned_model._complement_nb(sparse, labels, weights, n_classes)
     theirs = ComplementNB(alpha=learned_model._BAYES_ALPHA)
     theirs.fit(sparse, labels, sample_weight=weights)
@@ -289,10 +298,7 @@ def test_one_class_at_a_time_svm_is_linearsvc_in_float32(n_classes: int) -> None
     import numpy as np
     from sklearn.svm import LinearSVC
 
-    texts = [text for examples in TOY.values() for text in examples]
-    labels = np.array([i % n_classes for i in range(len(texts))], dtype=np.int64)
-    weights = np.where(np.arange(len(texts)) % 5 == 0, 5.0, 1.0)
-    _, sparse, _ = Features.fit(texts, None)
+    sparse, labels, weights = _toy_problem(n_classes)
     ours = learned_model._one_vs_rest_svm(sparse, labels, weights, n_classes)
     theirs = LinearSVC(C=learned_model._SVM_C).fit(sparse, labels, sample_weight=weights)
     assert ours.weights.dtype == np.float32 and ours.weights.flags.c_contiguous
@@ -301,7 +307,8 @@ def test_one_class_at_a_time_svm_is_linearsvc_in_float32(n_classes: int) -> None
     assert mine.shape == reference.shape
     assert np.abs(mine - reference).max() < 1e-4
     assert (
-        mine.reshape(len(texts), -1).argmax(1) == reference.reshape(len(texts), -1).argmax(1)
+        mine.reshape(sparse.shape[0], -1).argmax(1)
+        == reference.reshape(sparse.shape[0], -1).argmax(1)
     ).all()
 
 
