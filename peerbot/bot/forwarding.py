@@ -46,8 +46,8 @@ class Lanes:
         self.in_lane: set[str] = set()
         """Questions queued or being forwarded (the worker skips them)."""
         self.all_sending = asyncio.Event()
-        """Set when no routed question waits in a lane's queue (each lane took its forward,
-        whose send then begins): the sync loop lets these go first."""
+        """Set when no routed question waits in a lane's queue (each lane took its question,
+        whose forward it now records and sends): the sync loop lets these go first."""
         self.all_sending.set()
 
     async def route_waiting(self) -> bool:

@@ -28,16 +28,14 @@ from peerbot.core import intake, routing
 from peerbot.core.ids import RoomID
 from peerbot.core.lifecycle import (
     Labels,
-    Outgoing,
     RouteInputs,
-    Step,
     acknowledged,
     forward_failed,
     forward_outgoing,
     route_step,
 )
 from peerbot.core.messages import RelatedLine, Texts, permalink
-from peerbot.core.records import Effect, QuestionRow, QuestionState
+from peerbot.core.records import QuestionRow, QuestionState
 from peerbot.matrix import Forbidden, MatrixClient, NotFound
 from peerbot.plugin_api import Question, SpecialtyInfo, Verdict
 from peerbot.store import Store
@@ -87,8 +85,6 @@ class QuestionPipeline:
         self.outbox = outbox
         self.texts = texts
         self._stopping = stopping
-        self._recorded: dict[str, Effect] = {}
-        """Forwards recorded with their routing step, until their lane sends them."""
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -122,20 +118,9 @@ class QuestionPipeline:
             labels=Labels(sender_name=sender_name, target_label=self.rooms.label(target)),
         )
         step = route_step(q, inputs, self.texts)
-        routed = self._routed(q, step)
-        forward = None
-        if routed is not None and step.state is not QuestionState.HELD:
-            # The forward is recorded with the routing step (one transaction, one trip); its
-            # lane sends it, in question order (the outbox leaves it alone).
-            forward = self._forward_of(routed)
-            step = replace(step, effects=(*step.effects, forward))
-        recorded = await self.store.apply(
-            q.event_id, step, read_back=forward.tx_id if forward is not None else None
-        )
-        if recorded is not None:
-            self._recorded[q.event_id] = recorded
+        await self.store.apply(q.event_id, step)
         stages.mark(q.event_id, "route_applied")
-        if any(e is not forward for e in step.effects):
+        if step.effects:
             self.outbox.wake()
         if step.state is QuestionState.HELD:
             held = step.record.held if step.record else ()
@@ -143,23 +128,9 @@ class QuestionPipeline:
             log.info("Question %s held (%s)", q.event_id, ", ".join(held) or "encryption")
             _fault_point("held")
             return None
-        if routed is None:
+        if not step.routed:
             return replace(q, state=step.state)
         log.info("Question %s -> %s (%s)", q.event_id, target, step.specialty or "fallback")
-        return routed
-
-    def _forward_of(self, q: QuestionRow) -> Outgoing:
-        """The forward of a routed question, as its lane sends it."""
-        assert q.body is not None and q.sender is not None
-        return forward_outgoing(
-            q, question=q.body, sender_id=q.sender, labels=self.labels(q), texts=self.texts
-        )
-
-    @staticmethod
-    def _routed(q: QuestionRow, step: Step) -> QuestionRow | None:
-        """The question as a routing step leaves it, when the step routes it (else None)."""
-        if not step.routed:
-            return None
         return replace(
             q,
             state=step.state,
@@ -226,22 +197,21 @@ class QuestionPipeline:
         )
 
     async def forward(self, q: QuestionRow) -> None:
-        """Send a routed question's forward inline, recorded with its routing step (or now,
-        after a restart; the same transaction ID after a crash: the server keeps one); then
-        record the acknowledgement for the outbox."""
+        """Record a routed question's forward and send it inline (the same transaction ID after
+        a crash: the server keeps one); then record the acknowledgement for the outbox."""
         assert q.body is not None and q.sender is not None and q.target_room is not None
         stages.mark(q.event_id, "lane")  # bench_load.py --profile (so are the marks below)
         labels = self.labels(q)
-        effect = self._recorded.pop(q.event_id, None)  # recorded with the routing step
-        if effect is None:  # routed before a restart, or recorded by an older version
-            forward = self._forward_of(q)
-            effect = await self.store.add_effect(
-                tx_id=forward.tx_id,
-                kind=forward.kind,
-                room_id=forward.room_id,
-                content=dict(forward.content),
-                question_id=q.event_id,
-            )
+        forward = forward_outgoing(
+            q, question=q.body, sender_id=q.sender, labels=labels, texts=self.texts
+        )
+        effect = await self.store.add_effect(
+            tx_id=forward.tx_id,
+            kind=forward.kind,
+            room_id=forward.room_id,
+            content=dict(forward.content),
+            question_id=q.event_id,
+        )
         stages.mark(q.event_id, "effect_recorded")
         fwd_event = await self.outbox.deliver(effect)
         if fwd_event is None:
