@@ -227,6 +227,7 @@ class PeerBot:
             for task in (outbox, sync, embed, followup):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self.events.invites.close()
 
     def stop(self) -> None:
         """Ask the loops to stop (safe from a signal handler)."""

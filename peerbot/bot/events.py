@@ -15,6 +15,7 @@ from typing import Any
 
 from peerbot.bot import stages
 from peerbot.bot.admin import ChatCommands
+from peerbot.bot.invites import InviteAnswers
 from peerbot.bot.metrics import Metrics
 from peerbot.bot.outbox import Outbox
 from peerbot.bot.related import RelatedThreads
@@ -69,6 +70,7 @@ class EventHandlers:
         self.relays = relays
         self.encryption = encryption
         """End-to-end encryption is on: encrypted rooms are joined, read and written."""
+        self.invites = InviteAnswers(client, config.invites, texts, encryption=encryption)
         self.metrics = metrics or Metrics()
         self.errors = 0
         """Handler failures so far (each logged with its traceback)."""
@@ -92,32 +94,7 @@ class EventHandlers:
 
     async def handle_invite(self, invite: Invite) -> None:
         """Join when the inviter's server is allowed; decline otherwise, saying why."""
-        if invite.room_id in self.mx.joined_rooms():
-            return
-        inviter = invite.inviter or ""
-        if not inviter or not self.config.invites.allows(inviter):
-            log.info("Declining an invite to %s from %s", invite.room_id, inviter or "unknown")
-            await self._decline(invite.room_id, "invite_declined")
-            return
-        if invite.encrypted and not self.encryption:
-            log.warning(
-                "Declining an invite to encrypted room %s from %s: encryption is not enabled",
-                invite.room_id,
-                inviter,
-            )
-            await self._decline(invite.room_id, "encrypted_room")
-            return
-        try:
-            await self.mx.join(invite.room_id)
-            log.info("Joined %s on %s's invite", invite.room_id, inviter)
-        except MatrixError as exc:
-            log.warning("Could not join %s: %s", invite.room_id, exc)
-
-    async def _decline(self, room_id: RoomID, key: str) -> None:
-        try:
-            await self.mx.decline(room_id, self.texts.s(key))
-        except MatrixError as exc:
-            log.warning("Could not decline the invite to %s: %s", room_id, exc)
+        await self.invites.handle(invite)
 
     async def handle_event(self, room_id: RoomID, event: Mapping[str, Any]) -> None:
         """One timeline event. Fast: questions are recorded here and sent by the worker."""
