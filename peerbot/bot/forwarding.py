@@ -46,8 +46,8 @@ class Lanes:
         self.in_lane: set[str] = set()
         """Questions queued or being forwarded (the worker skips them)."""
         self.all_sending = asyncio.Event()
-        """Set when no routed question waits in a lane's queue (each lane took its question,
-        whose forward it now records and sends): the sync loop lets these go first."""
+        """Set when no routed question waits in a lane's queue (each lane took its forward,
+        whose send then begins): the sync loop lets these go first."""
         self.all_sending.set()
 
     async def route_waiting(self) -> bool:
@@ -63,13 +63,17 @@ class Lanes:
             if q.event_id in self.in_lane:
                 continue
             did = True
-            routed = await self._failing_on_error(q, self.pipeline.prepare(q))
+            routed = await self._failing_on_error(q, self.pipeline.prepare(q, self._free))
             if routed is not None:
                 assert routed.target_room is not None
                 self.in_lane.add(q.event_id)
                 self.all_sending.clear()
                 self._queue(routed.target_room).put_nowait(routed)
         return did
+
+    def _free(self, room_id: str) -> bool:
+        """No forward is queued or being sent to this room (its next one is taken at once)."""
+        return room_id not in self._runners
 
     def _queue(self, room_id: str) -> asyncio.Queue[QuestionRow]:
         """The queue of forwards for one room; its runner starts when work arrives."""
@@ -80,11 +84,15 @@ class Lanes:
         return queue
 
     async def _run(self, room_id: str, queue: asyncio.Queue[QuestionRow]) -> None:
-        """Send one room's forwards in order; end when the queue is empty (or on stop)."""
+        """Send one room's forwards in order; end when the queue is empty (or on stop: then
+        only a forward recorded with its routing step still goes, see ``prepare``)."""
         try:
-            while not queue.empty() and not self._stopping.is_set():
+            while not queue.empty():
                 q = queue.get_nowait()
                 self._taken()
+                if self._stopping.is_set() and not self.pipeline.forward_recorded(q.event_id):
+                    self.in_lane.discard(q.event_id)
+                    continue
                 try:
                     await self._failing_on_error(q, self.pipeline.forward(q))
                 except Exception:
@@ -96,7 +104,7 @@ class Lanes:
             # No await between the emptiness check and here: a forward queued after it finds
             # no runner and starts a new one.
             del self._runners[room_id]
-            if self._stopping.is_set():
+            if self._stopping.is_set():  # cancelled at the stop's deadline
                 while not queue.empty():
                     self.in_lane.discard(queue.get_nowait().event_id)
                 self._taken()

@@ -28,14 +28,16 @@ from peerbot.core import intake, routing
 from peerbot.core.ids import RoomID
 from peerbot.core.lifecycle import (
     Labels,
+    Outgoing,
     RouteInputs,
+    Step,
     acknowledged,
     forward_failed,
     forward_outgoing,
     route_step,
 )
 from peerbot.core.messages import RelatedLine, Texts, permalink
-from peerbot.core.records import QuestionRow, QuestionState
+from peerbot.core.records import Effect, QuestionRow, QuestionState
 from peerbot.matrix import Forbidden, MatrixClient, NotFound
 from peerbot.plugin_api import Question, SpecialtyInfo, Verdict
 from peerbot.store import Store
@@ -85,11 +87,19 @@ class QuestionPipeline:
         self.outbox = outbox
         self.texts = texts
         self._stopping = stopping
+        self._recorded: dict[str, Effect] = {}
+        """Forwards recorded with their routing step, until their lane sends them."""
 
     # -- deciding -------------------------------------------------------------------------------
 
-    async def prepare(self, q: QuestionRow) -> QuestionRow | None:
-        """Check and route one question; the routed question, or None (held or failed)."""
+    async def prepare(
+        self, q: QuestionRow, lane_free: Callable[[str], bool] = lambda room: True
+    ) -> QuestionRow | None:
+        """Check and route one question; the routed question, or None (held or failed).
+
+        When ``lane_free(target room)``, its forward is recorded in the same transaction
+        (:meth:`forward` sends it); else its lane records it when it takes the question, so
+        that a stop leaves no recorded forward waiting behind others in a lane."""
         stages.mark(q.event_id, "picked")  # bench_load.py --profile (so are the marks below)
         if q.body is None or q.sender is None:
             q = await self._fetch_root(q)
@@ -118,9 +128,25 @@ class QuestionPipeline:
             labels=Labels(sender_name=sender_name, target_label=self.rooms.label(target)),
         )
         step = route_step(q, inputs, self.texts)
-        await self.store.apply(q.event_id, step)
+        routed = self._routed(q, step)
+        forward = None
+        if (
+            routed is not None
+            and step.state is not QuestionState.HELD
+            and routed.target_room is not None
+            and lane_free(routed.target_room)
+        ):
+            # The forward is recorded with the routing step (one transaction, one trip); its
+            # lane, idle, takes it at once and sends it (the outbox leaves it alone).
+            forward = self._forward_of(routed)
+            step = replace(step, effects=(*step.effects, forward))
+        recorded = await self.store.apply(
+            q.event_id, step, read_back=forward.tx_id if forward is not None else None
+        )
+        if recorded is not None:
+            self._recorded[q.event_id] = recorded
         stages.mark(q.event_id, "route_applied")
-        if step.effects:
+        if any(e is not forward for e in step.effects):
             self.outbox.wake()
         if step.state is QuestionState.HELD:
             held = step.record.held if step.record else ()
@@ -128,9 +154,27 @@ class QuestionPipeline:
             log.info("Question %s held (%s)", q.event_id, ", ".join(held) or "encryption")
             _fault_point("held")
             return None
-        if not step.routed:
+        if routed is None:
             return replace(q, state=step.state)
         log.info("Question %s -> %s (%s)", q.event_id, target, step.specialty or "fallback")
+        return routed
+
+    def forward_recorded(self, question_id: str) -> bool:
+        """The question's forward was recorded with its routing step and is not sent yet."""
+        return question_id in self._recorded
+
+    def _forward_of(self, q: QuestionRow) -> Outgoing:
+        """The forward of a routed question, as its lane sends it."""
+        assert q.body is not None and q.sender is not None
+        return forward_outgoing(
+            q, question=q.body, sender_id=q.sender, labels=self.labels(q), texts=self.texts
+        )
+
+    @staticmethod
+    def _routed(q: QuestionRow, step: Step) -> QuestionRow | None:
+        """The question as a routing step leaves it, when the step routes it (else None)."""
+        if not step.routed:
+            return None
         return replace(
             q,
             state=step.state,
@@ -197,21 +241,22 @@ class QuestionPipeline:
         )
 
     async def forward(self, q: QuestionRow) -> None:
-        """Record a routed question's forward and send it inline (the same transaction ID after
-        a crash: the server keeps one); then record the acknowledgement for the outbox."""
+        """Send a routed question's forward inline, recorded with its routing step (or now,
+        after a restart; the same transaction ID after a crash: the server keeps one); then
+        record the acknowledgement for the outbox."""
         assert q.body is not None and q.sender is not None and q.target_room is not None
         stages.mark(q.event_id, "lane")  # bench_load.py --profile (so are the marks below)
         labels = self.labels(q)
-        forward = forward_outgoing(
-            q, question=q.body, sender_id=q.sender, labels=labels, texts=self.texts
-        )
-        effect = await self.store.add_effect(
-            tx_id=forward.tx_id,
-            kind=forward.kind,
-            room_id=forward.room_id,
-            content=dict(forward.content),
-            question_id=q.event_id,
-        )
+        effect = self._recorded.pop(q.event_id, None)  # recorded with the routing step
+        if effect is None:  # routed before a restart, or recorded by an older version
+            forward = self._forward_of(q)
+            effect = await self.store.add_effect(
+                tx_id=forward.tx_id,
+                kind=forward.kind,
+                room_id=forward.room_id,
+                content=dict(forward.content),
+                question_id=q.event_id,
+            )
         stages.mark(q.event_id, "effect_recorded")
         fwd_event = await self.outbox.deliver(effect)
         if fwd_event is None:

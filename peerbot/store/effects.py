@@ -93,11 +93,14 @@ class EffectQueries(Connection):
 
         return await self._atomic(plan)
 
-    async def apply(self, question_id: str, step: Step) -> None:
+    async def apply(
+        self, question_id: str, step: Step, read_back: str | None = None
+    ) -> Effect | None:
         """A lifecycle step in one transaction: the question's new columns and its effects.
 
         Effects are recorded once (idempotent on tx_id), so applying a step again after a crash
-        records nothing twice; the outbox sends them.
+        records nothing twice; the outbox sends them. ``read_back``: the tx_id of one of them,
+        returned as stored (in the same trip); else None.
         """
         now = now_ms()
         columns = step.columns()
@@ -108,7 +111,7 @@ class EffectQueries(Connection):
             columns["forwarded_ts"] = now
         sets = ", ".join(f"{k} = ?" for k in columns)
 
-        def plan() -> Plan[None]:
+        def plan() -> Plan[Effect | None]:
             yield (
                 f"UPDATE questions SET {sets} WHERE event_id = ?",
                 (*columns.values(), question_id),
@@ -117,8 +120,12 @@ class EffectQueries(Connection):
                 yield from self._insert_effect(
                     e.tx_id, question_id, e.kind, e.room_id, e.content, e.event_type, now
                 )
+            if read_back is None:
+                return None
+            done = yield (f"SELECT {EFFECT_COLUMNS} FROM effects WHERE tx_id = ?", (read_back,))
+            return effect_from_row(done.rows[0]) if done.rows else None
 
-        await self._atomic(plan)
+        return await self._atomic(plan)
 
     async def record_move(self, question_id: str, specialty: str, copy: Outgoing) -> None:
         """``!route move``: the question's new specialty (marked corrected) and the copy to send
