@@ -245,27 +245,33 @@ class PeerBot:
                 batch = await self.mx.sync(
                     self._since, full_state=False, wait=health.first_ok_at is not None
                 )
+            except Transient as exc:
+                delay = backoff.next_delay()
+                self.metrics.sync_failed(type(exc).__name__)
+                log.warning("Sync failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
             except MatrixError as exc:
-                await _sync_failed(exc, backoff, self.metrics)
+                if isinstance(exc, Forbidden) and exc.errcode in ("M_UNKNOWN_TOKEN",):
+                    raise
+                delay = backoff.next_delay()
+                self.metrics.sync_failed(exc.errcode or type(exc).__name__)
+                log.error("Sync refused (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
                 continue
             try:
-                await self.handle_batch(batch, save_token=False)
+                await self.handle_batch(batch)
             except Exception as exc:
                 await _database_down(exc, backoff, self.metrics)
                 continue
             backoff.reset()
             self.metrics.sync_ok()
             # New questions' forwards go out before the next long-poll is built (its request
-            # cost the worker 1-2 ms per question), and before the token is saved (a crash
-            # meanwhile replays the batch, whose events are all recorded: each is skipped).
+            # cost the worker 1-2 ms per question); events meanwhile wait in the homeserver.
             await _until_set((self.idle, self.lanes.all_sending), FORWARD_FIRST_S)
-            try:
-                await self.save_token(batch)
-            except Exception as exc:
-                await _database_down(exc, backoff, self.metrics)
 
-    async def handle_batch(self, batch: SyncBatch, *, save_token: bool = True) -> None:
-        """Handle one sync's invites and events, then (unless told not to) save its token."""
+    async def handle_batch(self, batch: SyncBatch) -> None:
+        """Handle one sync's invites and events, then save its token."""
         events = self.events
         if batch.received_at is not None:  # bench_load.py --profile (so is the next mark)
             stages.mark_events(batch.events, "http", batch.received_at)
@@ -283,15 +289,9 @@ class PeerBot:
         # Only now: a crash before this line replays the batch, and handled events are skipped.
         self._since = batch.next_batch
         if not batch.only_from(self.mx.user_id):  # see SyncBatch.only_from
-            self.wake()
-        if save_token:
-            await self.save_token(batch)
-
-    async def save_token(self, batch: SyncBatch) -> None:
-        """Save a handled batch's token (unless the batch only holds the bot's own events)."""
-        if not batch.only_from(self.mx.user_id):  # see SyncBatch.only_from
             await self.store.put("sync_token", batch.next_batch)
             stages.mark_events(batch.events, "token")  # bench_load.py --profile
+            self.wake()
 
     async def _work_loop(self) -> None:
         while True:
@@ -355,20 +355,6 @@ async def _until_set(events: tuple[asyncio.Event, ...], seconds: float) -> None:
             continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), left)
-
-
-async def _sync_failed(exc: MatrixError, backoff: Backoff, metrics: Metrics) -> None:
-    """A sync failed: wait before the next one, or raise when the login is gone."""
-    if isinstance(exc, Forbidden) and exc.errcode in ("M_UNKNOWN_TOKEN",):
-        raise exc
-    delay = backoff.next_delay()
-    if isinstance(exc, Transient):
-        metrics.sync_failed(type(exc).__name__)
-        log.warning("Sync failed (%s); retrying in %.1f s", exc, delay)
-    else:
-        metrics.sync_failed(exc.errcode or type(exc).__name__)
-        log.error("Sync refused (%s); retrying in %.1f s", exc, delay)
-    await asyncio.sleep(delay)
 
 
 async def _database_down(exc: Exception, backoff: Backoff, metrics: Metrics) -> None:
