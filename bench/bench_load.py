@@ -390,6 +390,43 @@ def print_synapse_work(log_path: Path, since: float, users: dict[str, str]) -> N
         )
 
 
+def print_sync_order(
+    pb_marks: dict[str, dict[str, float]],
+    bare_marks: dict[str, dict[str, float]],
+    pb_delays: dict[str, list[int]],
+    bare_delays: dict[str, list[int]],
+) -> None:
+    """Which bot's sync answer brought each question first, and the p50 ratio on each group.
+
+    Synapse wakes the long-polls of a room's members in the order of a Python set of its
+    per-user streams (fixed while a stream lives, so for a whole run as a rule): the bot
+    woken second gets its answer after the first one's sync is computed, and sends second."""
+    first: list[str] = []
+    second: list[str] = []
+    leads: list[float] = []
+    for q, pts in pb_marks.items():
+        other = bare_marks.get(q, {})
+        if "http" not in pts or "http" not in other or q not in pb_delays or q not in bare_delays:
+            continue
+        lead = (other["http"] - pts["http"]) * 1000
+        leads.append(lead)
+        (first if lead >= 0 else second).append(q)
+    if not leads:
+        return
+    print(
+        f"\nsync answer order: PeerBot's came first for {len(first)} of {len(leads)} questions "
+        f"(PeerBot's lead p50 {statistics.median(leads):+.1f} ms)"
+    )
+    for name, group in (("PeerBot first", first), ("bare bot first", second)):
+        if len(group) >= 10:
+            p_fwd = statistics.median(min(pb_delays[q]) for q in group)
+            p_bare = statistics.median(min(bare_delays[q]) for q in group)
+            print(
+                f"  {name}: {len(group)} questions, p50 PeerBot {p_fwd:.0f} ms, "
+                f"bare {p_bare:.0f} ms, ratio {p_fwd / max(p_bare, 1e-9):.2f}"
+            )
+
+
 def print_breakdown(
     title: str,
     points: tuple[str, ...],
@@ -764,6 +801,9 @@ async def run_bench(args: argparse.Namespace) -> int:
             )
             fwd_ts = {q: qts[q] + min(v) for q, v in pb_fwd.delays_ms.items()}
             echo_ts = {q: qts[q] + min(v) for q, v in bare.delays_ms.items()}
+            print_sync_order(
+                read_marks(pb_stages), read_marks(bare_stages), pb_fwd.delays_ms, bare.delays_ms
+            )
             print_breakdown(
                 "PeerBot, question -> forward, stage by stage",
                 PEERBOT_POINTS,
