@@ -384,9 +384,9 @@ class SendingClient(OfflineClient):
         return event_id
 
 
-async def test_the_forward_is_recorded_with_the_routing_step_and_sent_from_it(
-    db_target: Path | str,
-) -> None:
+@pytest_asyncio.fixture
+async def sending(db_target: Path | str) -> AsyncIterator[tuple[PeerBot, Store, SendingClient]]:
+    """A bot whose sends succeed, routing everything to the triage room."""
     cfg = parse_config(
         json.dumps(
             {
@@ -402,66 +402,57 @@ async def test_the_forward_is_recorded_with_the_routing_step_and_sent_from_it(
     bot.rooms.intake = {ROOM: IntakeRoom(ROOM, Trigger.HASHTAG, ("#DocTocToc",))}
     await bot.rooms.resolve_configured()
     try:
-        await bot.handle_batch(SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))]))
-        q = await store.question("$q")
-        assert q is not None
-        routed = await bot.pipeline.prepare(q)
-        assert routed is not None and routed.target_room == "!triage:x"
-        # Recorded already, by the routing step's transaction: a crash now loses nothing.
-        pending = [e for e in await store.pending_effects() if e.kind == "forward"]
-        assert [(e.question_id, e.room_id) for e in pending] == [("$q", "!triage:x")]
-        stored = (await store.question("$q")) or q
-        assert stored.target_room == "!triage:x"
-        await bot.pipeline.forward(routed)
-        forwards = [v for v in client.sent.values() if v["room_id"] == "!triage:x"]
-        assert len(forwards) == 1 and forwards[0]["content"] == pending[0].content
-        done = await store.effect(pending[0].tx_id)
-        assert done is not None and done.state == "done"
-        assert not [e for e in await store.pending_effects() if e.kind == "forward"]
+        yield bot, store, client
     finally:
         await store.close()
 
 
+async def test_the_forward_is_recorded_with_the_routing_step_and_sent_from_it(
+    sending: tuple[PeerBot, Store, SendingClient],
+) -> None:
+    bot, store, client = sending
+    await bot.handle_batch(SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))]))
+    q = await store.question("$q")
+    assert q is not None
+    routed = await bot.pipeline.prepare(q)
+    assert routed is not None and routed.target_room == "!triage:x"
+    # Recorded already, by the routing step's transaction: a crash now loses nothing.
+    pending = [e for e in await store.pending_effects() if e.kind == "forward"]
+    assert [(e.question_id, e.room_id) for e in pending] == [("$q", "!triage:x")]
+    stored = (await store.question("$q")) or q
+    assert stored.target_room == "!triage:x"
+    await bot.pipeline.forward(routed)
+    forwards = [v for v in client.sent.values() if v["room_id"] == "!triage:x"]
+    assert len(forwards) == 1 and forwards[0]["content"] == pending[0].content
+    done = await store.effect(pending[0].tx_id)
+    assert done is not None and done.state == "done"
+    assert not [e for e in await store.pending_effects() if e.kind == "forward"]
+
+
 async def test_a_stop_sends_the_forwards_recorded_with_routing_and_leaves_none_pending(
-    db_target: Path | str,
+    sending: tuple[PeerBot, Store, SendingClient],
 ) -> None:
     """A forward is recorded with its routing step only when its lane is free (taken at once);
     behind another in a lane, the lane records it. A stop then sends the first and drops the
     second unrecorded: nothing is left recorded and unsent (test_faults' clean SIGTERM)."""
-    cfg = parse_config(
-        json.dumps(
-            {
-                "matrix": {"homeserver": "http://127.0.0.1:9", "user_id": ME, "password": "p"},
-                "routing": {"fallback_room": "!triage:x"},
-            }
-        ),
-        env={},
-    )
-    store = await Store.open(db_target)
-    client = SendingClient()
-    bot = PeerBot(cfg, store, client)  # type: ignore[arg-type]
-    bot.rooms.intake = {ROOM: IntakeRoom(ROOM, Trigger.HASHTAG, ("#DocTocToc",))}
-    await bot.rooms.resolve_configured()
-    try:
-        events = [(ROOM, msg("$a", "#DocTocToc ECG ?")), (ROOM, msg("$b", "#DocTocToc EEG ?"))]
-        await bot.handle_batch(SyncBatch("t1", events=events))
-        a, b = await store.question("$a"), await store.question("$b")
-        assert a is not None and b is not None
-        routed_a = await bot.pipeline.prepare(a, lambda room: True)
-        routed_b = await bot.pipeline.prepare(b, lambda room: False)
-        assert routed_a is not None and routed_b is not None
-        pending = [e.question_id for e in await store.pending_effects() if e.kind == "forward"]
-        assert pending == ["$a"]
-        assert bot.pipeline.forward_recorded("$a") and not bot.pipeline.forward_recorded("$b")
+    bot, store, client = sending
+    events = [(ROOM, msg("$a", "#DocTocToc ECG ?")), (ROOM, msg("$b", "#DocTocToc EEG ?"))]
+    await bot.handle_batch(SyncBatch("t1", events=events))
+    a, b = await store.question("$a"), await store.question("$b")
+    assert a is not None and b is not None
+    routed_a = await bot.pipeline.prepare(a, lambda room: True)
+    routed_b = await bot.pipeline.prepare(b, lambda room: False)
+    assert routed_a is not None and routed_b is not None
+    pending = [e.question_id for e in await store.pending_effects() if e.kind == "forward"]
+    assert pending == ["$a"]
+    assert bot.pipeline.forward_recorded("$a") and not bot.pipeline.forward_recorded("$b")
 
-        bot.stop()
-        for routed in (routed_a, routed_b):
-            bot.lanes.in_lane.add(routed.event_id)
-            bot.lanes._queue("!triage:x").put_nowait(routed)
-        await bot.lanes.finish(time.monotonic() + 5)
-        sent = [v["content"]["body"] for v in client.sent.values() if v["room_id"] == "!triage:x"]
-        assert len(sent) == 1 and "ECG" in sent[0], sent
-        assert not [e for e in await store.pending_effects() if e.kind == "forward"]
-        assert bot.lanes.in_lane == set()
-    finally:
-        await store.close()
+    bot.stop()
+    for routed in (routed_a, routed_b):
+        bot.lanes.in_lane.add(routed.event_id)
+        bot.lanes._queue("!triage:x").put_nowait(routed)
+    await bot.lanes.finish(time.monotonic() + 5)
+    sent = [v["content"]["body"] for v in client.sent.values() if v["room_id"] == "!triage:x"]
+    assert len(sent) == 1 and "ECG" in sent[0], sent
+    assert not [e for e in await store.pending_effects() if e.kind == "forward"]
+    assert bot.lanes.in_lane == set()
