@@ -82,10 +82,22 @@ async def check(peerbot: str, work: Path) -> str:
                 for room_id, event in batch.events:
                     body = str((event.get("content") or {}).get("body", ""))
                     if room_id == cardio and "82 ans" in body and event["sender"] == bot.user_id:
+                        if proc.returncode is not None:
+                            raise RuntimeError(
+                                f"the bot exited with {proc.returncode} on its own after the "
+                                "forward: " + _tail(bot_log)
+                            )
                         proc.send_signal(signal.SIGTERM)
-                        status = await asyncio.wait_for(proc.wait(), timeout=15)
+                        try:
+                            status = await asyncio.wait_for(proc.wait(), timeout=15)
+                        except TimeoutError:
+                            raise RuntimeError(
+                                "the bot did not exit within 15 s of SIGTERM: " + _tail(bot_log)
+                            ) from None
                         if status != 0:
-                            raise RuntimeError(f"the bot exited with {status} after SIGTERM")
+                            raise RuntimeError(
+                                f"the bot exited with {status} after SIGTERM: " + _tail(bot_log)
+                            )
                         return "peerbot run (bare install) forwarded the question"
             raise RuntimeError("no forward within 60 s: " + _tail(bot_log))
         finally:
@@ -99,7 +111,7 @@ async def check(peerbot: str, work: Path) -> str:
 
 def _tail(path: Path) -> str:
     lines = path.read_text(errors="replace").strip().splitlines()
-    return " | ".join(lines[-3:]) if lines else "(empty log)"
+    return " | ".join(lines[-8:]) if lines else "(empty log)"
 
 
 def main() -> int:
@@ -108,7 +120,8 @@ def main() -> int:
     try:
         print(asyncio.run(check(peerbot, work)))
     except Exception as exc:
-        print(f"bare install: peerbot run failed: {exc}")
+        # The type too: a bare TimeoutError or ProcessLookupError prints as nothing.
+        print(f"bare install: peerbot run failed: {type(exc).__name__}: {exc}")
         return 1
     return 0
 
