@@ -56,6 +56,18 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _unencodable(*values: str | None) -> bool:
+    """Some value holds a lone surrogate: no valid Matrix ID does, and neither SQLite nor the
+    homeserver takes it (UTF-8 cannot encode it)."""
+    for value in values:
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
 def parse_message(event: Mapping[str, Any]) -> Message | None:
     """A Message for a well-formed ``m.room.message`` event, or None for anything else."""
     if not isinstance(event, Mapping) or event.get("type") != "m.room.message":
@@ -77,6 +89,8 @@ def parse_message(event: Mapping[str, Any]) -> Message | None:
         # The reply part of a thread message is only a fallback for old clients.
         reply_to = None
     replaces = _str(rel.get("event_id")) if rel_type == "m.replace" else None
+    if _unencodable(event_id, sender, reply_to, thread_root, replaces):
+        return None  # a malformed event, never a question nor a reply
     body_source: Mapping[str, Any] = content
     if replaces is not None:
         new = content.get("m.new_content")

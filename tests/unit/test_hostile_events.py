@@ -478,6 +478,31 @@ def test_lone_surrogate_in_a_question_is_recorded(harness: Harness) -> None:
     assert harness.run(harness.store.question("$surrogate")) is not None
 
 
+@pytest.mark.parametrize(
+    "relation",
+    [
+        {"rel_type": "m.thread", "event_id": "$ro\udaa8ot"},
+        {"m.in_reply_to": {"event_id": "$re\udaa8ply"}},
+        {"rel_type": "m.replace", "event_id": "$ed\udaa8it"},
+    ],
+)
+def test_lone_surrogate_in_an_id_is_ignored_not_a_failure(
+    harness: Harness, relation: dict[str, Any]
+) -> None:
+    """No valid Matrix ID holds a lone surrogate, and SQLite cannot encode one: the event is
+    malformed, and dropped (a hypothesis storm found a thread root like this failing the
+    handler's lookup)."""
+    before = harness.bot.handler_errors
+    content: dict[str, Any] = {"m.relates_to": relation}
+    if relation.get("rel_type") == "m.replace":
+        content["m.new_content"] = {"msgtype": "m.text", "body": "#DocTocToc EEG ?"}
+    event = _question(f"$rel-{len(str(relation))}", "#DocTocToc ECG ?", **content)
+    odd_sender = _question("$odd-sender", "#DocTocToc ECG ?") | {"sender": "@a\udaa8:x"}
+    harness.batch([(INTAKE, event), (INTAKE, odd_sender)])
+    assert harness.bot.handler_errors == before, "a handler failed on a lone surrogate in an ID"
+    assert harness.run(harness.store.question("$odd-sender")) is None
+
+
 def test_deep_relations_and_non_dict_events(harness: Harness) -> None:
     deep: dict[str, Any] = {"event_id": "$root"}
     for _ in range(50_000):
