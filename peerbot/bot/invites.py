@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from peerbot.config import InvitesConfig
-from peerbot.core.ids import RoomID
+from peerbot.core.ids import RoomID, server_of
 from peerbot.core.messages import Texts
 from peerbot.matrix import Invite, MatrixClient, MatrixError
 
@@ -44,11 +44,6 @@ JOIN_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 """Waits before each new try of a refused join of a room on another server (31 s in all)."""
 
 
-def server_of(user_id: str) -> str:
-    """The server part of a Matrix user ID, lower-cased ("" when there is none)."""
-    return user_id.split(":", 1)[1].lower() if ":" in user_id else ""
-
-
 @dataclass(frozen=True)
 class InviteDecision:
     """What to do with one invite: join, or decline with the reason's message key."""
@@ -65,7 +60,7 @@ def decide(
 ) -> InviteDecision:
     """Join when the inviter's server is allowed and the room readable; decline otherwise."""
     inviter = invite.inviter or ""
-    remote = bool(inviter) and server_of(inviter) != server_of(own_user_id)
+    remote = bool(inviter) and server_of(inviter).lower() != server_of(own_user_id).lower()
     if not inviter or not invites.allows(inviter):
         return InviteDecision(False, "invite_declined", remote)
     if invite.encrypted and not encryption:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -79,9 +80,9 @@ def answers(client: ScriptedClient, *, grace: float = 0.2, retries: int = 3) -> 
     )
 
 
-async def until(check: object, within: float = 5.0) -> None:
+async def until(check: Callable[[], object], within: float = 5.0) -> None:
     deadline = time.monotonic() + within
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
 
