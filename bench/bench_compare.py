@@ -94,10 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--profile", action="store_true", help="pass --profile to bench_load")
     parser.add_argument("--keep", type=Path, help="write each run's whole output in this folder")
+    parser.add_argument(
+        "--separate",
+        action="store_true",
+        help="pass --separate to bench_load (each bot on its own homeserver); the base commit "
+        "then runs this tree's bench_load.py, which has it",
+    )
     args = parser.parse_args(argv)
     bench_args = ["--questions", str(args.questions), "--seconds", str(args.seconds)]
     if args.profile:
         bench_args.append("--profile")
+    if args.separate:
+        bench_args.append("--separate")
     base = subprocess.run(
         ["git", "rev-parse", "--short", args.base], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
@@ -116,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
             capture_output=True,
         )
+        if args.separate:  # the base's code, this tree's benchmark
+            script = "bench/bench_load.py"
+            (old_tree / script).write_bytes((REPO / script).read_bytes())
         try:
             print(
                 f"{'round':<7}{'commit':<10}{'PeerBot p50':>12}{'bare p50':>10}{'ratio':>7}"

@@ -484,10 +484,11 @@ def print_breakdown(
 
 
 def _per(pb_qs: list[str], bare_qs: list[str]) -> tuple[int, ...]:
-    """The question counts the five CPU figures are divided by under --alternate: PeerBot's,
-    the bare bot's, PeerBot's again (its event loop), then all of them (PostgreSQL, Synapse)."""
+    """The question counts the six CPU figures are divided by under --alternate: PeerBot's,
+    the bare bot's, PeerBot's again (its event loop), then all of them (PostgreSQL, Synapse,
+    the bare bot's homeserver: none under --alternate)."""
     n = len(set(pb_qs) | set(bare_qs))
-    return (len(pb_qs), len(bare_qs), len(pb_qs), n, n)
+    return (len(pb_qs), len(bare_qs), len(pb_qs), n, n, n)
 
 
 def _percentile_f(values: list[float], p: float) -> float:
@@ -499,7 +500,12 @@ def _percentile_f(values: list[float], p: float) -> float:
 async def run_bench(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="peerbot-bench-"))
     print(f"working in {workdir}", flush=True)
-    server = await SynapseServer.start(workdir / "synapse")
+    if args.separate:  # one homeserver per bot, started side by side
+        server, bare_server = await asyncio.gather(
+            SynapseServer.start(workdir / "synapse"), SynapseServer.start(workdir / "synapse2")
+        )
+    else:
+        server = bare_server = await SynapseServer.start(workdir / "synapse")
     peerbot: BotProcess | None = None
     baseline: asyncio.subprocess.Process | None = None
     control: asyncio.subprocess.Process | None = None
@@ -515,9 +521,18 @@ async def run_bench(args: argparse.Namespace) -> int:
         admin = await server.register("admin")
         observer = await server.register("observer")
         bot_user = await server.register("peerbot")
-        bare_user = await server.register("barebot")
+        bare_user = await bare_server.register("barebot")
         control_user = await server.register("barebot2") if args.control else None
         posters_reg = [await server.register(f"poster{i}") for i in range(args.clients)]
+        # --separate: the bare bot's homeserver has its own admin, observer and posters.
+        separate = bare_server is not server
+        admin2 = await bare_server.register("admin") if separate else admin
+        observer2 = await bare_server.register("observer") if separate else observer
+        posters2_reg = (
+            [await bare_server.register(f"poster{i}") for i in range(args.clients)]
+            if separate
+            else []
+        )
         timeout = aiohttp.ClientTimeout(total=120)
         connector = aiohttp.TCPConnector(limit=200)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
@@ -536,10 +551,29 @@ async def run_bench(args: argparse.Namespace) -> int:
                     },
                 )
                 rooms[key] = str(created["room_id"])
+            bare_room = rooms["entraide"]
+            if separate:
+                created = await _api(
+                    http,
+                    "POST",
+                    f"{bare_server.base_url}/_matrix/client/v3/createRoom",
+                    admin2.access_token,
+                    {"preset": "public_chat", "room_alias_name": "entraide-bench"},
+                )
+                bare_room = str(created["room_id"])
+                for user in [observer2, *posters2_reg, bare_user]:
+                    await _api(
+                        http,
+                        "POST",
+                        f"{bare_server.base_url}/_matrix/client/v3/join/"
+                        f"{quote(bare_room, safe='')}",
+                        user.access_token,
+                        {},
+                    )
             for user in [
                 observer,
                 *posters_reg,
-                bare_user,
+                *([] if separate else [bare_user]),
                 *([control_user] if control_user else []),
             ]:
                 for key in ("entraide", "cardio", "triage") if user is observer else ("entraide",):
@@ -599,11 +633,11 @@ async def run_bench(args: argparse.Namespace) -> int:
                     sys.executable,
                     str(Path(__file__).resolve()),
                     "--baseline-bot",
-                    base,
+                    bare_server.base_url if user is bare_user else base,
                     user.user_id,
                     user.device_id,
                     user.access_token,
-                    rooms["entraide"],
+                    bare_room if user is bare_user else rooms["entraide"],
                     str(workdir / f"{name}-stages.jsonl"),
                     bare_tag,
                     str(args.control_delay if name == "control" else 0),
@@ -622,7 +656,11 @@ async def run_bench(args: argparse.Namespace) -> int:
                 await start_peerbot()
 
             _, _, since = await count_answers(http, base, observer, [], None)
+            since2 = ""
+            if separate:
+                _, _, since2 = await count_answers(http, bare_server.base_url, observer2, [], None)
             posters = [Poster(u, base, http) for u in posters_reg]
+            posters2 = [Poster(u, bare_server.base_url, http) for u in posters2_reg]
             n, seconds = args.questions, args.seconds
             print(
                 f"posting {n} questions over {seconds:.0f} s from {len(posters)} clients...",
@@ -636,22 +674,32 @@ async def run_bench(args: argparse.Namespace) -> int:
                 cpu_seconds(peerbot.pid, peerbot.pid),
                 server_cpu_seconds(pg),
                 cpu_seconds(server.pid),
+                cpu_seconds(bare_server.pid) if separate else None,
             )
             started = time.monotonic()
             started_wall = time.time()
 
-            async def one(i: int) -> str:
+            async def one(i: int) -> tuple[str, str]:
                 await asyncio.sleep(max(0.0, started + i * seconds / n - time.monotonic()))
                 topic = "renouvellement d'ordonnance" if i % 4 == 0 else "ECG avec arythmie"
                 tag = bare_tag if args.alternate and i % 2 else HASHTAG
-                return await posters[i % len(posters)].post(
-                    rooms["entraide"], f"{tag} B{i:05d} {topic}, que faire ?"
+                body = f"{tag} B{i:05d} {topic}, que faire ?"
+                poster = posters[i % len(posters)]
+                if not separate:
+                    q = await poster.post(rooms["entraide"], body)
+                    return q, q
+                # The same question at the same moment on both homeservers.
+                q1, q2 = await asyncio.gather(
+                    poster.post(rooms["entraide"], body),
+                    posters2[i % len(posters2)].post(bare_room, body),
                 )
+                return q1, q2
 
-            questions = list(await asyncio.gather(*(one(i) for i in range(n))))
+            posted = list(await asyncio.gather(*(one(i) for i in range(n))))
+            questions = [q for q, _ in posted]
             # Each bot's own questions (all of them, unless --alternate).
             pb_qs = questions[0::2] if args.alternate else questions
-            bare_qs = questions[1::2] if args.alternate else questions
+            bare_qs = questions[1::2] if args.alternate else [q for _, q in posted]
             posted_in = time.monotonic() - started
             print(f"posted in {posted_in:.1f} s; waiting for the bots...", flush=True)
 
@@ -669,7 +717,14 @@ async def run_bench(args: argparse.Namespace) -> int:
                 return now < deadline and now - last_change < args.quiet and seen < expected
 
             while waiting() and not cut:
-                got, cut, since = await count_answers(http, base, observer, watched, since)
+                if separate:
+                    (got, cut, since), (got2, cut2, since2) = await asyncio.gather(
+                        count_answers(http, base, observer, watched, since),
+                        count_answers(http, bare_server.base_url, observer2, [bare_room], since2),
+                    )
+                    got, cut = got + got2, cut or cut2
+                else:
+                    got, cut, since = await count_answers(http, base, observer, watched, since)
                 if got:
                     seen += got
                     last_change = time.monotonic()
@@ -678,6 +733,11 @@ async def run_bench(args: argparse.Namespace) -> int:
                     count = 0
                     for key in rooms:
                         for e in await history(http, base, observer.access_token, rooms[key]):
+                            count += (e.get("content") or {}).get("msgtype") == "m.notice"
+                    if separate:
+                        for e in await history(
+                            http, bare_server.base_url, observer2.access_token, bare_room
+                        ):
                             count += (e.get("content") or {}).get("msgtype") == "m.notice"
                     if count != seen:
                         seen, last_change = count, time.monotonic()
@@ -689,6 +749,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                 cpu_seconds(peerbot.pid, peerbot.pid),
                 server_cpu_seconds(pg),
                 cpu_seconds(server.pid),
+                cpu_seconds(bare_server.pid) if separate else None,
             )
 
             # Stop both bots: the counts below are final.
@@ -699,16 +760,15 @@ async def run_bench(args: argparse.Namespace) -> int:
                     await asyncio.wait_for(proc.wait(), 15)
 
             ent = await history(http, base, observer.access_token, rooms["entraide"])
+            if separate:  # the bare bot's room, on its own homeserver (event IDs differ)
+                ent += await history(http, bare_server.base_url, observer2.access_token, bare_room)
             spec = [
                 e
                 for r in ("cardio", "triage")
                 for e in await history(http, base, observer.access_token, rooms[r])
             ]
-        qts = {
-            e["event_id"]: int(e["origin_server_ts"])
-            for e in ent
-            if e["event_id"] in set(questions)
-        }
+        asked = set(questions) | set(bare_qs)
+        qts = {e["event_id"]: int(e["origin_server_ts"]) for e in ent if e["event_id"] in asked}
         pb_fwd, pb_ack, bare, bare2 = (
             Tally("PeerBot forward"),
             Tally("PeerBot ack"),
@@ -761,10 +821,12 @@ async def run_bench(args: argparse.Namespace) -> int:
             print(f"p50 ratio 2nd bare echo / bare echo: {rows[3][1]['p50'] / bare_s['p50']:.2f}")
         # When the bare bot misses questions, its p50 covers only those it answered: compare the
         # two bots on the same questions too.
-        both = [q for q in pb_qs if q in pb_fwd.delays_ms and q in bare.delays_ms]
+        # The same question on both sides (under --separate, the i-th on each homeserver).
+        pairs = [] if args.alternate else list(zip(pb_qs, bare_qs, strict=True))
+        both = [(p, b) for p, b in pairs if p in pb_fwd.delays_ms and b in bare.delays_ms]
         if 0 < len(both) < len(questions):
-            p_fwd = Tally("", {q: pb_fwd.delays_ms[q] for q in both}).summary(both)["p50"]
-            p_bare = Tally("", {q: bare.delays_ms[q] for q in both}).summary(both)["p50"]
+            p_fwd = statistics.median(min(pb_fwd.delays_ms[p]) for p, _ in both)
+            p_bare = statistics.median(min(bare.delays_ms[b]) for _, b in both)
             if p_fwd and p_bare:
                 print(
                     f"on the {len(both)} questions both bots answered: p50 PeerBot forward "
@@ -788,22 +850,41 @@ async def run_bench(args: argparse.Namespace) -> int:
             )
         if cpu[3] is not None:
             print(f"PostgreSQL server CPU per question (PeerBot's store): {cpu[3] * 1000:.1f} ms")
-        if cpu[4] is not None:
+        if cpu[4] is not None and cpu[5] is not None:
+            print(
+                f"Synapse CPU per question: PeerBot's homeserver {cpu[4] * 1000:.1f} ms, the "
+                f"bare bot's {cpu[5] * 1000:.1f} ms (each: its bot, the posters, the observer)"
+            )
+        elif cpu[4] is not None:
             print(
                 f"Synapse CPU per question (both bots, the posters and the observer): "
                 f"{cpu[4] * 1000:.1f} ms"
             )
         if args.profile:
-            print_synapse_work(
-                server.directory / "homeserver.log",
-                started_wall,
-                {bot_user.user_id: "PeerBot", bare_user.user_id: "bare bot"},
-            )
+            if separate:
+                print_synapse_work(
+                    server.directory / "homeserver.log", started_wall, {bot_user.user_id: "PeerBot"}
+                )
+                print_synapse_work(
+                    bare_server.directory / "homeserver.log",
+                    started_wall,
+                    {bare_user.user_id: "bare bot"},
+                )
+            else:
+                print_synapse_work(
+                    server.directory / "homeserver.log",
+                    started_wall,
+                    {bot_user.user_id: "PeerBot", bare_user.user_id: "bare bot"},
+                )
             fwd_ts = {q: qts[q] + min(v) for q, v in pb_fwd.delays_ms.items()}
             echo_ts = {q: qts[q] + min(v) for q, v in bare.delays_ms.items()}
-            print_sync_order(
-                read_marks(pb_stages), read_marks(bare_stages), pb_fwd.delays_ms, bare.delays_ms
-            )
+            if not separate:  # under --separate no event wakes both bots
+                print_sync_order(
+                    read_marks(pb_stages),
+                    read_marks(bare_stages),
+                    pb_fwd.delays_ms,
+                    bare.delays_ms,
+                )
             print_breakdown(
                 "PeerBot, question -> forward, stage by stage",
                 PEERBOT_POINTS,
@@ -840,6 +921,8 @@ async def run_bench(args: argparse.Namespace) -> int:
                 proc.kill()
                 await proc.wait()
         await server.stop()
+        if bare_server is not server:
+            await bare_server.stop()
         if pg is not None:
             pg.stop()
         if not args.keep:
@@ -900,8 +983,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MS",
         help="with --control: the second bare bot waits this long before each echo",
     )
+    parser.add_argument(
+        "--separate",
+        action="store_true",
+        help="each bot on its own homeserver (two Synapses, the same questions posted to both "
+        "at the same moment): neither bot's sync answer or send waits behind the other's",
+    )
     parser.add_argument("--baseline-bot", nargs=8, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.separate and (args.alternate or args.control or args.bare_first):
+        parser.error("--separate goes with neither --alternate, --control nor --bare-first")
     if args.baseline_bot:
         asyncio.run(baseline_bot(*args.baseline_bot))
         return 0
