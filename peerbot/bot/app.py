@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -40,9 +41,10 @@ __all__ = ["Backoff", "PeerBot", "StartupError", "tx_id"]
 
 log = logging.getLogger(__name__)
 
-FORWARD_FIRST_S = 0.005
+FORWARD_FIRST_S = 0.02
 """How long the next long-poll waits, at most, for the worker to route what a sync brought and
-the lanes to begin sending its forwards."""
+the homeserver to answer the sends of its forwards (a sync request reaching it first delayed
+them: ``bench_load.py --separate``)."""
 
 
 class PeerBot:
@@ -114,10 +116,11 @@ class PeerBot:
             self.commands,
             self.outbox,
             self.texts,
-            self._wake.set,
+            functools.partial(self.wake, worker_only=True),
             encryption=self.encryption_on,
             relays=self.relays,
             metrics=self.metrics,
+            fresh=self.lanes.hand,
         )
         self.metrics.read_from(self.events, self.plugins, client)
 
@@ -260,18 +263,22 @@ class PeerBot:
                 await asyncio.sleep(delay)
                 continue
             try:
-                await self.handle_batch(batch)
+                await self.handle_batch(batch, save_token=False)
+                # New questions' forwards go out before the token's write and the next long-poll
+                # (either one first delayed them); events meanwhile wait in the homeserver.
+                await _until_set(
+                    (self.idle, self.lanes.all_sending, self.pipeline.sends.answered),
+                    FORWARD_FIRST_S,
+                )
+                await self._save_token(batch)
             except Exception as exc:
                 await _database_down(exc, backoff, self.metrics)
                 continue
             backoff.reset()
             self.metrics.sync_ok()
-            # New questions' forwards go out before the next long-poll is built (its request
-            # cost the worker 1-2 ms per question); events meanwhile wait in the homeserver.
-            await _until_set((self.idle, self.lanes.all_sending), FORWARD_FIRST_S)
 
-    async def handle_batch(self, batch: SyncBatch) -> None:
-        """Handle one sync's invites and events, then save its token."""
+    async def handle_batch(self, batch: SyncBatch, *, save_token: bool = True) -> None:
+        """Handle one sync's invites and events, then save its token (unless ``save_token``)."""
         events = self.events
         if batch.received_at is not None:  # bench_load.py --profile (so is the next mark)
             stages.mark_events(batch.events, "http", batch.received_at)
@@ -286,6 +293,10 @@ class PeerBot:
             await events.guard(events.retry_undecryptable(), "decrypt retry")
         for room_id in batch.left:
             log.info("PeerBot left or was removed from %s", room_id)
+        if save_token:
+            await self._save_token(batch)
+
+    async def _save_token(self, batch: SyncBatch) -> None:
         # Only now: a crash before this line replays the batch, and handled events are skipped.
         self._since = batch.next_batch
         if not batch.only_from(self.mx.user_id):  # see SyncBatch.only_from
@@ -326,24 +337,26 @@ class PeerBot:
 
     async def wait_idle(self, seconds: float = 10.0) -> None:
         """Wait until the worker and the outbox have nothing left to do."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if (
-                self.idle.is_set()
-                and not self._wake.is_set()
-                and not self.lanes.in_lane
-                and not self.outbox.busy
-            ):
-                return
-            await asyncio.sleep(0.02)
-        raise TimeoutError("the worker is still busy")
+        await _wait_idle(self, self._wake, seconds)
 
-    def wake(self) -> None:
-        """Ask the worker, the outbox and the follow-ups to look for work now."""
+    def wake(self, *, worker_only: bool = False) -> None:
+        """Ask the worker, the outbox and the follow-ups to look for work now (or the worker
+        alone: the sync's handlers, which the sync loop waits for)."""
         self.idle.clear()
         self._wake.set()
-        self.outbox.wake()
-        self.followup.wake()
+        if not worker_only:
+            self.outbox.wake()
+            self.followup.wake()
+
+
+async def _wait_idle(bot: PeerBot, wake: asyncio.Event, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lanes, outbox = bot.lanes, bot.outbox
+        if bot.idle.is_set() and not wake.is_set() and not lanes.in_lane and not outbox.busy:
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError("the worker is still busy")
 
 
 async def _until_set(events: tuple[asyncio.Event, ...], seconds: float) -> None:

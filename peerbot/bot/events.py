@@ -26,7 +26,7 @@ from peerbot.core import intake
 from peerbot.core.commands import parse_command
 from peerbot.core.ids import RoomID, tx_id
 from peerbot.core.messages import Texts
-from peerbot.core.records import QuestionState
+from peerbot.core.records import QuestionRow, QuestionState
 from peerbot.matrix import Forbidden, Invite, MatrixClient, MatrixError, NotFound, Undecryptable
 from peerbot.store import Store, unavailable
 
@@ -57,6 +57,7 @@ class EventHandlers:
         encryption: bool,
         relays: Relays,
         metrics: Metrics | None = None,
+        fresh: Callable[[QuestionRow | None], None] = lambda row: None,
     ) -> None:
         self.config = config
         self.store = store
@@ -67,6 +68,10 @@ class EventHandlers:
         self.outbox = outbox
         self.texts = texts
         self._wake = wake
+        self._fresh = fresh
+        """Handed each question recorded here (the worker routes it without reading it back),
+        and None before any other change a message can make to a question (the worker then
+        reads what waits from the store)."""
         self.relays = relays
         self.encryption = encryption
         """End-to-end encryption is on: encrypted rooms are joined, read and written."""
@@ -108,6 +113,8 @@ class EventHandlers:
             if not self.encryption:
                 log.warning("Intake room %s turned on encryption: PeerBot cannot read it", room_id)
             return
+        if etype in ("m.room.redaction", "m.reaction"):
+            self._fresh(None)
         if etype == "m.room.redaction":
             await self._on_redaction(room_id, event)
             return
@@ -118,10 +125,12 @@ class EventHandlers:
         if msg is None or msg.msgtype == "m.notice":
             return
         if msg.replaces is not None:
+            self._fresh(None)
             await self._on_edit(room_id, msg)
             return
         command = parse_command(msg.body) if msg.msgtype == "m.text" else None
         if command is not None:
+            self._fresh(None)
             if not await self.store.is_handled(msg.event_id):
                 await self.store.mark_handled(msg.event_id, room_id)
                 await self.commands.handle(room_id, msg, command)
@@ -142,7 +151,7 @@ class EventHandlers:
         own = question_id == msg.event_id
         # An own question whose event was handled before (erased after a redaction, say) is not
         # recorded again; checked inside add_question's transaction: one trip, not two.
-        added = await self.store.add_question(
+        added = await self.store.record_question(
             event_id=question_id,
             room_id=room_id,
             trigger_event_id=msg.event_id,
@@ -152,9 +161,10 @@ class EventHandlers:
             skip_handled=own,
         )
         stages.mark(question_id, "recorded")  # bench_load.py --profile
-        if added:
+        if added is not None:
             self.metrics.question_seen()
             log.info("Question %s noticed in %s", question_id, room_id)
+            self._fresh(added)
             self._wake()
 
     async def _note_thread_message(self, room_id: RoomID, msg: intake.Message) -> None:

@@ -49,10 +49,28 @@ class Lanes:
         """Set when no routed question waits in a lane's queue (each lane took its forward,
         whose send then begins): the sync loop lets these go first."""
         self.all_sending.set()
+        self._fresh: dict[str, QuestionRow] = {}
+        """Questions just recorded by the sync's handlers, in order, not yet routed."""
+
+    def hand(self, q: QuestionRow | None) -> None:
+        """A question just recorded (routed next without reading it back from the store);
+        None: something else changed since (an edit, a command...), so the worker reads what
+        waits from the store instead of trusting what it was handed."""
+        if q is None:
+            self._fresh.clear()
+        else:
+            self._fresh[q.event_id] = q
 
     async def route_waiting(self) -> bool:
         """Check and route the waiting questions, oldest first; True if there were any."""
         did = False
+        # What the handlers just recorded goes first, without a read (one trip less on the
+        # way to the forward); then what waits in the store, that read included.
+        while self._fresh and not self._stopping.is_set():
+            q = self._fresh.pop(next(iter(self._fresh)))
+            if q.event_id not in self.in_lane:
+                did = True
+                await self._take(q)
         # The questions on a lane are left out by the query itself: the worker wakes at each
         # sync and each forward, and re-reading a queue that grew under load cost more CPU
         # than anything else PeerBot does (bench_load.py --profile).
@@ -60,16 +78,21 @@ class Lanes:
         for q in waiting:
             if self._stopping.is_set():
                 return did
+            self._fresh.pop(q.event_id, None)  # read here: not taken again from a hand-off
             if q.event_id in self.in_lane:
                 continue
             did = True
-            routed = await self._failing_on_error(q, self.pipeline.prepare(q, self._free))
-            if routed is not None:
-                assert routed.target_room is not None
-                self.in_lane.add(q.event_id)
-                self.all_sending.clear()
-                self._queue(routed.target_room).put_nowait(routed)
+            await self._take(q)
         return did
+
+    async def _take(self, q: QuestionRow) -> None:
+        """Check and route one question; queue it on its room's lane when routed."""
+        routed = await self._failing_on_error(q, self.pipeline.prepare(q, self._free))
+        if routed is not None:
+            assert routed.target_room is not None
+            self.in_lane.add(q.event_id)
+            self.all_sending.clear()
+            self._queue(routed.target_room).put_nowait(routed)
 
     def _free(self, room_id: str) -> bool:
         """No forward is queued or being sent to this room (its next one is taken at once)."""

@@ -58,6 +58,25 @@ def _fault_point(where: str) -> None:
         os._exit(137)
 
 
+class SendsInFlight:
+    """Counts the sends in flight (``with sends: await send``); ``answered`` is set while none
+    waits for the homeserver's answer."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self.answered = asyncio.Event()
+        self.answered.set()
+
+    def __enter__(self) -> None:
+        self._n += 1
+        self.answered.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self._n -= 1
+        if not self._n:
+            self.answered.set()
+
+
 class QuestionPipeline:
     """Decides and records what happens to one question; sends only its forward."""
 
@@ -89,6 +108,8 @@ class QuestionPipeline:
         self._stopping = stopping
         self._recorded: dict[str, Effect] = {}
         """Forwards recorded with their routing step, until their lane sends them."""
+        self.sends = SendsInFlight()
+        """The forwards' sends waiting for the homeserver's answer."""
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -258,7 +279,8 @@ class QuestionPipeline:
                 question_id=q.event_id,
             )
         stages.mark(q.event_id, "effect_recorded")
-        fwd_event = await self.outbox.deliver(effect)
+        with self.sends:
+            fwd_event = await self.outbox.deliver(effect)
         if fwd_event is None:
             await self.store.apply(q.event_id, forward_failed(q, "forward failed", self.texts))
             self.outbox.wake()

@@ -79,16 +79,40 @@ class QuestionQueries(Connection):
         question that was redacted and erased, replayed by a sync). One transaction, the check
         included, in one trip to the database thread (see ``Connection._atomic``).
         """
+        row = await self.record_question(
+            event_id=event_id,
+            room_id=room_id,
+            trigger_event_id=trigger_event_id,
+            sender=sender,
+            body=body,
+            created_ts=created_ts,
+            skip_handled=skip_handled,
+        )
+        return row is not None
+
+    async def record_question(
+        self,
+        *,
+        event_id: str,
+        room_id: str,
+        trigger_event_id: str,
+        sender: str | None,
+        body: str | None,
+        created_ts: int,
+        skip_handled: bool = False,
+    ) -> QuestionRow | None:
+        """:meth:`add_question`, and the new question as stored (read back in the same
+        transaction and trip), or None if it was known."""
         now = now_ms()
 
-        def plan() -> Plan[bool]:
+        def plan() -> Plan[QuestionRow | None]:
             if skip_handled:
                 done = yield (
                     "SELECT 1 FROM handled_events WHERE event_id = ?",
                     (trigger_event_id,),
                 )
                 if done.rows:
-                    return False
+                    return None
             done = yield (
                 "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
                 "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'new', ?)",
@@ -100,7 +124,13 @@ class QuestionQueries(Connection):
                 "VALUES (?, ?, ?)",
                 (trigger_event_id, room_id, now),
             )
-            return added
+            if not added:
+                return None
+            done = yield (
+                f"SELECT {QUESTION_COLUMNS} FROM questions WHERE event_id = ?",
+                (event_id,),
+            )
+            return question_from_row(done.rows[0]) if done.rows else None
 
         return await self._atomic(plan)
 

@@ -3,6 +3,7 @@ reactions and redactions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -456,3 +457,85 @@ async def test_a_stop_sends_the_forwards_recorded_with_routing_and_leaves_none_p
     assert len(sent) == 1 and "ECG" in sent[0], sent
     assert not [e for e in await store.pending_effects() if e.kind == "forward"]
     assert bot.lanes.in_lane == set()
+
+
+async def _forwards_sent(bot: PeerBot, client: SendingClient) -> list[str]:
+    """Route what waits and let the lanes send it; the bodies sent to the triage room."""
+    await bot.lanes.route_waiting()
+    await bot.lanes.finish(time.monotonic() + 5)
+    return [v["content"]["body"] for v in client.sent.values() if v["room_id"] == "!triage:x"]
+
+
+async def test_a_question_just_recorded_is_routed_before_the_worker_reads_the_store(
+    sending: tuple[PeerBot, Store, SendingClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handlers hand the recorded row to the worker: its routing step does not wait for a
+    read of the waiting questions (one trip less before the forward)."""
+    bot, store, client = sending
+    read = store.questions_in_state
+    routed_before_read: list[bool] = []
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        routed_before_read.append("$q" in bot.lanes.in_lane)
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(store, "questions_in_state", watched)
+    await bot.handle_batch(SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))]))
+    sent = await _forwards_sent(bot, client)
+    assert routed_before_read == [True]
+    assert len(sent) == 1 and "ECG ?" in sent[0]
+    # Handed once, routed once: the worker's next round finds nothing to do.
+    assert not await bot.lanes.route_waiting()
+
+
+async def test_an_edit_after_the_question_in_one_batch_is_what_gets_forwarded(
+    sending: tuple[PeerBot, Store, SendingClient],
+) -> None:
+    """What the handlers handed over is dropped once an edit (or a command, a redaction, a
+    reaction) is handled: the worker reads the edited question from the store instead."""
+    bot, _, client = sending
+    edit = msg(
+        "$e",
+        "* #DocTocToc ECG et syncope ?",
+        **{
+            "m.new_content": {"msgtype": "m.text", "body": "#DocTocToc ECG et syncope ?"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$q"},
+        },
+    )
+    events = [(ROOM, msg("$q", "#DocTocToc ECG ?")), (ROOM, edit)]
+    await bot.handle_batch(SyncBatch("t1", events=events))
+    sent = await _forwards_sent(bot, client)
+    assert len(sent) == 1 and "ECG et syncope ?" in sent[0], sent
+
+
+async def test_the_forwards_send_is_counted_in_flight_until_the_homeserver_answers(
+    sending: tuple[PeerBot, Store, SendingClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync loop holds its next long-poll and the token's write until this is set
+    (FORWARD_FIRST_S at most): a sync request reaching Synapse first delayed the forward."""
+    bot, store, client = sending
+    answer = asyncio.Event()
+    send = client.send
+
+    async def slow_send(*args: Any, **kwargs: Any) -> str:
+        await answer.wait()
+        return await send(*args, **kwargs)
+
+    monkeypatch.setattr(client, "send", slow_send)
+    await bot.handle_batch(SyncBatch("t1", events=[(ROOM, msg("$q", "#DocTocToc ECG ?"))]))
+    q = await store.question("$q")
+    assert q is not None
+    routed = await bot.pipeline.prepare(q)
+    assert routed is not None and bot.pipeline.sends.answered.is_set()
+    forwarding = asyncio.create_task(bot.pipeline.forward(routed))
+    await asyncio.wait_for(_until(lambda: not bot.pipeline.sends.answered.is_set()), 5)
+    assert not [v for v in client.sent.values() if v["room_id"] == "!triage:x"]
+    answer.set()
+    await asyncio.wait_for(bot.pipeline.sends.answered.wait(), 5)
+    await asyncio.wait_for(forwarding, 5)
+    assert [v for v in client.sent.values() if v["room_id"] == "!triage:x"]
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
