@@ -1,9 +1,10 @@
 """Two commits' load benchmarks side by side: PeerBot at a base commit and at HEAD, alternately.
 
-Each round runs ``bench/bench_load.py`` of the base commit (a detached worktree in a temporary
-folder, its own code on ``PYTHONPATH``) and then this tree's, with the same arguments, and reads
-back each run's table. Every run has its own bare nio bot, so each PeerBot figure comes with the
-bare bot's of the same minutes: on a shared machine compare the ratios, not only the raw p50.
+Each round runs ``bench/bench_load.py`` on the base commit's code (a detached worktree in a
+temporary folder, its own code on ``PYTHONPATH``, this tree's ``bench_load.py`` copied in) and
+then on this tree's, with the same arguments, and reads back each run's table. Every run has
+its own bare nio bot, so each PeerBot figure comes with the bare bot's of the same minutes: on a
+shared machine compare the ratios, not only the raw p50.
 
     .venv/bin/python bench/bench_compare.py --base 6b39ab2^ --rounds 2 --questions 300 --seconds 60
 """
@@ -95,17 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="pass --profile to bench_load")
     parser.add_argument("--keep", type=Path, help="write each run's whole output in this folder")
     parser.add_argument(
-        "--separate",
-        action="store_true",
-        help="pass --separate to bench_load (each bot on its own homeserver); the base commit "
-        "then runs this tree's bench_load.py, which has it",
+        "--shared", action="store_true", help="pass --shared to bench_load (one homeserver)"
     )
     args = parser.parse_args(argv)
     bench_args = ["--questions", str(args.questions), "--seconds", str(args.seconds)]
     if args.profile:
         bench_args.append("--profile")
-    if args.separate:
-        bench_args.append("--separate")
+    if args.shared:
+        bench_args.append("--shared")
     base = subprocess.run(
         ["git", "rev-parse", "--short", args.base], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
@@ -124,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
             capture_output=True,
         )
-        if args.separate:  # the base's code, this tree's benchmark
-            script = "bench/bench_load.py"
-            (old_tree / script).write_bytes((REPO / script).read_bytes())
+        # The base's code, this tree's benchmark: the two runs differ by the code alone.
+        script = "bench/bench_load.py"
+        (old_tree / script).write_bytes((REPO / script).read_bytes())
         try:
             print(
                 f"{'round':<7}{'commit':<10}{'PeerBot p50':>12}{'bare p50':>10}{'ratio':>7}"

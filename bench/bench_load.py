@@ -1,11 +1,19 @@
-"""Load benchmark: PeerBot against a bare matrix-nio echo bot, on a real Synapse on loopback.
+"""Load benchmark: PeerBot against a bare matrix-nio echo bot, each on a real Synapse on loopback.
 
-Starts a throwaway Synapse (relaxed rate limits), an intake room and two specialty rooms, runs
-PeerBot (``python -m peerbot.cli run``) and a bare nio bot (below, in a subprocess of its own)
-side by side in the same intake room, and lets several clients post questions at a steady pace.
-Then it reads the rooms back (``/messages``) and prints, for both bots: questions lost,
-duplicated, and the p50/p95 delay from a question to PeerBot's forward (to the bare bot's echo),
-from the homeserver's own timestamps. Exit status 1 if PeerBot lost or duplicated anything.
+Starts two throwaway Synapses (relaxed rate limits), one for each bot. On PeerBot's: an intake
+room and two specialty rooms, PeerBot (``python -m peerbot.cli run``); on the other: an intake
+room and a bare nio bot (below, in a subprocess of its own). Several clients post the same
+questions, at a steady pace, to both intake rooms at the same moment. Then it reads the rooms
+back (``/messages``) and prints, for both bots: questions lost, duplicated, and the p50/p95 delay
+from a question to PeerBot's forward (to the bare bot's echo), from each homeserver's own
+timestamps. Exit status 1 if PeerBot lost or duplicated anything.
+
+``--shared`` is the first design: both bots on one Synapse, in the same intake room, answering
+the same questions. There each question wakes both bots' long-polls, and Synapse, one Python
+thread, answers them in the order of a Python set of its per-user streams: the bot woken second
+gets its sync answer later and sends behind the other's echo (``--profile`` prints the ratio
+for each order). That order, not the bot, moved the ratio by 10 to 20 points from one run to the
+next; with a homeserver each, the ratio is what PeerBot adds over a bot that does nothing.
 
     .venv/bin/python bench/bench_load.py                      # 2,000 questions over 60 s
     .venv/bin/python bench/bench_load.py --questions 300 --seconds 15
@@ -500,7 +508,7 @@ def _percentile_f(values: list[float], p: float) -> float:
 async def run_bench(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="peerbot-bench-"))
     print(f"working in {workdir}", flush=True)
-    if args.separate:  # one homeserver per bot, started side by side
+    if not args.shared:  # one homeserver per bot, started side by side
         server, bare_server = await asyncio.gather(
             SynapseServer.start(workdir / "synapse"), SynapseServer.start(workdir / "synapse2")
         )
@@ -524,7 +532,7 @@ async def run_bench(args: argparse.Namespace) -> int:
         bare_user = await bare_server.register("barebot")
         control_user = await server.register("barebot2") if args.control else None
         posters_reg = [await server.register(f"poster{i}") for i in range(args.clients)]
-        # --separate: the bare bot's homeserver has its own admin, observer and posters.
+        # Separate homeservers: the bare bot's has its own admin, observer and posters.
         separate = bare_server is not server
         admin2 = await bare_server.register("admin") if separate else admin
         observer2 = await bare_server.register("observer") if separate else observer
@@ -821,7 +829,7 @@ async def run_bench(args: argparse.Namespace) -> int:
             print(f"p50 ratio 2nd bare echo / bare echo: {rows[3][1]['p50'] / bare_s['p50']:.2f}")
         # When the bare bot misses questions, its p50 covers only those it answered: compare the
         # two bots on the same questions too.
-        # The same question on both sides (under --separate, the i-th on each homeserver).
+        # The same question on both sides (the i-th on each homeserver unless --shared).
         pairs = [] if args.alternate else list(zip(pb_qs, bare_qs, strict=True))
         both = [(p, b) for p, b in pairs if p in pb_fwd.delays_ms and b in bare.delays_ms]
         if 0 < len(both) < len(questions):
@@ -878,7 +886,7 @@ async def run_bench(args: argparse.Namespace) -> int:
                 )
             fwd_ts = {q: qts[q] + min(v) for q, v in pb_fwd.delays_ms.items()}
             echo_ts = {q: qts[q] + min(v) for q, v in bare.delays_ms.items()}
-            if not separate:  # under --separate no event wakes both bots
+            if not separate:  # on two homeservers no event wakes both bots
                 print_sync_order(
                     read_marks(pb_stages),
                     read_marks(bare_stages),
@@ -984,15 +992,16 @@ def main(argv: list[str] | None = None) -> int:
         help="with --control: the second bare bot waits this long before each echo",
     )
     parser.add_argument(
-        "--separate",
+        "--shared",
         action="store_true",
-        help="each bot on its own homeserver (two Synapses, the same questions posted to both "
-        "at the same moment): neither bot's sync answer or send waits behind the other's",
+        help="both bots on one homeserver, answering the same questions (the first design: "
+        "whichever bot Synapse wakes first is served first; by default each bot has its own "
+        "homeserver and the same questions are posted to both at the same moment)",
     )
     parser.add_argument("--baseline-bot", nargs=8, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.separate and (args.alternate or args.control or args.bare_first):
-        parser.error("--separate goes with neither --alternate, --control nor --bare-first")
+    if not args.shared and (args.alternate or args.control or args.bare_first):
+        parser.error("--alternate, --control and --bare-first go with --shared")
     if args.baseline_bot:
         asyncio.run(baseline_bot(*args.baseline_bot))
         return 0

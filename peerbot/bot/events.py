@@ -150,7 +150,7 @@ class EventHandlers:
             return
         own = question_id == msg.event_id
         # An own question whose event was handled before (erased after a redaction, say) is not
-        # recorded again; checked inside add_question's transaction: one trip, not two.
+        # recorded again; checked inside record_question's transaction: one trip, not two.
         added = await self.store.record_question(
             event_id=question_id,
             room_id=room_id,

@@ -62,34 +62,6 @@ class QuestionQueries(Connection):
 
     # -- questions ---------------------------------------------------------------------------
 
-    async def add_question(
-        self,
-        *,
-        event_id: str,
-        room_id: str,
-        trigger_event_id: str,
-        sender: str | None,
-        body: str | None,
-        created_ts: int,
-        skip_handled: bool = False,
-    ) -> bool:
-        """Record a new question and mark its trigger handled; False if it was known.
-
-        ``skip_handled``: record nothing when the trigger event was already handled (e.g. a
-        question that was redacted and erased, replayed by a sync). One transaction, the check
-        included, in one trip to the database thread (see ``Connection._atomic``).
-        """
-        row = await self.record_question(
-            event_id=event_id,
-            room_id=room_id,
-            trigger_event_id=trigger_event_id,
-            sender=sender,
-            body=body,
-            created_ts=created_ts,
-            skip_handled=skip_handled,
-        )
-        return row is not None
-
     async def record_question(
         self,
         *,
@@ -101,8 +73,13 @@ class QuestionQueries(Connection):
         created_ts: int,
         skip_handled: bool = False,
     ) -> QuestionRow | None:
-        """:meth:`add_question`, and the new question as stored (read back in the same
-        transaction and trip), or None if it was known."""
+        """Record a new question and mark its trigger handled: the question as stored (read
+        back in the same transaction), or None if it was known.
+
+        ``skip_handled``: record nothing when the trigger event was already handled (e.g. a
+        question that was redacted and erased, replayed by a sync). One transaction, the check
+        included, in one trip to the database thread (see ``Connection._atomic``).
+        """
         now = now_ms()
 
         def plan() -> Plan[QuestionRow | None]:

@@ -514,10 +514,11 @@ async def test_the_forwards_send_is_counted_in_flight_until_the_homeserver_answe
     """The sync loop holds its next long-poll and the token's write until this is set
     (FORWARD_FIRST_S at most): a sync request reaching Synapse first delayed the forward."""
     bot, store, client = sending
-    answer = asyncio.Event()
+    answer, asked = asyncio.Event(), asyncio.Event()
     send = client.send
 
     async def slow_send(*args: Any, **kwargs: Any) -> str:
+        asked.set()
         await answer.wait()
         return await send(*args, **kwargs)
 
@@ -528,14 +529,10 @@ async def test_the_forwards_send_is_counted_in_flight_until_the_homeserver_answe
     routed = await bot.pipeline.prepare(q)
     assert routed is not None and bot.pipeline.sends.answered.is_set()
     forwarding = asyncio.create_task(bot.pipeline.forward(routed))
-    await asyncio.wait_for(_until(lambda: not bot.pipeline.sends.answered.is_set()), 5)
+    await asyncio.wait_for(asked.wait(), 5)
+    assert not bot.pipeline.sends.answered.is_set()
     assert not [v for v in client.sent.values() if v["room_id"] == "!triage:x"]
     answer.set()
     await asyncio.wait_for(bot.pipeline.sends.answered.wait(), 5)
     await asyncio.wait_for(forwarding, 5)
     assert [v for v in client.sent.values() if v["room_id"] == "!triage:x"]
-
-
-async def _until(condition: Any) -> None:
-    while not condition():
-        await asyncio.sleep(0.001)

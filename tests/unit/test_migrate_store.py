@@ -25,7 +25,7 @@ async def _fill(path: Path, n: int = 120) -> None:
         for i in range(n):
             eid = f"$q{i}"
             body = "NUL\x00inside" if i == 7 else f"question {i} é 🏥"
-            await s.add_question(
+            await s.record_question(
                 event_id=eid,
                 room_id="!r:x",
                 trigger_event_id=eid,
@@ -93,7 +93,7 @@ async def test_every_table_is_copied_and_checked(tmp_path: Path, postgres: Postg
         assert await pg.vector_of("$q7") == await lite.vector_of("$q7")
         assert await pg.experts_in("!c:x", 0) == await lite.experts_in("!c:x", 0)
         # The sequences continue after the copied keys: a new question gets a new seq.
-        assert await pg.add_question(
+        assert await pg.record_question(
             event_id="$new",
             room_id="!r:x",
             trigger_event_id="$new",

@@ -31,7 +31,7 @@ async def store(db_target: Path | str) -> AsyncIterator[Store]:
 
 
 async def _question(store: Store, eid: str = "$q", room: str = "!r:x") -> bool:
-    return await store.add_question(
+    return None is not await store.record_question(
         event_id=eid, room_id=room, trigger_event_id=eid, sender="@a:x", body="ECG ?", created_ts=5
     )
 
@@ -225,7 +225,7 @@ async def test_an_erased_text_is_not_left_in_the_sqlite_files(tmp_path: Path) ->
         (on,) = next(iter(await store._db.execute_fetchall("PRAGMA secure_delete")))
         assert on == 1
         for i in range(50):  # a few pages of other questions around it
-            await store.add_question(
+            await store.record_question(
                 event_id=f"$o{i}",
                 room_id="!r:x",
                 trigger_event_id=f"$o{i}",
@@ -233,7 +233,7 @@ async def test_an_erased_text_is_not_left_in_the_sqlite_files(tmp_path: Path) ->
                 body=f"question {i} " + "x" * 200,
                 created_ts=i,
             )
-        await store.add_question(
+        await store.record_question(
             event_id="$q",
             room_id="!r:x",
             trigger_event_id="$q",
@@ -269,7 +269,7 @@ async def test_overrides_are_upserted(store: Store) -> None:
 async def test_odd_text_is_stored(store: Store) -> None:
     """NUL: SQLite keeps it, PostgreSQL cannot (it becomes U+FFFD)."""
     body = "a\x00b \U0001f3e5 c ? é"
-    await store.add_question(
+    await store.record_question(
         event_id="$odd",
         room_id="!r:x",
         trigger_event_id="$odd",

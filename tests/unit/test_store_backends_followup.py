@@ -38,7 +38,7 @@ async def store(db_target: Path | str) -> AsyncIterator[Store]:
 
 
 async def _asked(store: Store, eid: str, body: str = "Douleur thoracique à l'effort ?") -> None:
-    assert await store.add_question(
+    assert await store.record_question(
         event_id=eid,
         room_id=INTAKE,
         trigger_event_id=eid,

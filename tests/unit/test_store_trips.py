@@ -59,7 +59,7 @@ class Trips:
 
 
 async def add(store: Store, eid: str, **kw: Any) -> bool:
-    return await store.add_question(
+    return None is not await store.record_question(
         event_id=eid,
         room_id="!r:x",
         trigger_event_id=eid,
@@ -212,7 +212,7 @@ async def test_a_route_move_is_one_transaction(
 ) -> None:
     """The question's new specialty and the copy to send: one trip (SQLite), both written."""
     copy = Outgoing("tx-move", "move", "!pneumo:x", {"body": "copie"})
-    await both.add_question(
+    await both.record_question(
         event_id="$q",
         room_id="!r:x",
         trigger_event_id="$q",
