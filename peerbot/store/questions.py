@@ -90,24 +90,20 @@ class QuestionQueries(Connection):
                 )
                 if done.rows:
                     return None
+            # The new row comes back from the insert itself (none when it was known).
             done = yield (
                 "INSERT OR IGNORE INTO questions (event_id, room_id, sender, body, created_ts, "
-                "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'new', ?)",
+                "trigger_event_id, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'new', ?) "
+                f"RETURNING {QUESTION_COLUMNS}",
                 (event_id, room_id, sender, body, created_ts, trigger_event_id, now),
             )
-            added = done.rowcount == 1
+            added = question_from_row(done.rows[0]) if done.rows else None
             yield (
                 "INSERT OR IGNORE INTO handled_events (event_id, room_id, handled_at) "
                 "VALUES (?, ?, ?)",
                 (trigger_event_id, room_id, now),
             )
-            if not added:
-                return None
-            done = yield (
-                f"SELECT {QUESTION_COLUMNS} FROM questions WHERE event_id = ?",
-                (event_id,),
-            )
-            return question_from_row(done.rows[0]) if done.rows else None
+            return added
 
         return await self._atomic(plan)
 

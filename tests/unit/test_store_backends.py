@@ -63,6 +63,30 @@ async def test_kv(store: Store) -> None:
 # -- questions and handled events -------------------------------------------------------------
 
 
+async def test_a_recorded_question_comes_back_as_stored_and_only_the_first_time(
+    store: Store,
+) -> None:
+    recorded = await store.record_question(
+        event_id="$q",
+        room_id="!r:x",
+        trigger_event_id="$q",
+        sender="@a:x",
+        body="ECG ?",
+        created_ts=5,
+    )
+    assert recorded is not None and recorded == await store.question("$q")
+    assert recorded.state == QuestionState.NEW and recorded.seq > 0
+    again = await store.record_question(
+        event_id="$q",
+        room_id="!r:x",
+        trigger_event_id="$q",
+        sender="@b:x",
+        body="autre",
+        created_ts=6,
+    )
+    assert again is None
+
+
 async def test_questions_are_recorded_once(store: Store) -> None:
     assert await _question(store) is True
     assert await _question(store) is False
