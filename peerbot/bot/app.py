@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 FORWARD_FIRST_S = 0.02
 """How long the next long-poll waits, at most, for the worker to route what a sync brought and
-the homeserver to answer the sends of its forwards (a sync request reaching it first delayed
-them: ``bench_load.py --separate``)."""
+the homeserver to answer the sends of its forwards (a sync request or the token's write
+reaching it first delayed them: ``bench_load.py --profile``)."""
 
 
 class PeerBot:

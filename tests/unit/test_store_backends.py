@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from peerbot.core.lifecycle import Outgoing, Step
-from peerbot.core.records import QuestionState, ThreadMessage
+from peerbot.core.records import QuestionRow, QuestionState, ThreadMessage
 from peerbot.store import Store, StoreError
 from peerbot.store.db import _migrations
 from peerbot.store.postgres import redact, translate, translate_ddl
@@ -66,24 +66,20 @@ async def test_kv(store: Store) -> None:
 async def test_a_recorded_question_comes_back_as_stored_and_only_the_first_time(
     store: Store,
 ) -> None:
-    recorded = await store.record_question(
-        event_id="$q",
-        room_id="!r:x",
-        trigger_event_id="$q",
-        sender="@a:x",
-        body="ECG ?",
-        created_ts=5,
-    )
+    async def ask(sender: str, body: str) -> QuestionRow | None:
+        return await store.record_question(
+            event_id="$q",
+            room_id="!r:x",
+            trigger_event_id="$q",
+            sender=sender,
+            body=body,
+            created_ts=5,
+        )
+
+    recorded = await ask("@a:x", "ECG ?")
     assert recorded is not None and recorded == await store.question("$q")
     assert recorded.state == QuestionState.NEW and recorded.seq > 0
-    again = await store.record_question(
-        event_id="$q",
-        room_id="!r:x",
-        trigger_event_id="$q",
-        sender="@b:x",
-        body="autre",
-        created_ts=6,
-    )
+    again = await ask("@b:x", "autre")
     assert again is None
 
 
