@@ -13,7 +13,9 @@ out-of-fold scores of every candidate scorer:
   naive Bayes with other smoothing, ten neighbours by TF-IDF cosine, USE of each sentence
   averaged (for long texts), and, on multi-label sets, the TF-IDF SVM trained on every gold
   label of an example (binary relevance: a text is a positive of each of its labels; still
-  scored on the primary label).
+  scored on the primary label); on the USE vector a perceptron, a logistic regression and an
+  RBF-kernel SVM, one linear SVM on the TF-IDF row and the USE vector side by side, and the
+  ten nearest training texts by rapidfuzz ``token_sort_ratio`` (``NONLINEAR``).
 
 With ``--stacked``, only the plugin's scorers, and stacked blends that learn how to combine
 them instead of fixed weights, measured nested: inside each outer fold, the stacker is fitted
@@ -32,8 +34,11 @@ as its difference from the baseline's CV accuracy in points on every set, sorted
 set. The plugin's weights: 1 for the TF-IDF SVM, 0.25 for Bayes, and for each embedding model
 1 for its SVM and 0.25 for its neighbours (the same two for every model, USE's from before).
 
+With ``--grid``, the plugin's blend at every setting of its constants (``GRID``: 3,888 in all),
+the plugin's own setting first, then the 15 whose worst set gains most.
+
     .venv/bin/python bench/cv_routing.py [--data DIR]... [--embeddings use|use+e5] [--stacked]
-        [--seed N]
+        [--grid] [--seed N]
 """
 
 from __future__ import annotations
@@ -58,6 +63,17 @@ if TYPE_CHECKING:
 
 FOLDS = 5
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
+
+# Candidates on the USE vector other than a linear SVM, and one more neighbour vote: each
+# (name -> out-of-fold scores). Measured and left out (README, LearnedRouter).
+NONLINEAR = (
+    "use mlp",
+    "use logreg",
+    "use rbf svm",
+    "joint svm tfidf+use",
+    "fuzzy nb",
+)
+
 
 # (name, [(scorer, weight), ...], log-prior weight). The first is the plugin with USE.
 BLENDS: list[tuple[str, list[tuple[str, float]], float]] = [
@@ -90,6 +106,11 @@ _PLUGIN_USE = BLENDS[1][1]
 BLENDS += [
     (f"plugin, use: + {w} {name}", [*_PLUGIN_USE, (name, w)], 0.0)
     for name in ("nbsvm C=1 b=0.25", "nbsvm C=0.1 b=1", "tfidf nb", "use-sentences svm")
+    for w in (0.25, 0.5, 1.0)
+]
+BLENDS += [
+    (f"plugin, use: + {w} {name}", [*_PLUGIN_USE, (name, w)], 0.0)
+    for name in NONLINEAR
     for w in (0.25, 0.5, 1.0)
 ]
 BLENDS += [
@@ -147,12 +168,8 @@ def _nbsvm(
 
 def _sparse_neighbours(queries: Any, rows: Any, votes: Any) -> Any:
     """Per query, the cosine-weighted votes of its ten most similar rows (unit-norm TF-IDF)."""
-    import numpy as np
 
-    sims = (queries @ rows.T).toarray()
-    top = np.argpartition(-sims, 9, axis=1)[:, :10]
-    picked = np.take_along_axis(sims, top, axis=1)
-    return np.einsum("nk,nkc->nc", picked, votes[top])
+    return _top_votes((queries @ rows.T).toarray(), votes)
 
 
 def _sentence_average(embedder: learned_model.SentenceEmbedder, texts: Sequence[str]) -> Any:
@@ -167,6 +184,67 @@ def _sentence_average(embedder: learned_model.SentenceEmbedder, texts: Sequence[
         start += len(group)
         out.append(mean / max(float(np.linalg.norm(mean)), 1e-9))
     return np.vstack(out)
+
+
+def _nonlinear_scores(
+    sparse_tr: Any,
+    sparse_te: Any,
+    use_tr: Any,
+    use_te: Any,
+    labels: Any,
+    k: int,
+    texts: Sequence[str],
+    tr: Any,
+    te: Any,
+) -> dict[str, Any]:
+    """A one-hidden-layer perceptron (256 units, early stopping), a multinomial logistic
+    regression (C=10) and an RBF-kernel SVM (C=10) on the USE vector; one LinearSVC(C=0.5) on
+    the TF-IDF row and the USE vector side by side; and the ten most similar training texts by
+    rapidfuzz ``token_sort_ratio`` (the eval README's best 1-NN scorer on labforsims2), each
+    voting by its similarity to the 4th power."""
+    import numpy as np
+    from rapidfuzz import fuzz, process, utils
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import SVC, LinearSVC
+
+    out: dict[str, Any] = {}
+
+    def full(classes: Any, values: Any, fill: float) -> Any:
+        scores = np.full((values.shape[0], k), float(fill))
+        scores[:, classes] = values
+        return scores
+
+    mlp = MLPClassifier(
+        hidden_layer_sizes=(256,), alpha=1e-3, max_iter=300, early_stopping=True, random_state=0
+    ).fit(use_tr, labels)
+    out["use mlp"] = full(mlp.classes_, np.log(np.clip(mlp.predict_proba(use_te), 1e-9, 1)), -20)
+    logreg = LogisticRegression(C=10, max_iter=2000).fit(use_tr, labels)
+    out["use logreg"] = full(logreg.classes_, logreg.predict_log_proba(use_te), -20)
+    rbf = SVC(C=10, kernel="rbf", decision_function_shape="ovr").fit(use_tr, labels)
+    out["use rbf svm"] = full(rbf.classes_, rbf.decision_function(use_te), -5)
+    joint = LinearSVC(C=0.5).fit(hstack([sparse_tr, csr_matrix(use_tr)]).tocsr(), labels)
+    joint_te = hstack([sparse_te, csr_matrix(use_te)]).tocsr()
+    out["joint svm tfidf+use"] = full(joint.classes_, joint.decision_function(joint_te), -5)
+    sims = process.cdist(
+        [texts[i] for i in te],
+        [texts[i] for i in tr],
+        scorer=fuzz.token_sort_ratio,
+        processor=utils.default_process,
+        workers=1,
+    ).astype(np.float64)
+    out["fuzzy nb"] = _top_votes(sims / 100, np.eye(k)[labels], power=4)
+    return out
+
+
+def _top_votes(sims: Any, votes: Any, power: float = 1) -> Any:
+    """Per row of ``sims``, the votes of its ten most similar columns, by similarity^power."""
+    import numpy as np
+
+    top = np.argpartition(-sims, 9, axis=1)[:, :10]
+    picked = np.take_along_axis(sims, top, axis=1) ** power
+    return np.einsum("nk,nkc->nc", picked, votes[top])
 
 
 # Stacked candidates (``--stacked``): name -> (kind, C). "logit": a conditional logit, one
@@ -352,8 +430,14 @@ def cross_validate(
                 te,
                 _nbsvm(binary_tr, labels[tr], binary_te, k, c, beta),
             )
+        assert averaged is not None  # Computed unless --stacked.
         weights = _one_vs_rest(averaged[tr], np.eye(k, dtype=bool)[labels[tr]], 1.0)
         put("use-sentences svm", te, averaged[te] @ weights[:-1] + weights[-1])
+        use_tr, use_te = dense[tr][:, blocks[0]], dense[te][:, blocks[0]]
+        for name, values in _nonlinear_scores(
+            sparse_tr, sparse_te, use_tr, use_te, labels[tr], k, texts, tr, te
+        ).items():
+            put(name, te, values)
         if multi_label:
             weights = _one_vs_rest(sparse_tr, gold_sets[tr], 0.5)
             put("svm multi", te, sparse_te @ weights[:-1] + weights[-1])
@@ -371,6 +455,100 @@ def cross_validate(
         scores["svm multi"] = scores["svm"]
     prior = np.bincount(labels, minlength=k) / n
     return {"labels": labels, "baseline": baseline, "scores": scores, "prior": prior}
+
+
+# ``--grid``: the plugin's constants, every combination (3,888), on the same folds: the TF-IDF
+# SVM's C, Bayes's weight, each embedding SVM's C and weight, the neighbours' number, the power
+# of their similarity and their weight (the plugin: 0.5, 0.25, 1, 1, 10, 1, 0.25).
+GRID = {
+    "svm C": (0.25, 0.5, 1.0),
+    "bayes weight": (0.0, 0.25, 0.5),
+    "head C": (0.3, 1.0, 3.0, 10.0),
+    "head weight": (0.5, 1.0, 1.5),
+    "neighbours": (5, 10, 20, 40),
+    "power": (1, 4, 16),
+    "neighbour weight": (0.25, 0.5, 1.0),
+}
+PLUGIN_SETTING = (0.5, 0.25, 1.0, 1.0, 10, 1, 0.25)
+
+
+def grid_search(
+    folder: Path, embedder: learned_model.SentenceEmbedder, seed: int = 0
+) -> dict[tuple[float, ...], float]:
+    """Per setting of ``GRID``, the blend's CV accuracy on this set's train split, in points
+    over the baseline's (every scorer's out-of-fold scores computed once per value)."""
+    import itertools
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.svm import LinearSVC
+
+    train, _ = load(folder)
+    texts = [r.text for r in train]
+    classes = sorted({r.label for r in train})
+    labels = np.array([classes.index(r.label) for r in train], dtype=np.int64)
+    n, k = len(texts), len(classes)
+    dense = embedder.embed(texts)
+    blocks = embedder.slices(dense.shape[1])
+    parts: dict[str, Any] = {}
+    baseline = np.zeros(n, dtype=np.int64)
+
+    def put(name: str, rows: Any, values: Any) -> None:
+        parts.setdefault(name, np.zeros((n, k)))[rows] = _centred(np.asarray(values))
+
+    for tr, te in StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(texts, labels):
+        features, sparse_tr, _ = learned_model.Features.fit([texts[i] for i in tr], None)
+        sparse_te, _ = features.transform([texts[i] for i in te])
+        for c in GRID["svm C"]:
+            svm = LinearSVC(C=c).fit(sparse_tr, labels[tr])
+            put(f"svm {c}", te, svm.decision_function(sparse_te))
+            if c == 0.5:
+                baseline[te] = svm.predict(sparse_te)
+        bayes = learned_model._complement_nb(sparse_tr, labels[tr], np.ones(tr.size), k)
+        put("bayes", te, learned_model._margins(bayes, sparse_te, k))
+        votes = np.eye(k)[labels[tr]]
+        for b, block in enumerate(blocks):
+            rows_tr, rows_te = dense[tr][:, block], dense[te][:, block]
+            for c in GRID["head C"]:
+                head = LinearSVC(C=c).fit(rows_tr, labels[tr])
+                put(f"{b} head {c}", te, head.decision_function(rows_te))
+            sims = np.clip(rows_te @ rows_tr.T, 0, None)
+            order = np.argsort(-sims, axis=1)
+            for count in GRID["neighbours"]:
+                top = order[:, :count]
+                picked = np.take_along_axis(sims, top, axis=1)
+                for power in GRID["power"]:
+                    put(
+                        f"{b} nb {count} {power}",
+                        te,
+                        np.einsum("nk,nkc->nc", picked.astype(np.float64) ** power, votes[top]),
+                    )
+    scaled = {name: part / learned_model._spread(part) for name, part in parts.items()}
+    base = float((baseline == labels).mean())
+    out: dict[tuple[float, ...], float] = {}
+    for setting in itertools.product(*GRID.values()):
+        svm_c, bayes_w, head_c, head_w, count, power, nb_w = setting
+        total = scaled[f"svm {svm_c}"] + bayes_w * scaled["bayes"]
+        for b in range(len(blocks)):
+            total = total + head_w * scaled[f"{b} head {head_c}"]
+            total = total + nb_w * scaled[f"{b} nb {count} {power}"]
+        out[setting] = 100 * (float((total.argmax(axis=1) == labels).mean()) - base)
+    return out
+
+
+def print_grid(gains: dict[str, dict[tuple[float, ...], float]]) -> None:
+    """The plugin's setting, then the 15 settings whose worst set gains most."""
+    names = list(gains)
+    settings = list(next(iter(gains.values())))
+    ranked = sorted(settings, key=lambda s: (-min(gains[n][s] for n in names), s))
+    print("grid (" + ", ".join(GRID) + "), points over the baseline: " + ", ".join(names))
+    print(f"  the plugin's setting ranks {ranked.index(PLUGIN_SETTING) + 1} of {len(ranked)}")
+    others = [setting for setting in ranked if setting != PLUGIN_SETTING]
+    for setting in [PLUGIN_SETTING, *others[:15]]:
+        shown = " ".join(f"{gains[n][setting]:+.2f}" for n in names)
+        label = "plugin" if setting == PLUGIN_SETTING else "      "
+        worst = min(gains[n][setting] for n in names)
+        print(f"  {label} {setting!s:40} worst {worst:+.2f} | {shown}")
 
 
 def _blend_accuracy(
@@ -401,9 +579,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the plugin's scorers and the nested stacked blends only (3 more fits a fold)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the folds' shuffle (default 0)")
+    parser.add_argument(
+        "--grid", action="store_true", help="every setting of the plugin's constants (GRID)"
+    )
     args = parser.parse_args(argv)
     folders = args.data or [EVAL_ROOT / name for name in DEFAULT_SETS]
     embedder = learned_model.load_embedder(args.embeddings)
+    if args.grid:
+        print_grid({f.name: grid_search(f, embedder, args.seed) for f in folders})
+        return 0
     use = learned_model.load_embedder("use")
     results = {}
     for folder in folders:
