@@ -386,7 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("\n".join(sem.split_rows(label, name, queries, *got, fmt)))
         sys.stdout.flush()
     if models and not args.no_crosslang:
-        sem.crosslang(models, EVAL_ROOT, caches, load, fmt, first_gold, DEPTH)
+        sem.crosslang(
+            models, EVAL_ROOT, caches, load, fmt, first_gold, DEPTH, calibrate=args.calibrate
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import random
 import statistics
 import sys
 import time
@@ -266,8 +267,10 @@ def crosslang(
     fmt: Callable[..., str],
     first_gold: Callable[[Sequence[str], set[str]], int | None],
     depth: int,
+    calibrate: bool = False,
 ) -> None:
-    """French queries for English threads and the reverse, in one mixed index (bench/crosslang)."""
+    """French queries for English threads and the reverse, in one mixed index (bench/crosslang);
+    with ``calibrate``, the cross-language min_score table (:func:`calibrate_crosslang`)."""
     rows = [json.loads(line) for line in CROSSLANG.open(encoding="utf-8")]
     replaced = {r["replaces"] for r in rows if r["direction"] == "en->fr"}
     corpus: list[tuple[str, str]] = []
@@ -292,10 +295,24 @@ def crosslang(
         f"crosslang: {sum(map(len, queries.values()))} queries in {CROSSLANG.name}; index of"
         f" {len(corpus)} threads ({len(corpus) - n_fr} English, {n_fr} French)"
     )
+    french_ids = {cid for cid, _ in corpus if cid.startswith(("lfs-", "xl-fr-"))}
+    # Unrelated questions for the calibration: French ones not in the index (the interns'
+    # questions after the distractors) for the English threads, English ones whose answer was
+    # not translated for the French threads.
+    with (eval_root / FRENCH_DISTRACTORS / "routing_eval.jsonl").open(encoding="utf-8") as f:
+        lines = list(itertools.islice(f, N_FRENCH_DISTRACTORS, N_FRENCH_DISTRACTORS + 1000))
+    foreign = {"fr->en": [json.loads(line)["text"] for line in lines], "en->fr": []}
+    for name in ("mqp_curai", "rqe_clinical_doctor_questions"):
+        _, qs = load(eval_root / name)
+        kept = [q for _, q, gold in qs if not gold & replaced]
+        foreign["en->fr"].extend(random.Random(0).sample(kept, 500))
     for model in models:
         cache = caches[model]
         cvecs = cache.get([t for _, t in corpus])
         hindex, ranks = rankers(model, corpus, cvecs, depth)
+        if calibrate:
+            other_side = {"fr->en": french_ids, "en->fr": {c for c, _ in corpus} - french_ids}
+            calibrate_crosslang(hindex, foreign, other_side, cache, CROSS_THRESHOLDS)
         for direction, qs in queries.items():
             qvecs = cache.get([q for _, q, _ in qs])
             for label, rank in ranks.items():
@@ -309,6 +326,48 @@ def crosslang(
             label = f"hybrid {model}, min_score default"
             print(fmt(label, f"crosslang {direction}", *run(shown, qs, qvecs, first_gold)))
         sys.stdout.flush()
+
+
+CROSS_THRESHOLDS = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55)
+LEXICAL_FOREIGN = (0.038 + 0.194) / 2
+"""The lexical engine's foreign-answered rate at its 0.45, averaged over mqp and rqe: the rule's
+bound for the hybrid's min_score, and for its cross-language min_score."""
+
+
+def calibrate_crosslang(
+    index: HybridIndex,
+    foreign: dict[str, list[str]],
+    same_side: dict[str, set[str]],
+    cache: VectorCache,
+    thresholds: Sequence[float],
+) -> float | None:
+    """The cross-language min_score by the hybrid's own rule: per threshold, how often a
+    question gets an answer from the threads of the other language when none answers it
+    (``foreign[direction]``, searched with the threads of its own language excluded), and the
+    lowest threshold whose rate, averaged over the two directions, is at most LEXICAL_FOREIGN.
+    The cross-language check's own pairs are not used."""
+    tops: dict[str, np.ndarray] = {}
+    for direction, texts in foreign.items():
+        vectors = cache.get(texts)
+        scores = []
+        for text, vector in zip(texts, vectors, strict=True):
+            hits = index.search(
+                text, query_vector=vector, limit=1, min_score=0.0, exclude=same_side[direction]
+            )
+            scores.append(hits[0].score if hits else 0.0)
+        tops[direction] = np.asarray(scores)
+    sizes = ", ".join(f"{d} {len(t)}" for d, t in foreign.items())
+    print(f"crosslang min_score ({index.spec.name}; unrelated questions: {sizes}):")
+    chosen = None
+    for t in thresholds:
+        rates = {d: float((top >= t).mean()) for d, top in tops.items()}
+        mean = statistics.mean(rates.values())
+        if chosen is None and mean <= LEXICAL_FOREIGN:
+            chosen = t
+        cells = "  ".join(f"{d} answered {r:.3f}" for d, r in rates.items())
+        print(f"  {t:.2f}: {cells}  mean {mean:.3f}{'  <- rule' if chosen == t else ''}")
+    print(f"  rule: the lowest threshold with mean <= {LEXICAL_FOREIGN:.3f}: {chosen}")
+    return chosen
 
 
 def calibrate_hybrid(

@@ -30,7 +30,8 @@ Wiring, in order:
    replaced; a redaction (``index.remove``) deletes the row and so the BLOB.
 4. A query: ``qv = (await asyncio.to_thread(embedder.embed, [text]))[0]`` then
    ``index.search(text, query_vector=qv, ...)``; ``min_score=None`` takes the calibrated default
-   of whichever scoring ran (a configured ``related.min_score`` applies to both).
+   of whichever scoring ran, the hybrid's own for threads in the other language (a configured
+   ``related.min_score`` applies to all).
 
 The bot's :class:`peerbot.bot.related.RelatedThreads` follows these steps (the store keeps
 the BLOBs in ``question_vectors``, with the text revision each describes).
@@ -99,6 +100,10 @@ class ModelSpec:
     """Weight of the semantic part in the hybrid score; the rest is the lexical score."""
     min_score: float
     """The hybrid's "related enough to show" threshold with it (bench/RESULTS-related.md)."""
+    cross_min_score: float
+    """The same threshold for a thread in the other language than the query's, scored by its
+    semantic part alone: chosen by the same rule (no more answers to questions that have none
+    than the lexical engine gives), on unrelated questions of each language."""
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -115,6 +120,7 @@ MODELS: dict[str, ModelSpec] = {
             cos_ceiling=0.95,
             weight=0.5,
             min_score=0.30,
+            cross_min_score=0.30,  # Its min_score: the rule allows lower (RESULTS-related.md).
         ),
         ModelSpec(
             name="use-m3-q6",
@@ -127,6 +133,7 @@ MODELS: dict[str, ModelSpec] = {
             cos_ceiling=0.90,
             weight=0.4,
             min_score=0.50,
+            cross_min_score=0.40,
         ),
     )
 }
@@ -541,7 +548,8 @@ class HybridIndex(RelatedIndex):
 
         Without ``query_vector`` (or with no vector indexed) this is the lexical engine's search.
         ``min_score`` None means the calibrated default of whichever scoring ran: the model's
-        ``min_score`` for the hybrid, related.DEFAULT_MIN_SCORE for the lexical fallback.
+        ``min_score`` for the hybrid (``cross_min_score`` for a thread in the other language),
+        related.DEFAULT_MIN_SCORE for the lexical fallback.
         """
         if query_vector is None or self._nvec == 0:
             return self._lexical_search(query, limit, min_score, rooms, exclude)
@@ -556,9 +564,16 @@ class HybridIndex(RelatedIndex):
         found = self._fusion_inputs(query, q / norm, rooms, exclude, limit)
         if found is None:
             return []
+        slots, other = found[0], found[5]
         scores, raw = self._fuse(*found[2:], self.spec)
-        threshold = self.spec.min_score if min_score is None else min_score
-        return self._ranked(found[0], scores, raw, limit, threshold)
+        if min_score is None:
+            # Calibrated defaults: one for the query's language, one across languages.
+            keep = scores >= np.where(other, self.spec.cross_min_score, self.spec.min_score)
+            slots = [slot for slot, kept in zip(slots, keep, strict=True) if kept]
+            scores, raw, threshold = scores[keep], raw[keep], 0.0
+        else:
+            threshold = min_score
+        return self._ranked(slots, scores, raw, limit, threshold)
 
     def _lexical_search(
         self,

@@ -351,3 +351,51 @@ def test_a_thread_without_words_found_by_its_vector_does_not_break_the_search() 
     scores = {h.thread_id: h.score for h in hits}
     # Its semantic part only (weight 0.4, cosine 1 mapped from 0.40..0.90), no lexical credit.
     assert scores["$empty"] == pytest.approx(0.4 * (1.0 - 0.40) / 0.50, abs=0.005)
+
+
+def test_a_thread_in_the_other_language_is_shown_from_its_own_threshold() -> None:
+    """Across languages the score is the semantic part alone, and the default threshold is the
+    model's cross_min_score (0.40 with USE), not its min_score (0.50): a French question's
+    English thread scoring 0.45 is shown, a French thread scoring as much is not; a configured
+    min_score applies to both."""
+    spec = MODELS[DEFAULT_MODEL]
+    assert spec.cross_min_score < 0.45 < spec.min_score
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal(spec.dim)
+    q /= np.linalg.norm(q)
+    u = rng.standard_normal(spec.dim)
+    u -= (u @ q) * q
+    u /= np.linalg.norm(u)
+    # Cosine c maps to semantic (c - floor) / (ceiling - floor): 0.45 needs c = 0.625 with USE.
+    c = spec.cos_floor + 0.45 * (spec.cos_ceiling - spec.cos_floor)
+    index = HybridIndex()
+    index.add(
+        "$en",
+        "Can low molecular weight heparin be used during pregnancy?",
+        room_id=ROOM,
+        vector=c * q + np.sqrt(1 - c * c) * u,
+    )
+    query = "Peut-on donner de l'héparine pendant la grossesse ?"
+    assert semantic.guess_language(query) == semantic.FRENCH
+
+    def scores() -> dict[str, float]:
+        hits = index.search(query, query_vector=q, min_score=0.0)
+        return {h.thread_id: h.score for h in hits}
+
+    # A French thread (same language: meaning and words blended) given the vector that puts
+    # it between the two thresholds too.
+    for semantic_part in np.linspace(0.5, 1.0, 26):
+        d = spec.cos_floor + semantic_part * (spec.cos_ceiling - spec.cos_floor)
+        index.add(
+            "$fr",
+            "Fracture du poignet chez l'enfant : plâtre ou chirurgie ?",
+            room_id=ROOM,
+            vector=d * q + np.sqrt(1 - d * d) * u,
+        )
+        if 0.42 <= scores()["$fr"] < 0.48:
+            break
+    every = scores()
+    assert 0.42 <= every["$fr"] < 0.48
+    assert every["$en"] == pytest.approx(0.45, abs=0.01)
+    assert ids(index.search(query, query_vector=q)) == ["$en"]
+    assert index.search(query, query_vector=q, min_score=spec.min_score) == []
