@@ -376,7 +376,8 @@ class HybridIndex(RelatedIndex):
     query (another language, a paraphrase) can still be found.
 
     Across languages (a French query, an English thread, or the reverse, as guess_language
-    tells) word overlap means nothing, so such a pair is scored by its semantic part alone.
+    tells) word overlap means nothing, so such a pair is scored by its semantic part alone, and
+    shown by default from the model's ``cross_min_score``.
 
     Privacy: a vector is erased (its row zeroed) when its thread is removed or its text edited.
     """
