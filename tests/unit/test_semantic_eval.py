@@ -53,3 +53,27 @@ def test_fused_hybrids_adds_each_hybrids_weighted_scores() -> None:
     assert sem.fused_hybrids([use, e5], (1.0, 0.0), 4)(query, qv)[0] == max(
         alone["use"], key=lambda t: alone["use"][t]
     )
+
+
+def test_e5_prefixes_ranks_as_the_engine_does() -> None:
+    """bench/e5_prefixes.py re-ranks fusion inputs itself for its grid: at the model's own
+    settings its hit@1 / hit@3 / MRR must be the engine's search results' figures."""
+    import e5_prefixes
+    from eval_related import first_gold, metrics
+
+    index, vectors = _index("e5-small-q4", 2)
+    # Words shared by two threads, vectors near one of them: some gold first, some not.
+    queries = [("q0", "douleur", {"t2"}), ("q1", "essoufflement", {"t3"}), ("q2", "repas", {"t2"})]
+    qvecs = [vectors[0], vectors[2], vectors[3]]
+    engine = metrics(
+        [
+            first_gold(
+                [h.thread_id for h in index.search(q, query_vector=v, limit=50, min_score=0.0)],
+                gold,
+            )
+            for (_, q, gold), v in zip(queries, qvecs, strict=True)
+        ]
+    )
+    halves = e5_prefixes.hybrid_inputs(index, queries, [v / np.linalg.norm(v) for v in qvecs])
+    assert e5_prefixes.hybrid(MODELS["e5-small-q4"], halves["A"] + halves["B"]) == engine
+    assert 0 < engine[2] < 1  # Neither every query right nor every one wrong.
