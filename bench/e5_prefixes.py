@@ -63,32 +63,17 @@ def alone(corpus_vectors: np.ndarray, ids: Sequence[str], queries: Any, qvecs: A
 
 
 def hybrid_inputs(index: HybridIndex, queries: Any, qvecs: Any) -> dict[str, list[Any]]:
-    """Per half, each query's fusion inputs (gold flags first), computed once for the grid."""
+    """Per half, each query's fusion inputs (semantic_eval.fusion_rows), computed once."""
+    rows = sem.fusion_rows(index, queries, qvecs, 50)
     halves: dict[str, list[Any]] = {"A": [], "B": []}
-    for (qid, q, gold), qv in zip(queries, qvecs, strict=True):
-        found: Any = index._fusion_inputs(q, qv, None, (), 50)
-        if found is not None:
-            is_gold = np.array([index._thread[s] in gold for s in found[0]])
-            found = (is_gold, *found[2:])
-        halves[sem.part(qid)].append(found)
+    for (qid, _, _), row in zip(queries, rows, strict=True):
+        halves[sem.part(qid)].append(row)
     return halves
 
 
 def hybrid(spec: ModelSpec, rows: Sequence[Any]) -> tuple[float, float, float]:
     """hit@1, hit@3, MRR of the fused scores, ranked as HybridIndex._ranked does."""
-    ranks: list[int | None] = []
-    for found in rows:
-        if found is None or not found[0].any():
-            ranks.append(None)
-            continue
-        scores, raw = HybridIndex._fuse(found[1], found[2], found[3], found[4], spec)
-        scores = np.round(scores, 4)
-        gold = np.flatnonzero(found[0])
-        best = gold[np.lexsort((-raw[gold], -scores[gold]))[0]]
-        above = (scores > scores[best]) | ((scores == scores[best]) & (raw > raw[best]))
-        rank = 1 + int(above.sum())
-        ranks.append(rank if rank <= 50 else None)
-    return metrics(ranks)
+    return metrics(sem.fused_ranks(spec, rows, 50))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

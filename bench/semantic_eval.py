@@ -190,6 +190,39 @@ def split_rows(
 # -- tuning on half A --------------------------------------------------------------------------
 
 
+def fusion_rows(
+    index: HybridIndex, queries: Sequence[Query], qvecs: np.ndarray, depth: int
+) -> list[Any]:
+    """Per query, its candidates' fusion inputs with their gold flags first (None: no
+    candidate), computed once so that many fusion settings can be scored (:func:`fused_ranks`)."""
+    rows: list[Any] = []
+    for (_, q, gold), qv in zip(queries, qvecs, strict=True):
+        found: Any = index._fusion_inputs(q, qv, None, (), depth)
+        if found is not None:
+            is_gold = np.array([index._thread[s] in gold for s in found[0]])
+            found = (is_gold, *found[2:])
+        rows.append(found)
+    return rows
+
+
+def fused_ranks(spec: ModelSpec, rows: Sequence[Any], depth: int) -> list[int | None]:
+    """Each query's gold rank among its candidates fused with ``spec``, as HybridIndex._ranked
+    sorts them (but for thread-id ties); None when not in the best ``depth``."""
+    ranks: list[int | None] = []
+    for found in rows:
+        if found is None or not found[0].any():
+            ranks.append(None)
+            continue
+        scores, raw = HybridIndex._fuse(found[1], found[2], found[3], found[4], spec)
+        scores = np.round(scores, 4)
+        g = np.flatnonzero(found[0])
+        best = g[np.lexsort((-raw[g], -scores[g]))[0]]
+        above = (scores > scores[best]) | ((scores == scores[best]) & (raw > raw[best]))
+        rank = 1 + int(above.sum())
+        ranks.append(rank if rank <= depth else None)
+    return ranks
+
+
 def tune(
     model: str,
     loaded: dict[str, Any],
@@ -199,38 +232,12 @@ def tune(
     depth: int,
 ) -> None:
     """Grid over (weight, cos_floor, cos_ceiling) on half A of every set; prints the best."""
-    inputs: dict[str, list[tuple[Any, set[str]]]] = {}
+    inputs: dict[str, list[Any]] = {}
     for name, (corpus, queries) in loaded.items():
         cvecs = cache.get([t for _, t in corpus])
         index, _ = build(model, corpus, cvecs)
         qa = [q for q in queries if part(q[0]) == "A"]
-        qvecs = cache.get([q for _, q, _ in qa])
-        rows = []
-        for (_, q, gold), qv in zip(qa, qvecs, strict=True):
-            found = index._fusion_inputs(q, qv, None, (), depth)
-            if found is not None:
-                is_gold = np.array([index._thread[s] in gold for s in found[0]])
-                found = (is_gold, *found[2:])
-            rows.append((found, gold))
-        inputs[name] = rows
-
-        def evaluate(spec: ModelSpec, rows: list[Any] = rows) -> Any:
-            # The gold's rank among the candidates, as _ranked sorts them (but for thread-id ties).
-            ranks: list[int | None] = []
-            for found, _gold in rows:
-                if found is None or not found[0].any():
-                    ranks.append(None)
-                    continue
-                scores, raw = HybridIndex._fuse(*found[1:], spec)
-                scores = np.round(scores, 4)
-                g = np.flatnonzero(found[0])
-                best = g[np.lexsort((-raw[g], -scores[g]))[0]]
-                above = (scores > scores[best]) | ((scores == scores[best]) & (raw > raw[best]))
-                rank = 1 + int(above.sum())
-                ranks.append(rank if rank <= depth else None)
-            return metrics(ranks)
-
-        inputs[name + ":eval"] = evaluate  # type: ignore[assignment]
+        inputs[name] = fusion_rows(index, qa, cache.get([q for _, q, _ in qa]), depth)
     base = MODELS[model]
     results = []
     floors = np.round(np.arange(base.cos_floor - 0.1, base.cos_floor + 0.051, 0.025), 3)
@@ -239,7 +246,7 @@ def tune(
         if hi <= lo:
             continue
         spec = dataclasses.replace(base, weight=float(w), cos_floor=float(lo), cos_ceiling=hi)
-        per = {n: inputs[n + ":eval"](spec) for n in loaded}  # type: ignore[operator]
+        per = {n: metrics(fused_ranks(spec, inputs[n], depth)) for n in loaded}
         mean_mrr = statistics.mean(m[2] for m in per.values())
         results.append((mean_mrr, w, lo, hi, per))
     results.sort(key=lambda r: -r[0])
@@ -274,44 +281,41 @@ def crosslang(
     rows = [json.loads(line) for line in CROSSLANG.open(encoding="utf-8")]
     replaced = {r["replaces"] for r in rows if r["direction"] == "en->fr"}
     corpus: list[tuple[str, str]] = []
-    english: dict[str, dict[str, str]] = {}
+    english: dict[str, list[Query]] = {}
     for name in sorted({r["set"] for r in rows} | {"mqp_curai", "rqe_clinical_doctor_questions"}):
-        c, qs = load(eval_root / name)
+        c, english[name] = load(eval_root / name)
         corpus.extend((cid, text) for cid, text in c if cid not in replaced)
-        english[name] = {qid: q for qid, q, _ in qs}
     with (eval_root / FRENCH_DISTRACTORS / "routing_eval.jsonl").open(encoding="utf-8") as f:
-        for _, line in zip(range(N_FRENCH_DISTRACTORS), f, strict=False):
-            row = json.loads(line)
-            corpus.append((row["id"], row["text"]))
+        french = [json.loads(line) for line in itertools.islice(f, N_FRENCH_DISTRACTORS + 1000)]
+    corpus.extend((row["id"], row["text"]) for row in french[:N_FRENCH_DISTRACTORS])
+    english_text = {qid: q for qs in english.values() for qid, q, _ in qs}
     for r in rows:
         if r["direction"] == "en->fr":
             corpus.append((f"xl-fr-{r['replaces']}", r["thread"]))
     queries: dict[str, list[Query]] = {"fr->en": [], "en->fr": []}
     for r in rows:
-        text = r["query"] if r["direction"] == "fr->en" else english[r["set"]][r["source_qid"]]
+        text = r["query"] if r["direction"] == "fr->en" else english_text[r["source_qid"]]
         queries[r["direction"]].append((r["id"], text, set(r["gold"])))
-    n_fr = sum(1 for cid, _ in corpus if cid.startswith(("lfs-", "xl-fr-")))
+    french_ids = {cid for cid, _ in corpus if cid.startswith(("lfs-", "xl-fr-"))}
+    n_fr = len(french_ids)
     print(
         f"crosslang: {sum(map(len, queries.values()))} queries in {CROSSLANG.name}; index of"
         f" {len(corpus)} threads ({len(corpus) - n_fr} English, {n_fr} French)"
     )
-    french_ids = {cid for cid, _ in corpus if cid.startswith(("lfs-", "xl-fr-"))}
-    # Unrelated questions for the calibration: French ones not in the index (the interns'
-    # questions after the distractors) for the English threads, English ones whose answer was
-    # not translated for the French threads.
-    with (eval_root / FRENCH_DISTRACTORS / "routing_eval.jsonl").open(encoding="utf-8") as f:
-        lines = list(itertools.islice(f, N_FRENCH_DISTRACTORS, N_FRENCH_DISTRACTORS + 1000))
-    foreign = {"fr->en": [json.loads(line)["text"] for line in lines], "en->fr": []}
-    for name in ("mqp_curai", "rqe_clinical_doctor_questions"):
-        _, qs = load(eval_root / name)
-        kept = [q for _, q, gold in qs if not gold & replaced]
-        foreign["en->fr"].extend(random.Random(0).sample(kept, 500))
+    if calibrate:
+        # Unrelated questions: French ones not in the index (the interns' questions after the
+        # distractors) for the English threads, English ones whose answer was not translated
+        # for the French threads; each searched among the other language's threads only.
+        foreign = {"fr->en": [row["text"] for row in french[N_FRENCH_DISTRACTORS:]], "en->fr": []}
+        for name in ("mqp_curai", "rqe_clinical_doctor_questions"):
+            kept = [q for _, q, gold in english[name] if not gold & replaced]
+            foreign["en->fr"].extend(random.Random(0).sample(kept, 500))
+        other_side = {"fr->en": french_ids, "en->fr": {c for c, _ in corpus} - french_ids}
     for model in models:
         cache = caches[model]
         cvecs = cache.get([t for _, t in corpus])
         hindex, ranks = rankers(model, corpus, cvecs, depth)
         if calibrate:
-            other_side = {"fr->en": french_ids, "en->fr": {c for c, _ in corpus} - french_ids}
             calibrate_crosslang(hindex, foreign, other_side, cache, CROSS_THRESHOLDS)
         for direction, qs in queries.items():
             qvecs = cache.get([q for _, q, _ in qs])
