@@ -24,8 +24,8 @@ data and folds as ``bench/cv_routing.py``:
 Each fold's fine-tuned scores are kept in ``--out`` (``ft-<set>.npy``, ``ft-test-<set>.npy``;
 ``ft-<set>-s<seed>.npy`` with ``--seed``, which seeds the fine-tuning, not the folds),
 so ``--folds 0,1`` then ``--folds 2,3,4`` add up, and ``--report`` prints from what is there.
-A fold of labforsims2 takes about 6-8 minutes on 2 cores; mtsamples and morfitt (longer texts)
-several times that.
+On 2 cores, a fold of labforsims2 takes about 4-5 minutes, one of mtsamples about 10 and one of
+morfitt about 20, and tokenizing morfitt with the pure-Python port about 5 more per run.
 
 Needs PyTorch beside the test extras: ``pip install -e '.[test,semantic-e5,finetune-bench]'``.
 
