@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from peerbot.plugin_api import content_tokens
+from plugins import e5_tuning
+from plugins.e5_tuning import TunedEncoder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,8 +76,11 @@ __all__ = [
     "Scorer",
     "SentenceEmbedder",
     "TrainingExample",
+    "Tuning",
+    "can_tune",
     "load_embedder",
     "train_model",
+    "tune_model",
 ]
 
 _SVM_C = 0.5
@@ -88,6 +93,10 @@ _NEIGHBOUR_WEIGHT = 0.25
 _BAYES_ALPHA = 0.3
 _BAYES_WEIGHT = 0.25
 _NEIGHBOURS = 10
+# The fine-tuned encoder's logits in the blend (``fine_tune``; bench/finetune_routing.py chose
+# weight 1 over 2 on labforsims2's CV folds), and the distinct examples it needs first.
+_TUNED_WEIGHT = 1.0
+_MIN_TUNING_EXAMPLES = 200
 _NEIGHBOUR_CHUNK = 256
 _CV_FOLDS = 3
 _SEED = 0
@@ -433,10 +442,12 @@ def _fit_scorer(
     )
 
 
-def part_weights(n_models: int) -> tuple[float, ...]:
+def part_weights(n_models: int, tuned: bool = False) -> tuple[float, ...]:
     """The blend weight of each part: TF-IDF SVM, Bayes, then per embedding model its SVM and
-    its neighbours (the same two weights for every model: no weight was tuned per model)."""
-    return (1.0, _BAYES_WEIGHT) + (_HEAD_WEIGHT, _NEIGHBOUR_WEIGHT) * n_models
+    its neighbours (the same two weights for every model: no weight was tuned per model), then
+    the fine-tuned encoder's logits if there is one."""
+    weights = (1.0, _BAYES_WEIGHT) + (_HEAD_WEIGHT, _NEIGHBOUR_WEIGHT) * n_models
+    return weights + ((_TUNED_WEIGHT,) if tuned else ())
 
 
 @dataclass(frozen=True)
@@ -532,10 +543,11 @@ def _margins(classifier: Any, features: Any, n_classes: int) -> npt.NDArray[np.f
 
 
 def _blend(
-    parts: Sequence[npt.NDArray[np.float64]], scales: Sequence[float]
+    parts: Sequence[npt.NDArray[np.float64]], scales: Sequence[float], tuned: bool = False
 ) -> npt.NDArray[np.float64]:
-    """The weighted sum of the scorers' scores, each in units of its spread."""
-    weights = part_weights((len(parts) - 2) // 2)
+    """The weighted sum of the scorers' scores, each in units of its spread (``tuned``: the
+    last part is the fine-tuned encoder's)."""
+    weights = part_weights((len(parts) - 2 - tuned) // 2, tuned)
     total = parts[0] * (weights[0] / scales[0])
     for part, weight, scale in zip(parts[1:], weights[1:], scales[1:], strict=True):
         total = total + part * (weight / scale)
@@ -580,18 +592,10 @@ def _cross_validated_parts(
     for train_idx, test_idx in folds.split(np.zeros(n)):
         if np.unique(labels[train_idx]).size < 2:
             continue
-        scorer = _fit_scorer(
-            sparse[train_idx],
-            dense[train_idx] if dense is not None else None,
-            labels[train_idx],
-            weights[train_idx],
-            blocks,
+        # One fold's model at a time (peak memory).
+        fold_parts = _held_out_parts(
+            sparse, dense, labels, weights, blocks, (train_idx, test_idx), n_classes
         )
-        fold_parts = scorer.parts(
-            sparse[test_idx], dense[test_idx] if dense is not None else None, n_classes
-        )
-        # Free this fold's weights before the next fold fits its own (peak memory).
-        del scorer
         if parts is None:
             parts = [np.full((n, n_classes), np.nan) for _ in fold_parts]
         for whole, part in zip(parts, fold_parts, strict=True):
@@ -600,6 +604,27 @@ def _cross_validated_parts(
     if parts is None or scored.sum() < _MIN_CALIBRATION_EXAMPLES:
         return None
     return [part[scored] for part in parts], labels[scored]
+
+
+def _held_out_parts(
+    sparse: Any,
+    dense: npt.NDArray[np.float32] | None,
+    labels: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float64],
+    blocks: Sequence[slice] | None,
+    split: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]],
+    n_classes: int,
+) -> list[npt.NDArray[np.float64]]:
+    """Each scorer's scores of the ``split[1]`` rows, fitted on the ``split[0]`` rows."""
+    train_idx, test_idx = split
+    scorer = _fit_scorer(
+        sparse[train_idx],
+        dense[train_idx] if dense is not None else None,
+        labels[train_idx],
+        weights[train_idx],
+        blocks,
+    )
+    return scorer.parts(sparse[test_idx], dense[test_idx] if dense is not None else None, n_classes)
 
 
 def _fit_temperature(blended: npt.NDArray[np.float64], gold: npt.NDArray[np.int64]) -> float:
@@ -626,6 +651,39 @@ class Calibration(NamedTuple):
     n: int
 
 
+def _still_calibrated(
+    calibrated_on: int, classes: tuple[str, ...], examples: Sequence[TrainingExample]
+) -> bool:
+    """Whether a calibration of ``calibrated_on`` examples over ``classes`` still holds."""
+    if not calibrated_on or len(examples) > calibrated_on * (1 + _RECALIBRATE_GROWTH):
+        return False
+    return tuple(sorted({e.specialty for e in examples})) == classes
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A fine-tuned encoder (``fine_tune``) and the calibration made with it.
+
+    Fine-tuning costs minutes, so it lives as long as its calibration: until the training set
+    grows by a tenth or its specialties change. It is dropped too once a text it learned from
+    is no longer in the training set (a redacted question), so it keeps nothing erased.
+    """
+
+    encoder: TunedEncoder
+    classes: tuple[str, ...]
+    calibration: Calibration
+    """Every scorer's spread, the fine-tuned one last, and the temperature, from held-out
+    scores: fitted on two thirds of the examples, scored on the last third."""
+    texts: frozenset[str]
+    """The texts it was fine-tuned on."""
+
+    def valid_for(self, examples: Sequence[TrainingExample]) -> bool:
+        """Whether this fine-tuning may still score a model trained on these examples."""
+        if not _still_calibrated(self.calibration.n, self.classes, examples):
+            return False
+        return self.texts <= {e.text for e in examples}
+
+
 @dataclass(frozen=True)
 class LearnedModel:
     """A trained blend with its calibration; immutable once built."""
@@ -644,12 +702,12 @@ class LearnedModel:
     seconds: float
     calibrated_on: int = 0
     """How many examples the scales and temperature were cross-validated on (0: never)."""
+    tuning: Tuning | None = None
+    """The fine-tuned encoder scoring beside the other scorers (``fine_tune``), if any."""
 
     def calibration_for(self, examples: Sequence[TrainingExample]) -> Calibration | None:
         """This model's calibration, if still good for these examples (see the docstring)."""
-        if not self.calibrated_on or len(examples) > self.calibrated_on * (1 + _RECALIBRATE_GROWTH):
-            return None
-        if tuple(sorted({e.specialty for e in examples})) != self.classes:
+        if not _still_calibrated(self.calibrated_on, self.classes, examples):
             return None
         return Calibration(self.scales, self.temperature, self.calibrated_on)
 
@@ -663,7 +721,10 @@ class LearnedModel:
         """An (n, classes) array of calibrated probabilities, in ``classes`` order."""
         sparse, dense = self.features.transform(texts)
         parts = self.scorer.parts(sparse, dense, len(self.classes))
-        return _softmax(_blend(parts, self.scales) / self.temperature)
+        if self.tuning is not None:
+            parts.append(_centred(self.tuning.encoder.logits(texts)))
+        blended = _blend(parts, self.scales, self.tuning is not None)
+        return _softmax(blended / self.temperature)
 
     def rank(self, text: str, allowed: Collection[str] | None = None) -> list[tuple[str, float]]:
         """Specialties with their calibrated probability, best first (``allowed`` only)."""
@@ -677,32 +738,59 @@ class LearnedModel:
         return ranked
 
 
+def _centred(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    centred: npt.NDArray[np.float64] = scores - scores.mean(axis=1, keepdims=True)
+    return centred
+
+
+class _Arrays(NamedTuple):
+    classes: tuple[str, ...]
+    texts: list[str]
+    labels: npt.NDArray[np.int64]
+    weights: npt.NDArray[np.float64]
+
+
+def _arrays(examples: Sequence[TrainingExample]) -> _Arrays:
+    import numpy as np
+
+    classes = tuple(sorted({e.specialty for e in examples}))
+    if len(classes) < 2:
+        raise ValueError("need examples of at least two specialties")
+    index = {name: i for i, name in enumerate(classes)}
+    return _Arrays(
+        classes=classes,
+        texts=[e.text for e in examples],
+        labels=np.array([index[e.specialty] for e in examples], dtype=np.int64),
+        weights=np.array([e.weight for e in examples], dtype=np.float64),
+    )
+
+
 def train_model(
     examples: Sequence[TrainingExample],
     version: int = 0,
     embedder: SentenceEmbedder | None = None,
     calibration: Calibration | None = None,
+    tuning: Tuning | None = None,
 ) -> LearnedModel:
     """Train and calibrate a model on these examples (CPU-bound: run it off the event loop).
 
     With ``calibration`` (from :meth:`LearnedModel.calibration_for`) the cross-validation is
-    skipped and those scales and temperature are kept.
+    skipped and those scales and temperature are kept. With ``tuning`` (valid for these
+    examples: :meth:`Tuning.valid_for`) its encoder joins the blend, with its calibration.
     """
-    import numpy as np
-
     started = time.perf_counter()
-    classes = tuple(sorted({e.specialty for e in examples}))
-    if len(classes) < 2:
-        raise ValueError("need examples of at least two specialties")
-    index = {name: i for i, name in enumerate(classes)}
-    texts = [e.text for e in examples]
-    labels = np.array([index[e.specialty] for e in examples], dtype=np.int64)
-    weights = np.array([e.weight for e in examples], dtype=np.float64)
+    classes, texts, labels, weights = _arrays(examples)
+    if tuning is not None:
+        if tuning.classes != classes:
+            raise ValueError("the fine-tuning was made for other specialties")
+        calibration = tuning.calibration
     features, sparse, dense = Features.fit(texts, embedder)
     blocks = None
     if dense is not None and embedder is not None:
         blocks = embedder.slices(dense.shape[1])
-    n_parts = len(part_weights(len(blocks) if blocks is not None else 0))
+    n_parts = len(part_weights(len(blocks) if blocks is not None else 0, tuning is not None))
+    if tuning is not None and len(tuning.calibration.scales) != n_parts:
+        raise ValueError("the fine-tuning was calibrated with other embeddings")
     validated = None
     if calibration is None or len(calibration.scales) != n_parts:
         # Before the final fit, so at most one scorer's weights are in memory at a time.
@@ -732,4 +820,66 @@ def train_model(
         version=version,
         seconds=time.perf_counter() - started,
         calibrated_on=calibrated_on,
+        tuning=tuning,
     )
+
+
+def can_tune(examples: Sequence[TrainingExample]) -> bool:
+    """Whether there are enough examples to fine-tune on (``_MIN_TUNING_EXAMPLES`` texts)."""
+    return len(examples) >= _MIN_TUNING_EXAMPLES and len({e.specialty for e in examples}) >= 2
+
+
+def tune_model(
+    examples: Sequence[TrainingExample],
+    version: int = 0,
+    embedder: SentenceEmbedder | None = None,
+    *,
+    threads: int = 1,
+    epochs: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LearnedModel:
+    """Fine-tune e5 on these examples and train a model with it (minutes: a worker thread).
+
+    The calibration needs every scorer's scores of examples it did not train on, the
+    fine-tuned encoder's included: the encoder is first fine-tuned on two thirds of the
+    examples (the first fold of the cross-validation's split) and scores the last third, the
+    other scorers too; the spreads and the temperature come from that third. Then the encoder
+    is fine-tuned on every example, and the model is trained with it.
+    """
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    classes, texts, labels, weights = _arrays(examples)
+    n = len(texts)
+    folds = KFold(n_splits=_CV_FOLDS, shuffle=True, random_state=_SEED)
+    train_idx, held_idx = next(folds.split(np.zeros(n)))
+    if np.unique(labels[train_idx]).size < 2:
+        raise ValueError("the first fold has a single specialty: too few examples to fine-tune")
+
+    def step(stage: str) -> Callable[[str], None] | None:
+        return None if progress is None else (lambda line: progress(f"{stage}: {line}"))
+
+    _, sparse, dense = Features.fit(texts, embedder)
+    blocks = embedder.slices(dense.shape[1]) if dense is not None and embedder else None
+    parts = _held_out_parts(
+        sparse, dense, labels, weights, blocks, (train_idx, held_idx), len(classes)
+    )
+    held_out = e5_tuning.fine_tune(
+        [texts[i] for i in train_idx], labels[train_idx], len(classes), weights[train_idx],
+        threads=threads, epochs=epochs, progress=step("calibration (2/3 of the examples)"),
+    )  # fmt: skip
+    parts.append(_centred(held_out.logits([texts[i] for i in held_idx])))
+    del held_out
+    scales = tuple(_spread(p) for p in parts)
+    temperature = _fit_temperature(_blend(parts, scales, tuned=True), labels[held_idx])
+    encoder = e5_tuning.fine_tune(
+        texts, labels, len(classes), weights, threads=threads, epochs=epochs,
+        progress=step("final (every example)"),
+    )  # fmt: skip
+    tuning = Tuning(
+        encoder=encoder,
+        classes=classes,
+        calibration=Calibration(scales, temperature, n),
+        texts=frozenset(texts),
+    )
+    return train_model(examples, version, embedder, tuning=tuning)

